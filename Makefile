@@ -1,0 +1,73 @@
+# sde_diffusion: `make book` (the main job) and `make test`. Both start from nothing.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ASSETS := book/offline
+# Tell Chromium-based tests and the book build where things are.
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Keep the 2-core machine from oversubscribing: torch uses both cores, nbdev_test runs 2 notebooks at once.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: help install book test test-nb test-py check-sync check-book browser-deps clean
+
+help:
+	@echo "make book    execute every notebook and build the HTML book into book/_build/html"
+	@echo "make test    export/clean checks, nbdev_test on the notebooks, pytest tests/"
+
+## Environment ---------------------------------------------------------------
+$(STAMP): constraints.txt settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	# torch first, pinned: the CPU wheel comes from local disk, never a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+# MathJax, require.js and the widget manager, served by the book itself (no CDN).
+$(ASSETS)/.installed: node_modules/.installed
+	rm -rf $(ASSETS) && mkdir -p $(ASSETS)/mathjax $(ASSETS)/widgets
+	cp -r node_modules/mathjax/es5/. $(ASSETS)/mathjax/
+	cp node_modules/requirejs/require.js $(ASSETS)/widgets/require.js
+	cp -r node_modules/@jupyter-widgets/html-manager/dist/. $(ASSETS)/widgets/
+	touch $@
+
+## The book ------------------------------------------------------------------
+book: $(STAMP) $(ASSETS)/.installed
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
+	    --path-output book -W -n --keep-going
+	@echo "The book: $(CURDIR)/book/_build/html/index.html"
+
+## Tests ---------------------------------------------------------------------
+check-sync: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" tools/check_sync.sh
+
+test-nb: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+
+test-py: $(STAMP)
+	$(BIN)/python -m pytest tests/ -q
+
+test: check-sync test-nb test-py
+
+browser-deps:
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The browser test against the built book (run after `make book`; .ci/run does).
+check-book: $(STAMP) browser-deps
+	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py -q
+
+clean:
+	rm -rf book/_build $(ASSETS) _proc _docs
