@@ -1,6 +1,5 @@
 # sde_diffusion: `make book` (the main job) and `make test`. Both start from nothing.
 SHELL := /bin/bash
-.ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
 
 PYTHON ?= python3

@@ -1,0 +1,182 @@
+"""The built book, as a reader's browser sees it (headless Chromium, fully offline).
+
+Needs `make book` first; skipped when the book is not built, unless SDE_REQUIRE_BOOK=1 (as in `make check-book`),
+which turns a missing book into a failure. Screenshots go to book/_build/screenshots/.
+"""
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "book" / "_build" / "html"
+SHOTS = ROOT / "book" / "_build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html is a redirect to nbs/index.html
+
+
+def _pages():
+    return sorted(p for p in HTML.rglob("*.html") if p.relative_to(HTML).as_posix() not in SKIP_PAGES
+                  and "_static" not in p.parts and "_sources" not in p.parts)
+
+
+@pytest.fixture(scope="module")
+def book():
+    if not (HTML / "nbs" / "index.html").exists():
+        if os.environ.get("SDE_REQUIRE_BOOK"):
+            pytest.fail("the book is not built: run `make book` first")
+        pytest.skip("the book is not built (run `make book`)")
+    return HTML
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.ids, self.srcs = [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+        if tag in ("img", "script") and a.get("src"):
+            self.srcs.append(a["src"])
+        if tag == "link" and a.get("href"):
+            self.srcs.append(a["href"])
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(path: Path) -> _Links:
+    p = _Links()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def test_internal_links_resolve(book):
+    broken = []
+    for page in _pages():
+        parsed = _parse(page)
+        for ref in parsed.hrefs + parsed.srcs:
+            url = urlparse(ref)
+            if url.scheme or ref.startswith("//") or ref.startswith("mailto:"):
+                continue  # external links are checked for *requests* below, not for existence
+            target = page if not url.path else (page.parent / unquote(url.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(book)} -> {ref}")
+            elif url.fragment and target.suffix == ".html" and url.fragment not in _parse(target).ids:
+                broken.append(f"{page.relative_to(book)} -> {ref} (no such anchor)")
+    assert not broken, "broken internal links:\n" + "\n".join(broken)
+
+
+def test_pages_list_every_chapter(book):
+    names = {p.relative_to(book).as_posix() for p in _pages()}
+    for chapter in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):
+        assert chapter in names
+
+
+@pytest.fixture(scope="module")
+def server(book):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed (`make browser-deps` installs Debian's chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+# Text a reader sees outside code blocks; raw TeX delimiters left there mean MathJax did not typeset.
+_VISIBLE_PROSE = """() => {
+  const clone = document.querySelector('main, article, body').cloneNode(true);
+  clone.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .cell_output').forEach(e => e.remove());
+  return clone.innerText;
+}"""
+
+
+def _load(browser, url, shot=None):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url, wait_until="load")
+    page.wait_for_function("() => !window.MathJax || (window.MathJax.startup && window.MathJax.startup.promise)", timeout=20000)
+    page.evaluate("() => window.MathJax && window.MathJax.startup ? window.MathJax.startup.promise : null")
+    page.wait_for_timeout(300)
+    if shot:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / shot), full_page=False)
+    return page, requests, errors
+
+
+def test_pages_offline_typeset_and_figures(book, server, browser):
+    problems = []
+    for path in _pages():
+        rel = path.relative_to(book).as_posix()
+        page, requests, errors = _load(browser, urljoin(server, rel), shot=rel.replace("/", "_") + ".png")
+        external = [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
+        if external:
+            problems.append(f"{rel}: network requests {external[:5]}")
+        if errors:
+            problems.append(f"{rel}: JavaScript errors {errors[:3]}")
+        html = path.read_text(encoding="utf-8")
+        has_math = "\\(" in html or "\\[" in html or 'class="math' in html
+        if has_math and page.locator("mjx-container").count() == 0:
+            problems.append(f"{rel}: math present but not typeset by MathJax")
+        prose = page.evaluate(_VISIBLE_PROSE)
+        for raw in ("$$", "\\begin{", "\\(", "\\["):
+            if raw in prose:
+                problems.append(f"{rel}: raw TeX {raw!r} left in the page")
+        if page.locator("mjx-merror").count():
+            problems.append(f"{rel}: MathJax errors: {page.locator('mjx-merror').first.inner_text()}")
+        broken_imgs = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        if broken_imgs:
+            problems.append(f"{rel}: images that did not load {broken_imgs[:3]}")
+        page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_chapters_have_numbered_equations_and_figures(book, server, browser):
+    for rel in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):
+        page, _, _ = _load(browser, urljoin(server, rel))
+        numbers = page.locator("span.eqno").all_inner_texts()
+        assert numbers and re.fullmatch(r"\(\d+\.\d+\)", numbers[0].strip()), f"{rel}: equations not numbered by chapter: {numbers[:3]}"
+        assert page.locator("img[src*='.png']").count() >= 1, f"{rel}: no figure"
+        page.close()
+
+
+def test_widget_renders(book, server, browser):
+    page, requests, _ = _load(browser, urljoin(server, "nbs/03_fokker_planck.html"), shot="widget.png")
+    widget = page.locator(".widget-slider, .jupyter-widgets.widget-slider, .widget-hslider").first
+    widget.wait_for(state="visible", timeout=20000)
+    widget.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "widget_view.png"))
+    assert page.locator(".widget-slider, .widget-hslider").count() >= 2
+    assert not [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
+    page.close()
