@@ -9,7 +9,6 @@ STAMP  := $(VENV)/.installed
 ASSETS := book/offline
 # Tell Chromium-based tests and the book build where things are.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Keep the 2-core machine from oversubscribing: torch uses both cores, nbdev_test runs 2 notebooks at once.
 export OMP_NUM_THREADS ?= 2
