@@ -61,7 +61,7 @@ test-py: $(STAMP)
 test: check-sync test-nb test-py
 
 browser-deps:
-	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@[ -n "$${CHROMIUM:-}" ] || command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 # The browser test against the built book (run after `make book`; .ci/run does).
 check-book: $(STAMP) browser-deps
