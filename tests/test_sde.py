@@ -1,0 +1,325 @@
+"""VE, VP and sub-VP SDEs: kernels against simulation and against the variance ODE, the DDPM and SMLD discretizations,
+the reverse SDE/ODE formulas, a shape x dtype x device matrix, priors against torch.distributions, and clear errors."""
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.brownian import time_grid
+from sde_diffusion.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from sde_diffusion.solvers import euler_maruyama
+
+from conftest import DEVICES
+
+SDES = {
+    "ve": lambda: VESDE(),
+    "vp": lambda: VPSDE(),
+    "subvp": lambda: SubVPSDE(),
+    "ve-small": lambda: VESDE(sigma_min=0.05, sigma_max=5.0, N=100),
+    "vp-slow": lambda: VPSDE(beta_min=0.5, beta_max=5.0, N=200),
+    "subvp-slow": lambda: SubVPSDE(beta_min=0.5, beta_max=5.0, N=200),
+}
+SHAPES = [(6,), (6, 2), (6, 3, 4, 4)]
+SHAPE_IDS = ["rank1", "rank2", "rank4"]
+
+
+# ------------------------------------------------------------------------------------------- kernels, checked
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+def test_marginal_prob_matches_euler_maruyama(name):
+    "Simulated x_t from a fixed x0: the standardized residual (x_t - mean) / std is N(0, 1) within 4 standard errors."
+    sde, M = SDES[name](), 10_000                               # (M, 3) stays under torch's parallel grain: fast on 2 busy cores
+    x0 = torch.tensor([1.5, -0.5, 0.0]).expand(M, 3)
+    gen, x, t_prev = torch.Generator().manual_seed(0), x0, 0.0
+    for t in (0.1, 0.5, 1.0):
+        steps = max(200, round((t - t_prev) * 1000))             # EM variance bias < 0.9%, below 1 standard error
+        x = euler_maruyama(sde.drift, sde.diffusion, x, time_grid(t_prev, t, steps), generator=gen)
+        t_prev = t
+        mean, std = sde.marginal_prob(x0, torch.full((M,), t))
+        z = (x - mean) / std
+        assert (z.mean(0).abs() < 4 / math.sqrt(M)).all(), (t, z.mean(0))
+        assert ((z.var(0) - 1).abs() < 4 * math.sqrt(2 / (M - 1))).all(), (t, z.var(0))
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_kernel_solves_the_moment_odes(name):
+    "alpha = exp(int a) and sigma^2 = exp(2 int a) int exp(-2 int a) g^2, integrated from `sde` by trapezoids."
+    sde = SDES[name]()
+    ts = time_grid(0.0, 1.0, 2**17, dtype=torch.float64)
+    drift, diffusion = sde.sde(torch.ones(len(ts), 1, dtype=torch.float64), ts)
+    a, g2 = drift[:, 0], diffusion[:, 0] ** 2
+    cumtrapz = lambda y: torch.cat([y.new_zeros(1), torch.cumulative_trapezoid(y, ts)])
+    A = cumtrapz(a)
+    std = (torch.exp(2 * A) * cumtrapz(torch.exp(-2 * A) * g2)).sqrt()
+    alpha, sigma = sde.marginal_coeffs(ts)
+    far = ts >= 0.01
+    torch.testing.assert_close(alpha, A.exp(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(std[far], sigma[far], rtol=1e-6, atol=0)
+    torch.testing.assert_close(std, sigma, rtol=0, atol=1e-6)
+
+
+def test_closed_forms_and_small_t_accuracy():
+    t = torch.tensor([1e-8, 1e-4, 0.3, 1.0], dtype=torch.float64)
+    vp, subvp, ve = VPSDE(), SubVPSDE(), VESDE()
+    B = 0.1 * t + 0.5 * t**2 * 19.9
+    a, s = vp.marginal_coeffs(t)
+    torch.testing.assert_close(a, torch.exp(-B / 2), rtol=1e-14, atol=0)
+    torch.testing.assert_close(s, (-torch.expm1(-B)).sqrt(), rtol=1e-14, atol=0)   # accurate where 1 - exp(-B) ~ B
+    torch.testing.assert_close(subvp.marginal_coeffs(t)[1], -torch.expm1(-B), rtol=1e-14, atol=0)
+    s_ve = ve.marginal_coeffs(t)[1]
+    torch.testing.assert_close(s_ve**2, 0.01**2 * ((5000.0 ** (2 * t)) - 1), rtol=1e-9, atol=0)
+    # float32 keeps relative accuracy at small t too
+    s32 = vp.marginal_coeffs(t.float())[1]
+    torch.testing.assert_close(s32.double(), s, rtol=1e-5, atol=0)
+
+
+def test_variance_preserving_and_sub_vp_bound():
+    t = torch.linspace(0, 1, 501, dtype=torch.float64)
+    for beta_min, beta_max in ((0.1, 20.0), (0.01, 1.0), (2.0, 3.0)):
+        a, s_vp = VPSDE(beta_min, beta_max).marginal_coeffs(t)
+        _, s_sub = SubVPSDE(beta_min, beta_max).marginal_coeffs(t)
+        torch.testing.assert_close(a**2 + s_vp**2, torch.ones_like(t))
+        assert (s_sub <= s_vp + 1e-15).all() and (a**2 + s_sub**2 <= 1 + 1e-15).all()
+
+
+# ------------------------------------------------------------------------------------------- discretizations
+def test_vp_discrete_schedule_is_ddpm():
+    vp = VPSDE()
+    betas = vp.discrete_betas(torch.float64)
+    i = torch.arange(1000, dtype=torch.float64)
+    torch.testing.assert_close(betas, 0.1 / 1000 + i * 19.9 / (1000 * 999), rtol=1e-12, atol=0)
+    torch.testing.assert_close(betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(vp.alphas_cumprod(torch.float64), torch.cumprod(1 - betas, 0), rtol=1e-12, atol=0)
+
+
+def test_vp_discretize_is_the_ddpm_step():
+    vp = VPSDE()
+    x = torch.randn(7, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.linspace(0, 1, 7, dtype=torch.float64)
+    f, G = vp.discretize(x, t)
+    beta = vp.discrete_betas(torch.float64)[torch.round(t * 999).long()]
+    torch.testing.assert_close(x + f, (1 - beta).sqrt().reshape(-1, 1, 1) * x)                 # x_{i+1} = sqrt(1 - beta_i) x_i + ...
+    torch.testing.assert_close(G, beta.sqrt().reshape(-1, 1, 1))
+
+
+def test_ddpm_alphas_cumprod_converge_to_vp_kernel_first_order():
+    errs = []
+    for N in (100, 400, 1600):
+        vp = VPSDE(N=N)
+        t = torch.arange(1, N + 1, dtype=torch.float64) / N
+        errs.append((vp.alphas_cumprod(torch.float64) - torch.exp(2 * vp.log_mean_coeff(t))).abs().max().item())
+    ratios = [errs[k] / errs[k + 1] for k in range(2)]
+    assert all(3.6 < r < 4.4 for r in ratios), (errs, ratios)        # error ~ 1/N
+
+
+def test_ddpm_schedule_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler()                                 # linear betas 1e-4 ... 0.02, 1000 steps
+    vp = VPSDE()
+    torch.testing.assert_close(vp.discrete_betas(torch.float32), sched.betas, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(vp.alphas_cumprod(torch.float32), sched.alphas_cumprod, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("N", [1, 2, 10, 1000])
+def test_ve_discretize_telescopes_to_the_kernel(N):
+    ve = VESDE(N=N)
+    t = torch.arange(N, dtype=torch.float64) / max(N - 1, 1)
+    f, G = ve.discretize(torch.zeros(N, 2, dtype=torch.float64), t)
+    assert torch.equal(f, torch.zeros(N, 2, dtype=torch.float64))
+    cum = (G[:, 0] ** 2).cumsum(0)
+    sigmas = ve.discrete_sigmas(torch.float64)
+    torch.testing.assert_close(cum, sigmas**2, rtol=1e-12, atol=0)   # sigma_{-1} = 0 convention
+    if N > 1:
+        torch.testing.assert_close(cum[1:] - cum[0], ve.marginal_coeffs(t[1:])[1] ** 2, rtol=1e-10, atol=0)
+
+
+def test_timestep_rounds_level_times():
+    "Times t_i = i / (N - 1) computed in float32 map back to i (truncation would lose some)."
+    for sde in (VPSDE(), VESDE(N=777)):
+        i = torch.arange(sde.N)
+        t = i.float() / (sde.N - 1)
+        assert torch.equal(sde.timestep(t), i)
+
+
+def test_default_discretize_is_euler_maruyama():
+    sub = SubVPSDE(N=50)
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
+    drift, diffusion = sub.sde(x, t)
+    f, G = sub.discretize(x, t)
+    torch.testing.assert_close(f, drift / 50)
+    torch.testing.assert_close(G, diffusion * math.sqrt(1 / 50))
+
+
+# ------------------------------------------------------------------------------------------- reverse
+@pytest.mark.parametrize("probability_flow", [False, True], ids=["sde", "ode"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+def test_reverse_formulas_with_random_score(name, shape, probability_flow):
+    sde = SDES[name]()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    t = torch.rand(shape[0], generator=gen, dtype=torch.float64)
+    W = torch.randn(shape, generator=gen, dtype=torch.float64)
+    score_fn = lambda x, t: W * x + t.reshape(-1, *[1] * (x.ndim - 1))     # an arbitrary field of the shape of x
+    rsde = sde.reverse(score_fn, probability_flow=probability_flow)
+    assert isinstance(rsde, ReverseSDE) and rsde.T == sde.T and rsde.N == sde.N and rsde.forward is sde
+    w = 0.5 if probability_flow else 1.0
+    drift, diffusion = sde.sde(x, t)
+    rdrift, rdiffusion = rsde.sde(x, t)
+    assert rdrift.shape == shape and rdiffusion.shape == (shape[0],) + (1,) * (len(shape) - 1)
+    torch.testing.assert_close(rdrift, drift - w * diffusion**2 * score_fn(x, t))
+    torch.testing.assert_close(rdiffusion, torch.zeros_like(diffusion) if probability_flow else diffusion)
+    f, G = sde.discretize(x, t)
+    rf, rG = rsde.discretize(x, t)
+    assert rf.shape == shape and rG.shape == G.shape
+    torch.testing.assert_close(rf, f - w * G**2 * score_fn(x, t))
+    torch.testing.assert_close(rG, torch.zeros_like(G) if probability_flow else G)
+    torch.testing.assert_close(rsde.drift(x, t), rdrift)
+    z = rsde.prior_sampling(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(rsde.prior_logp(z), sde.prior_logp(z))
+
+
+def test_reverse_bad_score():
+    vp = VPSDE()
+    with pytest.raises(ValueError, match=r"`score_fn` must return a tensor of the shape of x \(3, 2\)"):
+        vp.reverse(lambda x, t: x[:, :1]).sde(torch.zeros(3, 2), torch.zeros(3))
+    with pytest.raises(TypeError, match="`score_fn` must be callable"):
+        vp.reverse(None)
+    with pytest.raises(TypeError, match="`forward` must be an SDE"):
+        ReverseSDE(object(), lambda x, t: x)
+
+
+# ------------------------------------------------------------------------------------------- shape x dtype x device
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+def test_shape_dtype_device_matrix(name, shape, dtype, device):
+    sde = SDES[name]()
+    gen = torch.Generator(device=device).manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=dtype, device=device)
+    t = torch.rand(shape[0], generator=gen, dtype=dtype, device=device)
+    per_sample = (shape[0],) + (1,) * (len(shape) - 1)
+    outputs = {"sde": sde.sde(x, t), "marginal_prob": sde.marginal_prob(x, t), "discretize": sde.discretize(x, t)}
+    for method, (full, small) in outputs.items():
+        assert full.shape == shape and small.shape == per_sample, method
+        for v in (full, small):
+            assert v.dtype == dtype and v.device.type == device, method
+            assert torch.isfinite(v).all(), method
+    alpha, sigma = sde.marginal_coeffs(t)
+    assert alpha.shape == sigma.shape == (shape[0],) and alpha.dtype == dtype and alpha.device.type == device
+    z = sde.prior_sampling(shape, generator=torch.Generator(device=device).manual_seed(0), dtype=dtype)
+    assert z.shape == shape and z.dtype == dtype and z.device.type == device
+    assert torch.equal(z, sde.prior_sampling(shape, generator=torch.Generator(device=device).manual_seed(0), dtype=dtype))
+    logp = sde.prior_logp(z)
+    assert logp.shape == (shape[0],) and logp.dtype == dtype and logp.device.type == device
+    # float32 and float64 agree
+    x64, t64 = x.double(), t.double()
+    for method in ("sde", "marginal_prob", "discretize"):
+        ref = getattr(sde, method)(x64, t64)
+        for got, want in zip(outputs[method], ref):
+            torch.testing.assert_close(got, want.to(dtype), rtol=1e-4 if dtype == torch.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_and_boundary_times(device):
+    vp = VPSDE()
+    x = torch.zeros(2, 3, device=device)
+    mean, std = vp.marginal_prob(x, torch.tensor([0, 1], device=device))  # integer times are cast to x's dtype
+    assert std.dtype == torch.float32 and std[0].item() == 0.0 and abs(std[1].item() - 1) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_time_on_wrong_device():
+    with pytest.raises(ValueError, match="`t` is on cpu but `x` is on cuda"):
+        VPSDE().sde(torch.zeros(2, 3, device="cuda"), torch.zeros(2))
+    with pytest.raises(ValueError, match="`generator` is on cpu"):
+        VPSDE().prior_sampling((2, 3), generator=torch.Generator().manual_seed(0), device="cuda")
+
+
+# ------------------------------------------------------------------------------------------- priors
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "ve-small"])
+def test_prior_logp_matches_torch_normal(name, shape):
+    sde = SDES[name]()
+    z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = sde.sigma_max if isinstance(sde, VESDE) else 1.0
+    ref = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)).log_prob(z).reshape(shape[0], -1).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z), ref, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp"])
+def test_prior_sampling_moments(name):
+    sde, M = SDES[name](), 200_000
+    z = sde.prior_sampling((M, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    scale = sde.sigma_max if isinstance(sde, VESDE) else 1.0
+    assert (z.mean(0).abs() < 4 * scale / math.sqrt(M)).all()
+    assert ((z.var(0) / scale**2 - 1).abs() < 4 * math.sqrt(2 / (M - 1))).all()
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("method", ["sde", "marginal_prob", "discretize", "drift"])
+def test_bad_times(name, method):
+    sde = SDES[name]()
+    call = getattr(sde, method)
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0, T\] = \[0, 1\], got values in \[0.1, 1.5\]"):
+        call(x, torch.tensor([0.1, 0.2, 1.5]))
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0, T\]"):
+        call(x, torch.tensor([-1e-3, 0.2, 0.5]))
+    with pytest.raises(ValueError, match=r"`t` must be a tensor of shape \(B,\) = \(3,\) matching x.shape\[0\], got shape \(\)"):
+        call(x, torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"`t` must be a tensor of shape \(B,\) = \(3,\).*got shape \(2,\)"):
+        call(x, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"`t` must be a tensor of shape \(B,\).*got shape \(3, 1\)"):
+        call(x, torch.full((3, 1), 0.5))
+    with pytest.raises(ValueError, match="`t` contains NaN or inf"):
+        call(x, torch.tensor([0.1, float("nan"), 0.5]))
+    with pytest.raises(TypeError, match="`x` must be a floating-point tensor"):
+        call(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0, T\]"):
+        sde.marginal_coeffs(torch.tensor([2.0]))
+    with pytest.raises(ValueError, match=r"`t` must be a tensor of shape \(B,\)"):
+        sde.marginal_coeffs(torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: VPSDE(beta_min=0.0), "`beta_min` must be a positive finite number"),
+    (lambda: VPSDE(beta_min=-0.1), "`beta_min` must be a positive finite number"),
+    (lambda: SubVPSDE(beta_max=float("inf")), "`beta_max` must be a positive finite number"),
+    (lambda: VPSDE(beta_min=5.0, beta_max=5.0), "`beta_max` must be greater than `beta_min`"),
+    (lambda: SubVPSDE(beta_min=5.0, beta_max=1.0), "`beta_max` must be greater than `beta_min`"),
+    (lambda: VESDE(sigma_min=0.0), "`sigma_min` must be a positive finite number"),
+    (lambda: VESDE(sigma_max=-1.0), "`sigma_max` must be a positive finite number"),
+    (lambda: VESDE(sigma_min=1.0, sigma_max=0.5), "`sigma_max` must be greater than `sigma_min`"),
+    (lambda: VESDE(sigma_min=1.0, sigma_max=1.0), "`sigma_max` must be greater than `sigma_min`"),
+    (lambda: VPSDE(N=0), "`N` must be a positive integer"),
+    (lambda: VESDE(N=2.5), "`N` must be a positive integer"),
+    (lambda: SubVPSDE(N=True), "`N` must be a positive integer"),
+    (lambda: VPSDE(beta_min="0.1"), "`beta_min` must be a positive finite number"),
+])
+def test_bad_schedule_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_ddpm_needs_small_betas():
+    with pytest.raises(ValueError, match="`N` = 10 is too small for the DDPM discretization"):
+        VPSDE(N=10).discretize(torch.zeros(2, 2), torch.zeros(2))
+
+
+def test_bad_prior_arguments():
+    vp = VPSDE()
+    with pytest.raises(ValueError, match=r"`shape` must be a tuple \(B, \*D\) of positive integers"):
+        vp.prior_sampling(())
+    with pytest.raises(ValueError, match=r"`shape` must be a tuple \(B, \*D\) of positive integers"):
+        vp.prior_sampling((4, 0))
+    with pytest.raises(ValueError, match="`z` must have a batch dimension"):
+        vp.prior_logp(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="`z` must be a floating-point tensor"):
+        vp.prior_logp([1.0, 2.0])
+
+
+def test_abstract_sde_cannot_be_instantiated():
+    with pytest.raises(TypeError):
+        SDE(10)
