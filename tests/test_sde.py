@@ -323,3 +323,18 @@ def test_bad_prior_arguments():
 def test_abstract_sde_cannot_be_instantiated():
     with pytest.raises(TypeError):
         SDE(10)
+
+
+def test_unchecked_skips_validation_only_inside_the_block():
+    from sde_diffusion.sde import VPSDE as _VP
+    sde = _VP()
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    checked = sde.sde(x, t)
+    with sde.unchecked():
+        assert not sde.check_args
+        unchecked = sde.sde(x, t)
+        sde.sde(x, torch.full((4,), 1.5, dtype=torch.float64))   # out of range, but not checked here
+    assert sde.check_args
+    torch.testing.assert_close(checked, unchecked)
+    with pytest.raises(ValueError, match="`t` must lie in"):
+        sde.sde(x, torch.full((4,), 1.5, dtype=torch.float64))
