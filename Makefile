@@ -10,8 +10,10 @@ ASSETS := book/offline
 # Tell Chromium-based tests and the book build where things are.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-# Keep the 2-core machine from oversubscribing: torch uses both cores, nbdev_test runs 2 notebooks at once.
-export OMP_NUM_THREADS ?= 2
+# One torch thread per process. The course's tensors are small: spreading each operation over two threads costs more
+# than it saves (measured on this 2-core machine: chapter 5 in 57 s with one thread, 445 s with two while another
+# process was busy), and nbdev_test runs two notebooks at once. A reader's GPU or a bigger CPU is unaffected by this.
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: help install book test test-nb test-py check-sync check-book browser-deps clean
 
