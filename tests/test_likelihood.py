@@ -1,0 +1,256 @@
+"""Log-likelihood by the instantaneous change of variables, Hutchinson's trace estimator, bits/dim and dequantization."""
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.likelihood import (bits_per_dim, dequantize, divergence, hutchinson_probes, log_likelihood,
+                                      quantize)
+from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
+
+from conftest import DEVICES
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    "Long ODE loops over small tensors: one CPU thread is several times faster than two (thread synchronisation)."
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _log_pT(data, sde):
+    return lambda z: data.marginal_log_prob(z, torch.full((z.shape[0],), sde.T, dtype=z.dtype, device=z.device), sde)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
+def test_exact_trace_matches_mixture_log_density(sde):
+    "The issue's target: MAE <= 0.003 nats against the exact log p0 (float64, dopri5, rtol = atol = 1e-5)."
+    data = ring_of_gaussians(dtype=F64)
+    x = data.sample(200, generator=torch.Generator().manual_seed(0))
+    ell, nfe = log_likelihood(sde, data.score_fn(sde), x)
+    assert ell.shape == (200,) and ell.dtype == F64
+    assert (ell - data.log_prob(x)).abs().mean() <= 3e-3
+    assert 20 < nfe < 400
+    # with the exact log p_T as the prior only the solver's error is left against log p_eps
+    ell_pT, _ = log_likelihood(sde, data.score_fn(sde), x, prior_logp=_log_pT(data, sde))
+    log_peps = data.marginal_log_prob(x, torch.full((200,), 1e-5, dtype=F64), sde)
+    assert (ell_pT - log_peps).abs().mean() < 1e-4
+
+
+def test_vp_error_well_inside_target_and_shrinks_with_rtol():
+    data, sde = ring_of_gaussians(dtype=F64), VPSDE()
+    x = data.sample(100, generator=torch.Generator().manual_seed(1))
+    log_peps = data.marginal_log_prob(x, torch.full((100,), 1e-5, dtype=F64), sde)
+    errs = []
+    for rtol in (1e-4, 1e-6):
+        ell, _ = log_likelihood(sde, data.score_fn(sde), x, rtol=rtol, atol=rtol, prior_logp=_log_pT(data, sde))
+        errs.append((ell - log_peps).abs().mean().item())
+    assert errs[1] < 0.05 * errs[0] and errs[1] < 5e-6
+
+
+def test_gaussian_closed_form_image_shaped():
+    "Gaussian data: log N(x; 0, v_eps) exactly, for x of shape (B, C, H, W); eps = 0 is allowed."
+    sde = VESDE()
+    gauss = GaussianMixture(torch.ones(1), torch.zeros(1, 12), torch.tensor([0.4]), dtype=F64)
+    x = torch.randn(16, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=F64) * math.sqrt(0.4)
+    for eps in (0.0, 1e-3):
+        ell, _ = log_likelihood(sde, gauss.score_fn(sde), x, eps=eps, rtol=1e-7, atol=1e-7, prior_logp=_log_pT(gauss, sde))
+        target = gauss.marginal_log_prob(x, torch.full((16,), eps, dtype=F64), sde)
+        torch.testing.assert_close(ell, target, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise):
+    "Mean over independent probes matches the exact-trace result within 4 standard errors."
+    data, sde = ring_of_gaussians(dtype=F64), VPSDE()
+    x = data.sample(16, generator=torch.Generator().manual_seed(3))
+    exact, _ = log_likelihood(sde, data.score_fn(sde), x)
+    R = 64
+    est, _ = log_likelihood(sde, data.score_fn(sde), x.repeat(R, 1), trace="hutchinson", noise=noise,
+                            generator=torch.Generator().manual_seed(4))
+    dev = est.reshape(R, 16) - exact
+    se = (dev.var(0).mean() / dev.numel()).sqrt()
+    assert dev.var(0).mean() > 1e-3                      # it really is random
+    assert abs(dev.mean()) < 4 * se + 1e-4
+
+
+def test_divergence_exact_and_hutchinson_on_linear_fields():
+    gen = torch.Generator().manual_seed(5)
+    A = torch.randn(6, 6, generator=gen, dtype=F64)
+    x = torch.randn(4, 6, generator=gen, dtype=F64)
+    f, div = divergence(lambda y: y @ A.T, x)
+    torch.testing.assert_close(f, x @ A.T)
+    torch.testing.assert_close(div, A.trace().expand(4))
+    # a diagonal Jacobian: every Rademacher probe gives the exact trace
+    d = torch.arange(1.0, 7.0, dtype=F64)
+    v = hutchinson_probes((3, 4, 6), generator=gen, dtype=F64)
+    assert set(v.unique().tolist()) == {-1.0, 1.0}
+    torch.testing.assert_close(divergence(lambda y: y * d, x, v)[1], torch.full((4,), 21.0, dtype=F64))
+    # Gaussian probes: v^T A v exactly, per probe
+    g = hutchinson_probes((1, 4, 6), "gaussian", generator=gen, dtype=F64)
+    torch.testing.assert_close(divergence(lambda y: y @ A.T, x, g)[1], torch.einsum("bi,ij,bj->b", g[0], A, g[0]))
+    # a field that ignores x has divergence 0
+    assert (divergence(lambda y: torch.ones_like(y), x)[1] == 0).all()
+
+
+def test_hutchinson_variance_formulas():
+    "Var = 2 sum_{i != j} S_ij^2 (Rademacher), 2 ||S||_F^2 (Gaussian), checked by simulation."
+    gen = torch.Generator().manual_seed(6)
+    A = torch.randn(4, 4, generator=gen, dtype=F64)
+    S = 0.5 * (A + A.T)
+    n = 200_000
+    for noise, predicted in (("rademacher", 2 * (S.square().sum() - S.diagonal().square().sum())),
+                             ("gaussian", 2 * S.square().sum())):
+        v = hutchinson_probes((n, 4), noise, generator=gen, dtype=F64)
+        q = torch.einsum("ni,ij,nj->n", v, A, v)
+        # the sample variance of a quadratic form: relative SE about sqrt((kurtosis - 1) / n), < 2 % here
+        assert abs(q.var() / predicted - 1) < 0.03, noise
+        assert abs(q.mean() - A.trace()) < 4 * q.std() / math.sqrt(n)
+
+
+def test_bits_per_dim_by_hand():
+    logp = torch.tensor([-10.0, 2.0], dtype=F64)
+    # D = 3 * 8 * 8 = 192, data on [-1, 1) in 256 bins: a = 1/128, bpd = -logp / (192 ln 2) + 7
+    expected = -logp / (192 * math.log(2)) + 7
+    torch.testing.assert_close(bits_per_dim(logp, (2, 3, 8, 8)), expected)
+    torch.testing.assert_close(bits_per_dim(logp, 192), expected)
+    torch.testing.assert_close(bits_per_dim(logp, torch.Size([2, 192]), data_range=(0.0, 1.0)), expected + 1)
+    # DDPM's y = (x + u) / 127.5 - 1: a = 1/127.5
+    torch.testing.assert_close(bits_per_dim(logp, 192, data_range=(-1.0, 256 / 127.5 - 1)),
+                               -logp / (192 * math.log(2)) + math.log2(127.5))
+    # 16 levels on [0, 4): a = 1/4, -log2 a = 2
+    torch.testing.assert_close(bits_per_dim(logp, 192, n_bins=16, data_range=(0, 4)), -logp / (192 * math.log(2)) + 2)
+
+
+def test_dequantization_bound_below_exact_discrete_probability():
+    "1-D Gaussian, 8 bins of width 1/4: log P(bin) >= D log a + E_u log p (Jensen), by fine quadrature."
+    mu, sd, n_bins, lo, hi = 0.1, 0.5, 8, -1.0, 1.0
+    a = (hi - lo) / n_bins
+    x = torch.arange(n_bins)
+    left = lo + a * x.to(F64)
+    P = torch.special.ndtr((left + a - mu) / sd) - torch.special.ndtr((left - mu) / sd)
+    u = (torch.arange(2000, dtype=F64) + 0.5) / 2000
+    y = lo + a * (x[:, None].to(F64) + u)
+    logp = -0.5 * ((y - mu) / sd) ** 2 - math.log(sd * math.sqrt(2 * math.pi))
+    bound = logp.mean(1) + math.log(a)
+    gap = P.log() - bound
+    assert (gap > 0).all()
+    second_order = a**2 / 24 * ((left + a / 2 - mu) / sd**2) ** 2      # a^2 |d log p / dy|^2 / 24 at the bin centre
+    torch.testing.assert_close(gap, second_order, rtol=0.2, atol=1e-3)
+    # and bits_per_dim turns the bound into an upper bound on the exact bits
+    assert (bits_per_dim(logp.mean(1), 1, n_bins=n_bins, data_range=(lo, hi)) >= -P.log2() - 1e-12).all()
+
+
+def test_dequantize_stays_in_its_bin_despite_rounding():
+    "Values whose u rounds up to 1 in float32 are kept inside the bin, so quantize inverts dequantize exactly."
+    for n_bins, data_range in ((256, (-1.0, 1.0)), (256, (-1.0, 256 / 127.5 - 1)), (10, (0.0, 0.3))):
+        x = torch.arange(n_bins).repeat(200)
+        for dtype in (torch.float32, torch.float64):
+            y = dequantize(x, torch.Generator().manual_seed(19), n_bins=n_bins, data_range=data_range, dtype=dtype)
+            assert torch.equal(quantize(y, n_bins=n_bins, data_range=data_range), x)
+            top = torch.full_like(y, data_range[0]) + (data_range[1] - data_range[0]) / n_bins * (x.to(dtype) + 1)
+            assert torch.equal(quantize(torch.nextafter(top, top - 1), n_bins=n_bins, data_range=data_range), x)
+
+
+def test_dequantize_and_quantize():
+    x = torch.randint(0, 256, (1000, 3, 4), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    y = dequantize(x, torch.Generator().manual_seed(8))
+    assert y.dtype == torch.float32 and y.shape == x.shape and (y >= -1).all() and (y < 1).all()
+    assert torch.equal(quantize(y), x.long())
+    torch.testing.assert_close(dequantize(x, torch.Generator().manual_seed(8)), y)      # same generator, same result
+    assert not torch.equal(dequantize(x, torch.Generator().manual_seed(9)), y)
+    u = (y.double() + 1) * 128 - x.double()
+    assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / u.numel())
+    y64 = dequantize(x.long(), n_bins=256, data_range=(0.0, 1.0), dtype=F64)
+    assert y64.dtype == F64 and torch.equal(quantize(y64, data_range=(0.0, 1.0)), x.long())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(8, 4), (8, 1, 2, 2)], ids=["BD", "BCHW"])
+def test_shapes_dtypes_devices(device, dtype, shape):
+    sde = VPSDE()
+    gauss = GaussianMixture(torch.ones(1), torch.zeros(1, 4), torch.tensor([0.3]), dtype=dtype, device=device)
+    x = torch.randn(shape, generator=torch.Generator(device).manual_seed(10), dtype=dtype, device=device) * math.sqrt(0.3)
+    target = gauss.marginal_log_prob(x, torch.full((8,), 1e-5, dtype=dtype, device=device), sde)
+    tol = 1e-3 if dtype == torch.float32 else 1e-4      # the prior mismatch of VP at T = 1 is ~1e-4 here
+    for kw in (dict(trace="exact"), dict(trace="hutchinson", n_probes=2, generator=torch.Generator(device).manual_seed(11))):
+        ell, nfe = log_likelihood(sde, gauss.score_fn(sde), x, **kw)
+        assert ell.shape == (8,) and ell.dtype == dtype and ell.device == x.device and nfe > 0
+        if kw["trace"] == "exact":
+            assert (ell - target).abs().max() < tol
+        else:
+            assert torch.isfinite(ell).all()
+    bpd = bits_per_dim(ell, x.shape)
+    assert bpd.shape == (8,) and bpd.device == x.device
+    levels = torch.randint(0, 256, shape, device=device, generator=torch.Generator(device).manual_seed(12))
+    y = dequantize(levels, torch.Generator(device).manual_seed(13), dtype=dtype)
+    assert y.device == x.device and y.dtype == dtype and torch.equal(quantize(y), levels)
+
+
+def test_same_generator_same_result():
+    data, sde = ring_of_gaussians(dtype=F64), VPSDE()
+    x = data.sample(32, generator=torch.Generator().manual_seed(14))
+    run = lambda seed, noise: log_likelihood(sde, data.score_fn(sde), x, trace="hutchinson", noise=noise,
+                                             generator=torch.Generator().manual_seed(seed), rtol=1e-4, atol=1e-4)[0]
+    for noise in ("rademacher", "gaussian"):
+        assert torch.equal(run(15, noise), run(15, noise))
+        assert not torch.equal(run(15, noise), run(16, noise))
+
+
+def test_fixed_step_method_counts_evaluations():
+    data, sde = ring_of_gaussians(dtype=F64), VPSDE()
+    x = data.sample(16, generator=torch.Generator().manual_seed(17))
+    ell, nfe = log_likelihood(sde, data.score_fn(sde), x, eps=1e-3, method="rk4", options={"step_size": 0.999 / 200})
+    assert nfe == 4 * 200 or nfe == 4 * 201
+    assert (ell - data.marginal_log_prob(x, torch.full((16,), 1e-3, dtype=F64), sde)).abs().mean() < 1e-3
+
+
+def test_bad_inputs():
+    data, sde = ring_of_gaussians(dtype=F64), VPSDE()
+    score, x = data.score_fn(sde), data.sample(4, generator=torch.Generator().manual_seed(18))
+    with pytest.raises(ValueError, match="`eps`"):
+        log_likelihood(sde, score, x, eps=-1e-3)
+    with pytest.raises(ValueError, match="`eps`"):
+        log_likelihood(sde, score, x, eps=1.0)
+    with pytest.raises(ValueError, match="`trace`"):
+        log_likelihood(sde, score, x, trace="approximate")
+    with pytest.raises(ValueError, match="`noise`"):
+        log_likelihood(sde, score, x, trace="hutchinson", noise="uniform")
+    with pytest.raises(ValueError, match="`n_probes`"):
+        log_likelihood(sde, score, x, trace="hutchinson", n_probes=0)
+    with pytest.raises(ValueError, match="`x`.*floating-point"):
+        log_likelihood(sde, score, torch.zeros(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="`x`"):
+        log_likelihood(sde, score, torch.zeros(4, dtype=F64))
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        log_likelihood(sde, score, torch.full((4, 2), float("nan"), dtype=F64))
+    with pytest.raises(ValueError, match="`rtol`"):
+        log_likelihood(sde, score, x, rtol=0.0)
+    with pytest.raises(ValueError, match="`prior_logp`"):
+        log_likelihood(sde, score, x, prior_logp=lambda z: z)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        log_likelihood(sde, lambda y, t: torch.full_like(y, float("nan")), x)
+    with pytest.raises(TypeError, match="`sde`"):
+        log_likelihood("VP", score, x)
+    with pytest.raises(ValueError, match="`probes`"):
+        divergence(lambda y: y, x, torch.ones(2, 4, 3, dtype=F64))
+    with pytest.raises(ValueError, match="`n_bins`"):
+        bits_per_dim(torch.zeros(2), 4, n_bins=1)
+    with pytest.raises(ValueError, match="`data_range`"):
+        bits_per_dim(torch.zeros(2), 4, data_range=(1.0, -1.0))
+    with pytest.raises(ValueError, match="`shape`"):
+        bits_per_dim(torch.zeros(2), (3, 4))
+    with pytest.raises(ValueError, match="`logp`"):
+        bits_per_dim(torch.zeros(2, 1), 4)
+    with pytest.raises(ValueError, match="`x`"):
+        dequantize(torch.rand(3, 2))
+    with pytest.raises(ValueError, match="`x` must take values"):
+        dequantize(torch.tensor([[0, 256]]))
+    with pytest.raises(ValueError, match="`noise`"):
+        hutchinson_probes((1, 2, 2), "uniform")
