@@ -287,8 +287,8 @@ def test_bad_times(name, method):
     (lambda: VPSDE(beta_min=0.0), "`beta_min` must be a positive finite number"),
     (lambda: VPSDE(beta_min=-0.1), "`beta_min` must be a positive finite number"),
     (lambda: SubVPSDE(beta_max=float("inf")), "`beta_max` must be a positive finite number"),
-    (lambda: VPSDE(beta_min=5.0, beta_max=5.0), "`beta_max` must be greater than `beta_min`"),
-    (lambda: SubVPSDE(beta_min=5.0, beta_max=1.0), "`beta_max` must be greater than `beta_min`"),
+    (lambda: VPSDE(beta_min=5.0, beta_max=4.0), "`beta_max` must be at least `beta_min`"),
+    (lambda: SubVPSDE(beta_min=5.0, beta_max=1.0), "`beta_max` must be at least `beta_min`"),
     (lambda: VESDE(sigma_min=0.0), "`sigma_min` must be a positive finite number"),
     (lambda: VESDE(sigma_max=-1.0), "`sigma_max` must be a positive finite number"),
     (lambda: VESDE(sigma_min=1.0, sigma_max=0.5), "`sigma_max` must be greater than `sigma_min`"),
@@ -338,3 +338,22 @@ def test_unchecked_skips_validation_only_inside_the_block():
     torch.testing.assert_close(checked, unchecked)
     with pytest.raises(ValueError, match="`t` must lie in"):
         sde.sde(x, torch.full((4,), 1.5, dtype=torch.float64))
+
+
+def test_constant_beta_is_ornstein_uhlenbeck():
+    "VPSDE(b, b) is OU with theta = b/2, sigma = sqrt(b): kernels agree, and the mixture oracle works under it."
+    import math as _math
+    from sde_diffusion.solvers import OrnsteinUhlenbeck
+    from sde_diffusion.toy import ring_of_gaussians
+    b = 2.5
+    sde, ou = VPSDE(beta_min=b, beta_max=b), OrnsteinUhlenbeck(theta=b / 2, mu=0.0, sigma=_math.sqrt(b))
+    t = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)
+    x = torch.randn(9, 2, dtype=torch.float64)
+    mean, std = sde.marginal_prob(x, t)
+    torch.testing.assert_close(mean, ou.mean(x, t))
+    torch.testing.assert_close(std[:, 0] ** 2, ou.variance(t))
+    mix = ring_of_gaussians(dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    lp = mix.marginal_log_prob(xr, t[1:].clone().repeat(2)[:9], sde).sum()
+    (grad,) = torch.autograd.grad(lp, xr)
+    torch.testing.assert_close(mix.marginal_score(x, t[1:].clone().repeat(2)[:9], sde), grad)
