@@ -1,0 +1,237 @@
+"""Samplers of chapter 9: predictors, correctors, the PC loop and the ODE sampler, with exact mixture scores."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from sde_diffusion.metrics import expected_log_prob, mean_logp_gap
+from sde_diffusion.reverse import probability_flow
+from sde_diffusion.sampling import (CORRECTORS, DDIM, PREDICTORS, AncestralSampling, AnnealedLangevin, DPMSolver2M,
+                                    EulerMaruyama, Heun, Langevin, ReverseDiffusion, SamplerOutput, ode_sample, sample,
+                                    sampling_times, tweedie_denoise)
+from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.toy import ring_of_gaussians
+
+from conftest import DEVICES
+
+SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
+RING = ring_of_gaussians()
+RING64 = ring_of_gaussians(dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def E_logp():
+    return expected_log_prob(RING.log_prob, RING.sample, n=400_000, generator=torch.Generator().manual_seed(11))[0]
+
+
+# ---------------------------------------------------------------- accuracy at high NFE
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("kw", [dict(predictor="euler_maruyama"), dict(predictor="reverse_diffusion"),
+                                dict(predictor=AncestralSampling("transition")), dict(predictor="ddim"),
+                                dict(predictor="heun", spacing="edm", steps=250),
+                                dict(predictor="dpm_solver_2m", spacing="logsnr"),
+                                dict(predictor="reverse_diffusion", corrector="annealed_langevin", snr=0.04)],
+                         ids=["em", "rd", "ancestral", "ddim", "heun", "dpm2m", "pc"])
+def test_every_sampler_reaches_the_floor(sde_name, kw, E_logp):
+    """With the exact score and 500 steps, the mean exact log-density of 4,000 samples equals its expectation within
+    4 standard errors plus the O(1/N) bias the chapter measures for the stochastic samplers (|bias| <= 10/N nats)."""
+    sde, n, kw = SDES[sde_name], 4000, dict(kw)
+    steps = kw.pop("steps", 500)
+    out = sample(sde, RING.score_fn(sde), (n, 2), steps=steps, generator=torch.Generator().manual_seed(3), **kw)
+    gap, se = mean_logp_gap(out.samples, RING.log_prob, E_logp, return_se=True)
+    assert abs(gap) < 4 * se + 10 / 500, (gap, se)
+
+
+def test_ode_sampler_reaches_the_floor(E_logp):
+    out = ode_sample(VPSDE(), RING.score_fn(VPSDE()), (4000, 2), rtol=1e-5, atol=1e-5, generator=torch.Generator().manual_seed(4))
+    gap, se = mean_logp_gap(out.samples, RING.log_prob, E_logp, return_se=True)
+    assert abs(gap) < 4 * se and 40 < out.nfe < 200
+
+
+def test_stochastic_error_decreases_with_nfe(E_logp):
+    "Euler–Maruyama's log-density gap shrinks roughly like 1/N: 10 -> 40 -> 160 steps, far above the noise."
+    gaps = [abs(mean_logp_gap(sample(VPSDE(), RING.score_fn(VPSDE()), (4000, 2), predictor="euler_maruyama", steps=N,
+                                     generator=torch.Generator().manual_seed(5)).samples, RING.log_prob, E_logp))
+            for N in (10, 40, 160)]
+    assert gaps[0] > 3 * gaps[1] > 0 and gaps[1] > 2 * gaps[2], gaps
+
+
+# ---------------------------------------------------------------- orders of the ODE predictors
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("pred,spacing,order", [(EulerMaruyama(probability_flow=True), "uniform", 1.0),
+                                                (ReverseDiffusion(probability_flow=True), "uniform", 1.0),
+                                                (DDIM(), "uniform", 1.0), (Heun(), "edm", 2.0),
+                                                (DPMSolver2M(), "logsnr", 2.0)],
+                         ids=["euler", "rd-pf", "ddim", "heun", "dpm2m"])
+def test_convergence_order_against_dopri5(sde_name, pred, spacing, order):
+    sde = SDES[sde_name]
+    score = RING64.score_fn(sde)
+    x_T = sde.prior_sampling((200, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with sde.unchecked():
+        ref, _ = probability_flow(sde, score, x_T, sde.T, 1e-3, rtol=1e-10, atol=1e-10)
+    Ns = [64, 128, 256, 512]
+    errs = [(sample(sde, score, predictor=pred, steps=N, spacing=spacing, x_T=x_T, denoise=False).samples - ref)
+            .square().sum(1).mean().sqrt().item() for N in Ns]
+    slope = -np.polyfit(np.log(Ns), np.log(errs), 1)[0]
+    assert abs(slope - order) < 0.15, (errs, slope)
+
+
+# ---------------------------------------------------------------- identities and cross-checks
+def test_ddim_eta1_is_ancestral_and_dpm_first_step_is_ddim():
+    sde, score = VPSDE(), RING64.score_fn(VPSDE())
+    x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t, tn = torch.full((50,), 0.6, dtype=torch.float64), torch.full((50,), 0.55, dtype=torch.float64)
+    a = DDIM(1.0).step(sde, score, x, t, tn, torch.Generator().manual_seed(2))
+    b = AncestralSampling().step(sde, score, x, t, tn, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-13)
+    torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-13)
+    dpm = DPMSolver2M()
+    dpm.reset(10)
+    torch.testing.assert_close(dpm.step(sde, score, x, t, tn)[0], DDIM().step(sde, score, x, t, tn)[0], rtol=0, atol=1e-13)
+
+
+def test_ancestral_vp_equals_ddpm_step():
+    "On the VP SDE the ancestral mean is DDPM's (x + beta s)/sqrt(1 - beta) with beta = 1 - a^2 of the step."
+    sde, score = VPSDE(), RING64.score_fn(VPSDE())
+    x = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t, tn = torch.full((20,), 0.3, dtype=torch.float64), torch.full((20,), 0.299, dtype=torch.float64)
+    (al, sg), (aln, sgn) = sde.marginal_coeffs(t), sde.marginal_coeffs(tn)
+    beta = 1 - (al / aln) ** 2
+    mean = (x + beta[:, None] * score(x, t)) / (1 - beta[:, None]).sqrt()
+    _, got = AncestralSampling().step(sde, score, x, t, tn)
+    torch.testing.assert_close(got, mean, rtol=0, atol=1e-13)
+
+
+def test_ode_sample_equals_direct_torchdiffeq():
+    sde, score = VPSDE(), RING64.score_fn(VPSDE())
+    x_T = sde.prior_sampling((100, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours, nfe = ode_sample(sde, score, x_T=x_T, rtol=1e-7, atol=1e-7, denoise=False)
+
+    def field(t, x):
+        beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+        return -0.5 * beta * (x + score(x, t.expand(x.shape[0])))
+    direct = odeint(field, x_T, torch.tensor([1.0, 1e-3], dtype=torch.float64), rtol=1e-7, atol=1e-7,
+                    options={"step_t": torch.tensor([1e-3], dtype=torch.float64), "first_step": 1e-2 * (1 - 1e-3)})[-1]
+    assert (ours - direct).abs().max() < 1e-10 and nfe > 20
+    rk4, nfe4 = ode_sample(sde, score, x_T=x_T, method="rk4", steps=50, denoise=False)
+    assert nfe4 == 200 and (rk4 - direct).abs().max() < 1e-3
+
+
+def test_tweedie_denoise_is_the_posterior_mean():
+    "For Gaussian data N(m, s^2 I), E[x0 | x_t] is known in closed form."
+    sde, m, s2 = VPSDE(), 0.7, 0.3
+    score = lambda x, t: -(x - sde.marginal_coeffs(t)[0][:, None] * m) / (
+        sde.marginal_coeffs(t)[0][:, None] ** 2 * s2 + sde.marginal_coeffs(t)[1][:, None] ** 2)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    t = torch.full((10,), 0.4, dtype=torch.float64)
+    a, sg = (c[:, None] for c in sde.marginal_coeffs(t))
+    exact = m + a * s2 / (a**2 * s2 + sg**2) * (x - a * m)
+    torch.testing.assert_close(tweedie_denoise(sde, score, x, t), exact, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the loop: seeds, NFE, shapes, devices, errors
+def test_same_seed_same_samples_and_nfe():
+    sde, score = VESDE(), RING.score_fn(VESDE())
+    run = lambda seed, **kw: sample(sde, score, (300, 2), steps=40, generator=torch.Generator().manual_seed(seed), **kw)
+    assert torch.equal(run(1).samples, run(1).samples)
+    assert not torch.equal(run(1).samples, run(2).samples)
+    assert run(1).nfe == 41 and run(1, denoise=False).nfe == 40
+    assert run(1, predictor="heun").nfe == 81
+    assert run(1, corrector="langevin", corrector_steps=3).nfe == 40 * 4 + 1
+    assert run(1, corrector=Langevin(0.1, 2)).nfe == 40 * 3 + 1
+    out = run(1, return_path=True)
+    assert isinstance(out, SamplerOutput) and out.samples.shape == (42, 300, 2)
+
+
+# Output variance minus 1 after 100 uniform steps for data N(0, I) under the VP SDE (score -x), from the exact variance
+# recursion of chapter 9 (every step is linear for Gaussian data). The PF drift is 0 here, yet DDIM is not exact:
+# with alpha = cos(theta), sigma = sin(theta) its step multiplies x by cos(theta - theta'), so the variance is
+# prod cos^2(dtheta) = 1 - O(1/N). Heun and DPM-Solver++(2M) are second order: O(1/N^2), below 0.005 here.
+def _ddim_gaussian_bias(steps):
+    a, s = VPSDE().marginal_coeffs(sampling_times(VPSDE(), steps, dtype=torch.float64))
+    return (torch.atan2(s, a).diff().cos() ** 2).prod().item() - 1
+
+
+GAUSSIAN_BIAS_100 = {"euler_maruyama": 0.01415, "reverse_diffusion": 0.02827, "ancestral": -0.07816,
+                     "ddim": _ddim_gaussian_bias(100), "heun": 0.0, "dpm_solver_2m": 0.0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(PREDICTORS))
+def test_any_rank_dtype_device_and_gaussian_variance(device, name):
+    "Samples of shape (B, 3, 4, 4) for data N(0, I): right shape, dtype, device, and the predicted output variance."
+    sde, g = VPSDE(), torch.Generator(device=device).manual_seed(0)
+    out = sample(sde, lambda x, t: -x, (2000, 3, 4, 4), predictor=name, steps=100, generator=g, denoise=False,
+                 dtype=torch.float64, device=device)
+    x = out.samples
+    assert x.shape == (2000, 3, 4, 4) and x.dtype == torch.float64 and x.device.type == device and out.nfe == 100 * (
+        2 if name == "heun" else 1)
+    n = x.numel()   # independent N(0, 1 + bias) coordinates
+    assert abs(x.mean().item()) < 4 / math.sqrt(n)
+    slack = 0.005 if name in ("heun", "dpm_solver_2m") else 0.0
+    assert abs(x.var().item() - 1 - GAUSSIAN_BIAS_100[name]) < 4 * math.sqrt(2 / n) + slack
+
+
+def test_corrector_keeps_exact_samples_at_small_snr():
+    sde = VPSDE()
+    alpha, sigma = sde.marginal_coeffs(torch.tensor([0.1]))
+    p_t = RING.marginal(alpha.item(), sigma.item())
+    x = p_t.sample(5000, generator=torch.Generator().manual_seed(0))
+    E = expected_log_prob(p_t.log_prob, p_t.sample, n=200_000, generator=torch.Generator().manual_seed(1))[0]
+    t, g = torch.full((5000,), 0.1), torch.Generator().manual_seed(2)
+    for corr in (Langevin(0.03, 50), AnnealedLangevin(0.03, 50)):
+        y = corr.step(sde, RING.score_fn(sde), x, t, g)[0]
+        gap, se = mean_logp_gap(y, p_t.log_prob, E, return_se=True)
+        assert abs(gap) < 4 * se, (corr, gap, se)
+
+
+def test_nan_is_reported_with_its_step():
+    sde, score = VPSDE(), RING.score_fn(VPSDE())
+    bad = lambda x, t: torch.where((t < 0.5)[:, None], torch.nan, score(x, t))
+    with pytest.raises(FloatingPointError, match=r"step 26 of 50"):
+        sample(sde, bad, (10, 2), steps=50)
+    with pytest.raises(FloatingPointError, match="ODE"):
+        ode_sample(sde, lambda x, t: torch.full_like(x, torch.inf), (10, 2), method="euler", steps=5)
+
+
+def test_sampling_times():
+    for sde in SDES.values():
+        for spacing in ("uniform", "logsnr", "edm"):
+            ts = sampling_times(sde, 30, eps=1e-3, spacing=spacing, dtype=torch.float64)
+            assert ts.shape == (31,) and ts[0] == sde.T and ts[-1] == 1e-3 and (ts.diff() < 0).all()
+    ts = sampling_times(VPSDE(), 10, spacing="logsnr", dtype=torch.float64)
+    a, s = VPSDE().marginal_coeffs(ts)
+    lam = (a / s).log()
+    assert (lam.diff() - lam.diff().mean()).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), steps=0), "`steps`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), eps=0.0), "`eps`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), eps=1.0), "`eps`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), spacing="cosine"), "`spacing`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), predictor="euler"), "`predictor`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), corrector=3), "`corrector`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), corrector="langevin", snr=-1), "`snr`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), x_T=torch.zeros(5, 2)), "`x_T`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x), "`shape` or `x_T`"),
+    (lambda: sample(VPSDE(), lambda x, t: x[:, :1], (4, 2), steps=2), "`score_fn`"),
+    (lambda: sample("vp", lambda x, t: -x, (4, 2)), "`sde`"),
+    (lambda: DDIM(eta=2.0), "`eta`"),
+    (lambda: AncestralSampling("large"), "`variance`"),
+    (lambda: Langevin(n_steps=0), "`n_steps`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), method="rk45"), "`method`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), method="euler"), "needs `steps`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), steps=10), "`steps`"),
+])
+def test_bad_arguments_are_named(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_registries():
+    assert set(PREDICTORS) == {"euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "heun", "dpm_solver_2m"}
+    assert set(CORRECTORS) == {"langevin", "annealed_langevin"}
+    assert "DDIM(eta=0.5)" in repr(DDIM(0.5))
