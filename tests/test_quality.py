@@ -1,0 +1,254 @@
+"""Judging image samples: the Fréchet distance against closed forms and scipy, its invariances, the 1/n floor, the
+digit classifier (accuracy, determinism), coverage and confidence under corruption, bad input, devices."""
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.data import load_digits
+from sde_diffusion.metrics import NoiseFloor
+from sde_diffusion.quality import (ClassifierReport, DigitClassifier, classifier_features, classifier_scores,
+                                   confusion_matrix, frechet_distance, frechet_distance_gaussians, frechet_floor,
+                                   frechet_floor_gaussian, gaussian_fit, random_shift, sample_quality,
+                                   train_digit_classifier)
+
+from conftest import DEVICES
+
+F64 = torch.float64
+
+
+def _gen(seed, device="cpu"):
+    return torch.Generator(device).manual_seed(seed)
+
+
+def _rotation(theta):
+    return torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=F64)
+
+
+def _random_cov(d, g, rank=None):
+    A = torch.randn(d, rank or d, generator=g, dtype=F64)
+    return A @ A.T / (rank or d)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_digit_classifier(seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits("train"), load_digits("test")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fréchet distance
+
+def test_fd_matches_the_2x2_closed_form_for_non_commuting_covariances():
+    for k, (t_a, t_b) in enumerate(((0.3, -1.1), (0.0, 0.7), (1.2, 1.2 + 1e-3))):
+        S_a = _rotation(t_a) @ torch.diag(torch.tensor([4.0, 0.25], dtype=F64)) @ _rotation(t_a).T
+        S_b = _rotation(t_b) @ torch.diag(torch.tensor([1.0 + k, 9.0], dtype=F64)) @ _rotation(t_b).T
+        mu_a, mu_b = torch.tensor([0.0, 1.0], dtype=F64), torch.tensor([2.0, -1.0 + k], dtype=F64)
+        closed = ((mu_a - mu_b).square().sum() + S_a.trace() + S_b.trace()
+                  - 2 * torch.sqrt((S_a @ S_b).trace() + 2 * torch.sqrt(S_a.det() * S_b.det()))).item()
+        assert abs(frechet_distance_gaussians(mu_a, S_a, mu_b, S_b) - closed) < 1e-8
+
+
+def test_fd_matches_the_commuting_form_and_scipy_sqrtm():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = _gen(0)
+    d = 32
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+    a, b = torch.rand(d, generator=g, dtype=F64) * 3, torch.rand(d, generator=g, dtype=F64) * 3
+    got = frechet_distance_gaussians(torch.zeros(d, dtype=F64), (Q * a) @ Q.T, torch.ones(d, dtype=F64), (Q * b) @ Q.T)
+    assert abs(got - (d + (a.sqrt() - b.sqrt()).square().sum().item())) < 1e-8
+    # general covariances: the textbook route through scipy's sqrtm of the non-symmetric product
+    S_a, S_b = _random_cov(d, g), _random_cov(d, g)
+    mu_a, mu_b = torch.randn(d, generator=g, dtype=F64), torch.randn(d, generator=g, dtype=F64)
+    covmean = scipy_linalg.sqrtm((S_a @ S_b).numpy()).real
+    ref = ((mu_a - mu_b).square().sum() + S_a.trace() + S_b.trace()).item() - 2 * float(covmean.trace())
+    assert abs(frechet_distance_gaussians(mu_a, S_a, mu_b, S_b) - ref) < 1e-8 * max(1.0, ref)
+
+
+def test_fd_is_symmetric_nonnegative_zero_on_identical_sets_and_rotation_invariant():
+    g = _gen(1)
+    fa = torch.randn(400, 12, generator=g, dtype=F64) @ torch.randn(12, 12, generator=g, dtype=F64)
+    fb = 0.3 + torch.randn(250, 12, generator=g, dtype=F64) @ torch.randn(12, 12, generator=g, dtype=F64)
+    d = frechet_distance(fa, fb)
+    assert d > 0 and abs(frechet_distance(fb, fa) - d) < 1e-10 * d
+    assert 0.0 <= frechet_distance(fa, fa) < 1e-10
+    few = torch.randn(5, 12, generator=g, dtype=F64)            # rank-deficient covariance
+    assert 0.0 <= frechet_distance(few, few) < 1e-10
+    Q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=F64))
+    c = torch.randn(12, generator=g, dtype=F64)
+    assert abs(frechet_distance(fa @ Q.T + c, fb @ Q.T + c) - d) < 1e-10 * d
+    # float32 features are computed in float64: the same answer
+    assert abs(frechet_distance(fa.float(), fb.float()) - frechet_distance(fa.float().double(), fb.float().double())) < 1e-12 * d
+    # it is the distance between the Gaussian fits
+    assert frechet_distance(fa, fb) == frechet_distance_gaussians(*gaussian_fit(fa), *gaussian_fit(fb))
+
+
+def test_gaussian_fit_is_mean_and_unbiased_covariance():
+    x = torch.randn(50, 3, generator=_gen(2), dtype=F64)
+    mu, cov = gaussian_fit(x)
+    torch.testing.assert_close(mu, x.mean(0))
+    torch.testing.assert_close(cov, torch.cov(x.T))
+
+
+def test_floor_formula_matches_gaussian_simulation():
+    g = _gen(3)
+    d, n, R = 16, 300, 200
+    lam = torch.logspace(0, -2, d, dtype=F64)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
+    cov, root = (Q * lam) @ Q.T, (Q * lam.sqrt()) @ Q.T
+    vals = torch.tensor([frechet_distance(torch.randn(n, d, generator=g, dtype=F64) @ root,
+                                          torch.randn(2 * n, d, generator=g, dtype=F64) @ root) for _ in range(R)])
+    pred = frechet_floor_gaussian(cov, n, 2 * n)
+    assert abs(vals.mean().item() - pred) < 4 * vals.std().item() / math.sqrt(R) + 0.02 * pred
+    # identity covariance: 2F/n + F(F+1)/2(n-1)
+    assert abs(frechet_floor_gaussian(torch.eye(8, dtype=F64), 100) - (16 / 100 + 8 * 9 / 2 / 99)) < 1e-12
+    # halving n doubles the floor, to first order
+    assert 1.95 < frechet_floor_gaussian(cov, 500) / frechet_floor_gaussian(cov, 1000) < 2.05
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the classifier
+
+def test_classifier_reaches_the_accuracy_and_reports_it(trained, digits):
+    model, report = trained
+    assert isinstance(report, ClassifierReport)
+    assert report.test_accuracy >= 0.95 and report.train_accuracy >= 0.95
+    (_, _), (x_test, y_test) = digits
+    conf = confusion_matrix(model, x_test, y_test)
+    assert torch.equal(conf, report.confusion) and conf.sum() == len(y_test)
+    assert torch.equal(conf.sum(1), torch.bincount(y_test, minlength=10))
+    assert not model.training and len(report.losses) == 12 and report.losses[-1] < report.losses[0]
+
+
+def test_training_is_deterministic_with_the_seed():
+    m1, r1 = train_digit_classifier(epochs=1, seed=5)
+    m2, r2 = train_digit_classifier(epochs=1, seed=5)
+    m3, r3 = train_digit_classifier(epochs=1, seed=6)
+    assert r1.losses == r2.losses and torch.equal(r1.confusion, r2.confusion)
+    assert all(torch.equal(p, q) for p, q in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert r3.losses != r1.losses
+
+
+def test_classifier_shapes_for_other_sizes():
+    for size, n_down in ((8, 1), (16, 2), (28, 2), (32, 3)):
+        net = DigitClassifier(size, feature_dim=32, seed=0)
+        x = torch.zeros(2, 1, size, size)
+        assert net.n_down == n_down and net.features(x).shape == (2, 32) and net(x).shape == (2, 10)
+
+
+def test_random_shift_moves_content_by_at_most_max_shift():
+    x = -torch.ones(64, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0
+    y = random_shift(x, 1, _gen(0))
+    rows, cols = (y[:, 0] == 1).nonzero()[:, 1:].T
+    assert ((rows - 4).abs() <= 1).all() and ((cols - 4).abs() <= 1).all() and len(rows) == 64
+    assert len({(int(r), int(c)) for r, c in zip(rows, cols)}) == 9          # all nine offsets occur
+    assert torch.equal(random_shift(x, 1, _gen(0)), y) and random_shift(x, 0) is x
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# classifier scores and the floor
+
+def test_coverage_drops_when_a_class_is_removed(trained, digits):
+    model, _ = trained
+    (_, _), (x_test, y_test) = digits
+    full = classifier_scores(model, x_test)
+    no3 = classifier_scores(model, x_test[y_test != 3])
+    only7 = classifier_scores(model, x_test[y_test == 7])
+    assert full["coverage"] == 1.0 and full["classes_covered"] == 10 and full["class_kl"] < 0.01
+    assert no3["coverage"] == 0.9 and no3["class_kl"] > 0.08
+    assert only7["coverage"] == 0.1 and only7["class_histogram"][7] > 0.9
+    assert 1.0 <= only7["inception_score"] < 1.5 < 8 < full["inception_score"] <= 10
+    assert abs(full["class_histogram"].sum().item() - 1) < 1e-12
+
+
+def test_confidence_and_fd_move_with_noise(trained, digits):
+    model, _ = trained
+    (x_train, _), (x_test, _) = digits
+    g = _gen(4)
+    x = x_train[torch.randperm(len(x_train), generator=g)[:360]]
+    quality = [sample_quality(model, (x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1), x_test)
+               for s in (0.0, 0.4, 0.8)]
+    conf = [q["mean_confidence"] for q in quality]
+    fd = [q["fd"] for q in quality]
+    assert conf[0] > conf[1] > conf[2] and fd[0] < fd[1] < fd[2]
+    assert quality[0]["n"] == 360 and quality[0]["m"] == len(x_test)
+
+
+def test_real_vs_real_floor_is_seeded_falls_with_n_and_brackets_clean_data(trained, digits):
+    model, _ = trained
+    (x_train, _), (x_test, _) = digits
+    floor, values = frechet_floor(model, x_train, x_test, n=360, repeats=10, return_values=True)
+    assert isinstance(floor, NoiseFloor) and values.shape == (10,) and floor.std > 0
+    assert frechet_floor(model, x_train, x_test, n=360, repeats=10) == floor
+    assert frechet_floor(model, x_train, x_test, n=360, repeats=10, seed=1) != floor
+    small, large = frechet_floor(model, x_train, n=100), frechet_floor(model, x_train, n=600)
+    assert small.mean > 2 * large.mean
+    q = sample_quality(model, x_train[:360], x_test, floor=floor)
+    assert q["fd_floor"] == floor.mean and abs(q["fd_z"]) < 4
+    pixels = frechet_floor(None, x_train, x_test, n=360, repeats=3)
+    assert pixels.mean > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x: frechet_distance(x.flatten(1), x.flatten(1)[:, :10]), "feature dimension"),
+    (lambda m, x: frechet_distance(x.flatten(1)[:1], x.flatten(1)), "feats_a"),
+    (lambda m, x: frechet_distance(x.flatten(1), torch.ones(5, 64, dtype=torch.long)), "feats_b"),
+    (lambda m, x: frechet_distance(x.flatten(1), x.flatten(1) * float("nan")), "feats_b"),
+    (lambda m, x: frechet_distance_gaussians(torch.zeros(2), -torch.eye(2), torch.zeros(2), torch.eye(2)), "cov_a"),
+    (lambda m, x: frechet_distance_gaussians(torch.zeros(2), torch.eye(2), torch.zeros(2), torch.tensor([[1.0, 1], [0, 1]])), "cov_b"),
+    (lambda m, x: frechet_distance_gaussians(torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(2)), "mean_b"),
+    (lambda m, x: frechet_floor_gaussian(torch.eye(2), 1), "n_a"),
+    (lambda m, x: classifier_scores(m, x[:, :, :4]), "images"),
+    (lambda m, x: classifier_scores(m, x[0]), "images"),
+    (lambda m, x: classifier_scores("model", x), "model"),
+    (lambda m, x: classifier_scores(m, x.long()), "images"),
+    (lambda m, x: sample_quality(m, x, x[:, :, :4, :4]), "reference"),
+    (lambda m, x: sample_quality(m, x * float("inf"), x), "samples"),
+    (lambda m, x: sample_quality(m, x, x, floor=(0.5, 0.1)), "floor"),
+    (lambda m, x: frechet_floor(m, x, n=x.shape[0]), "`n`"),
+    (lambda m, x: frechet_floor(m, x, repeats=1), "repeats"),
+    (lambda m, x: frechet_floor(m, x, seed=0.5), "seed"),
+    (lambda m, x: train_digit_classifier(epochs=0), "epochs"),
+    (lambda m, x: train_digit_classifier(lr=-1.0), "lr"),
+    (lambda m, x: train_digit_classifier(seed="0"), "seed"),
+    (lambda m, x: DigitClassifier(channels=12, groups=8), "channels"),
+    (lambda m, x: DigitClassifier(size=0), "size"),
+    (lambda m, x: m(x.double()), "`x`"),
+    (lambda m, x: random_shift(x, -1), "max_shift"),
+])
+def test_bad_arguments_are_named(call, match):
+    model = DigitClassifier(seed=0)
+    x = load_digits("test")[0][:20]
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(model, x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# devices and dtypes
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_follow_the_inputs(device):
+    model = DigitClassifier(seed=0).to(device)
+    x = load_digits("test", device=device)[0][:50]
+    feats = classifier_features(model, x)
+    assert feats.device.type == torch.device(device).type and feats.dtype == F64 and feats.shape == (50, 64)
+    cpu_feats = classifier_features(DigitClassifier(seed=0), x.cpu())
+    torch.testing.assert_close(feats.cpu(), cpu_feats, rtol=1e-4, atol=1e-4)
+    assert abs(frechet_distance(feats[:25], feats[25:]) - frechet_distance(cpu_feats[:25], cpu_feats[25:])) < 1e-3
+    q = sample_quality(model, x.double(), x)                     # float64 samples for a float32 classifier
+    assert q["coverage"] >= 0 and q["class_histogram"].device.type == "cpu"
+    shifted = random_shift(x, 1, _gen(0, device))
+    assert shifted.device == x.device and shifted.shape == x.shape
+    if device != "cpu":
+        with pytest.raises(ValueError, match="images"):
+            classifier_features(model, x.cpu())
+        with pytest.raises(ValueError, match="feats_b"):
+            frechet_distance(feats, cpu_feats)
