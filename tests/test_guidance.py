@@ -1,0 +1,382 @@
+"""Controllable generation (chapter 13): classifier guidance, classifier-free guidance and inpainting, checked against
+the exact conditionals of Gaussian mixtures."""
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.guidance import (cfg_score, cfg_score_from_model, classifier_gradient, classifier_guided_score,
+                                    classifier_log_prob, inpaint, mixture_classifier, mixture_component,
+                                    mixture_conditional, model_score)
+from sde_diffusion.models import UNet
+from sde_diffusion.sampling import SamplerOutput, sample, sampling_times
+from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.toy import GaussianMixture, grid_of_gaussians, random_mixture, ring_of_gaussians
+
+from conftest import DEVICES
+
+SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
+RING = ring_of_gaussians()
+RING64 = ring_of_gaussians(dtype=torch.float64)
+ODE = dict(predictor="dpm_solver_2m", spacing="logsnr", steps=50)
+PAIR = torch.tensor([True, False])   # 2-D: the first coordinate is known
+
+
+def _times(B, generator, dtype=torch.float64):
+    return 1e-3 + (1 - 1e-3) * torch.rand(B, generator=generator, dtype=dtype)
+
+
+def _ring_frame(x, y, K=8):
+    angle = 2 * math.pi * y / K
+    return x[:, 0] * angle.cos() + x[:, 1] * angle.sin(), -x[:, 0] * angle.sin() + x[:, 1] * angle.cos()
+
+
+def _gaussian_gap(x, comp):
+    "Mean log-density of x under a one-component mixture minus its expectation, and the standard error."
+    lp = comp.log_prob(x).double()
+    expected = -0.5 * comp.D * (1 + math.log(2 * math.pi)) - 0.5 * torch.logdet(comp.covs[0].double()).item()
+    return lp.mean().item() - expected, lp.std().item() / math.sqrt(len(x))
+
+
+def _mixture_cdf_1d(mix, x):
+    m, s = mix.means[:, 0].double(), mix.covs[:, 0, 0].double().sqrt()
+    return (mix.weights.double() * 0.5 * (1 + torch.erf((x.double()[:, None] - m) / (s * math.sqrt(2))))).sum(1)
+
+
+def _ks(samples, mix):
+    xs = samples.double().sort().values
+    F, i = _mixture_cdf_1d(mix, xs), torch.arange(1, len(xs) + 1, dtype=torch.float64)
+    return max((i / len(xs) - F).max().item(), (F - (i - 1) / len(xs)).max().item())
+
+
+def _quadratic_log_prob(c):
+    "log p_t(y | x) = -|x - c|^2 (1 + t) / 2 for any rank, with gradient -(x - c)(1 + t)."
+    def log_prob_y_fn(x, t):
+        return -0.5 * (x - c).square().flatten(1).sum(1) * (1 + t)
+    return log_prob_y_fn
+
+
+# ---------------------------------------------------------------- Bayes' rule for scores
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_bayes_identity_with_the_exact_classifier(sde_name):
+    "Unconditional score + gradient of the exact noisy classifier = the component's score, full covariances, D = 3."
+    sde, g = SDES[sde_name], torch.Generator().manual_seed(0)
+    mix = random_mixture(4, 3, generator=g, dtype=torch.float64)
+    x, t = 3 * torch.randn(32, 3, generator=g, dtype=torch.float64), _times(32, g)
+    clf = mixture_classifier(mix, sde)
+    for k in range(mix.K):
+        guided = classifier_guided_score(mix.score_fn(sde), classifier_log_prob(clf, k))
+        assert torch.allclose(guided(x, t), mixture_component(mix, k).score_fn(sde)(x, t), atol=1e-10, rtol=1e-10)
+    y = torch.arange(32) % mix.K   # one class per sample
+    per_sample = classifier_guided_score(mix.score_fn(sde), classifier_log_prob(clf, y))(x, t)
+    for k in range(mix.K):
+        sel = y == k
+        assert torch.allclose(per_sample[sel], mixture_component(mix, k).score_fn(sde)(x[sel], t[sel]), atol=1e-10)
+
+
+def test_classifier_guidance_samples_the_class():
+    """Scale 1 with the exact classifier samples component 3 of the ring: accuracy > 0.98 and the mean log-density under
+    that Gaussian within 4 standard errors (+ 0.02 nats of sampler bias) of its expectation."""
+    k, n, vp = 3, 4000, VPSDE()
+    score = classifier_guided_score(RING.score_fn(vp), classifier_log_prob(mixture_classifier(RING, vp), k), 1.0)
+    x = sample(vp, score, (n, 2), generator=torch.Generator().manual_seed(1), **ODE).samples
+    acc = (RING.responsibilities(x).argmax(1) == k).double().mean().item()
+    gap, se = _gaussian_gap(x, mixture_component(RING, k))
+    assert acc > 0.98 and abs(gap) < 4 * se + 0.02, (acc, gap, se)
+
+
+def test_guidance_scale_sharpens_the_ode_much_more_than_the_sde():
+    "gamma = 4: both samplers always hit the class; the ODE shrinks the tangential spread below 0.1, the SDE keeps > 0.18."
+    vp, n = VPSDE(), 1600
+    y = torch.arange(n) % RING.K
+    score = classifier_guided_score(RING.score_fn(vp), classifier_log_prob(mixture_classifier(RING, vp), y), 4.0)
+    x_ode = sample(vp, score, (n, 2), generator=torch.Generator().manual_seed(2), **ODE).samples
+    x_sde = sample(vp, score, (n, 2), predictor="euler_maruyama", steps=200, generator=torch.Generator().manual_seed(2)).samples
+    for x in (x_ode, x_sde):
+        assert (RING.responsibilities(x).argmax(1) == y).all()
+    (rad_o, tan_o), (rad_s, tan_s) = _ring_frame(x_ode, y), _ring_frame(x_sde, y)
+    assert tan_o.std() < 0.1 and rad_o.mean() > 2.4
+    assert tan_s.std() > 0.18 and 2.02 < rad_s.mean() < 2.3
+
+
+def test_gaussian_cfg_ode_matches_the_closed_form():
+    "eq-guid-ode-gauss: the probability-flow ODE with CFG multiplies x by (c(eps)/c(T))^(g/2) (u(eps)/u(T))^((1-g)/2)."
+    from sde_diffusion.sampling import ode_sample
+    vp, s2, S2 = VPSDE(), 0.0625, 1.0
+    cls, unc = (GaussianMixture([1.0], [[0.0]], [v], dtype=torch.float64) for v in (s2, S2))
+    (aT, sT), (ae, se) = ([q.item() for q in vp.marginal_coeffs(torch.tensor([t], dtype=torch.float64))] for t in (1.0, 1e-3))
+    x_T = vp.prior_sampling((20, 1), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for gamma in (2.0, 3.0):
+        out = ode_sample(vp, cfg_score(cls.score_fn(vp), unc.score_fn(vp), gamma), x_T=x_T, rtol=1e-10, atol=1e-10, denoise=False)
+        pred = ((ae**2 * s2 + se**2) / (aT**2 * s2 + sT**2)) ** (gamma / 2) * ((ae**2 * S2 + se**2) / (aT**2 * S2 + sT**2)) ** ((1 - gamma) / 2)
+        assert torch.allclose(out.samples / x_T, torch.full_like(x_T, pred), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- classifier-free guidance
+def test_cfg_identities():
+    "w = 0 and w = 1 give the two scores bit for bit; linear in w; equal to classifier guidance with the exact classifier."
+    vp, g = VPSDE(), torch.Generator().manual_seed(4)
+    x, t = 2 * torch.randn(50, 2, generator=g, dtype=torch.float64), _times(50, g)
+    cond, uncond = mixture_component(RING64, 5).score_fn(vp), RING64.score_fn(vp)
+    s0, s1 = uncond(x, t), cond(x, t)
+    assert torch.equal(cfg_score(cond, uncond, 0.0)(x, t), s0)
+    assert torch.equal(cfg_score(cond, uncond, 1)(x, t), s1)
+    assert torch.equal(cfg_score(cond, uncond, torch.tensor(1.0))(x, t), s1)
+    clf = classifier_log_prob(mixture_classifier(RING64, vp), 5)
+    for w in (0.25, 0.5, 1.5, 3.0, 10.0):
+        s = cfg_score(cond, uncond, w)(x, t)
+        assert torch.allclose(s, s0 + w * (s1 - s0), atol=1e-12, rtol=1e-12)
+        assert torch.allclose(s, classifier_guided_score(uncond, clf, w)(x, t), atol=1e-10)
+
+
+def test_cfg_at_one_samples_exactly_like_the_conditional_score():
+    vp = VPSDE()
+    cond, uncond = mixture_component(RING, 2).score_fn(vp), RING.score_fn(vp)
+    run = lambda score: sample(vp, score, (200, 2), steps=30, generator=torch.Generator().manual_seed(5)).samples
+    assert torch.equal(run(cfg_score(cond, uncond, 1.0)), run(cond))
+    assert torch.equal(run(cfg_score(cond, uncond, 0.0)), run(uncond))
+
+
+class _LabelModel(torch.nn.Module):
+    "A stand-in class-conditional score model: (y + 1) x + t, label 3 = no class; counts its calls."
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        y = torch.full((x.shape[0],), 3, device=x.device) if y is None else y
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return (y.to(x.dtype) + 1).reshape(shape) * x + t.reshape(shape)
+
+
+def test_cfg_from_model_combines_the_right_labels():
+    model, g = _LabelModel(), torch.Generator().manual_seed(6)
+    x, t = torch.randn(4, 1, 3, 3, generator=g), torch.rand(4, generator=g)
+    for y in (1, torch.tensor([0, 1, 2, 1])):
+        labels = torch.full((4,), y) if isinstance(y, int) else y
+        s_c = (labels + 1.0).reshape(-1, 1, 1, 1) * x + t.reshape(-1, 1, 1, 1)
+        s_u = 4.0 * x + t.reshape(-1, 1, 1, 1)
+        for batched, calls in ((True, 1), (False, 2)):
+            model.calls = 0
+            s = cfg_score_from_model(model, y, 2.5, batched=batched)(x, t)
+            assert model.calls == calls and torch.allclose(s, s_u + 2.5 * (s_c - s_u), atol=1e-5)
+        assert torch.equal(model_score(model, y)(x, t), s_c)
+    assert torch.equal(model_score(model)(x, t), 4.0 * x + t.reshape(-1, 1, 1, 1))
+    assert torch.allclose(cfg_score_from_model(model, 0, 2.0, null_class=2)(x, t), 2 * x - 3 * x + t.reshape(-1, 1, 1, 1), atol=1e-5)
+
+
+def test_cfg_from_model_with_a_unet():
+    net = UNet(channels=(8,), embed_dim=16, num_classes=3, sde=VPSDE(), seed=0).eval()
+    x, t = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(7)), torch.full((3,), 0.4)
+    y = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        doubled = cfg_score_from_model(net, y, 3.0)(x, t)
+        reference = cfg_score(model_score(net, y), model_score(net), 3.0)(x, t)
+        assert torch.equal(cfg_score_from_model(net, y, 3.0, batched=False)(x, t), reference)
+    assert doubled.shape == x.shape and torch.allclose(doubled, reference, atol=1e-5)
+
+
+# ---------------------------------------------------------------- autograd, shapes, devices
+def test_classifier_gradient_inside_no_grad_and_inference_mode():
+    g = torch.Generator().manual_seed(8)
+    x, t, c = torch.randn(5, 2, 3, generator=g), torch.rand(5, generator=g), torch.randn(2, 3, generator=g)
+    expected = -(x - c) * (1 + t).reshape(-1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(classifier_gradient(_quadratic_log_prob(c), x, t), expected, atol=1e-6)
+    with torch.inference_mode():
+        xi, ti = x.clone(), t.clone()
+        got = classifier_gradient(_quadratic_log_prob(c), xi, ti)
+        guided = classifier_guided_score(lambda x, t: -x, _quadratic_log_prob(c), 2.0)(xi, ti)
+    assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(guided, -x + 2 * expected, atol=1e-6)
+    xg = x.clone().requires_grad_(True)   # a caller's graph is neither used nor extended
+    out = classifier_gradient(_quadratic_log_prob(c), xg, t)
+    assert not out.requires_grad and xg.grad is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(6, 2), (3, 1, 8, 8), (2, 2, 3, 2, 2)], ids=["vectors", "images", "rank5"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_dtypes_devices(device, shape, dtype):
+    g = torch.Generator(device).manual_seed(9)
+    x = torch.randn(shape, generator=g, dtype=dtype, device=device)
+    t = torch.full((shape[0],), 0.3, dtype=dtype, device=device)
+    c = torch.zeros(shape[1:], dtype=dtype, device=device)
+    guided = classifier_guided_score(lambda x, t: -x, _quadratic_log_prob(c), 1.5)(x, t)
+    assert guided.shape == x.shape and guided.dtype == dtype and guided.device == x.device
+    cfg = cfg_score(lambda x, t: -x, lambda x, t: -2 * x, 3.0)(x, t)
+    assert cfg.shape == x.shape and cfg.device == x.device and torch.allclose(cfg, x, atol=1e-5)
+    mask = torch.rand((1,) + shape[1:], generator=g, device=device) < 0.5   # one mask for the whole batch
+    out = inpaint(VPSDE(), lambda x, t: -x, x, mask, steps=5, generator=g)
+    assert out.samples.shape == x.shape and out.samples.dtype == dtype and out.samples.device == x.device
+    assert torch.equal(out.samples[mask.expand(shape)], x[mask.expand(shape)])
+    labels = torch.tensor([0] * shape[0], device=device)
+    logits = classifier_log_prob(lambda x, t: torch.stack([x.flatten(1).sum(1), t], 1), labels)(x, t)
+    assert logits.shape == (shape[0],) and logits.device == x.device
+
+
+# ---------------------------------------------------------------- inpainting
+@pytest.mark.parametrize("device", DEVICES)
+def test_inpaint_keeps_known_values_bitwise_counts_nfe_and_is_seeded(device):
+    g = torch.Generator(device).manual_seed(10)
+    known = torch.randn(4, 3, 5, 5, generator=g, device=device)
+    mask = (torch.rand(4, 3, 5, 5, generator=g, device=device) < 0.3).float()   # 0/1 floats are accepted
+    known_nan = torch.where(mask.bool(), known, torch.nan)                      # unknown entries are never read
+    run = lambda seed, **kw: inpaint(VESDE(), lambda x, t: -x / (1 + VESDE().marginal_coeffs(t)[1] ** 2).reshape(-1, 1, 1, 1),
+                                     known_nan, mask, steps=10, generator=torch.Generator(device).manual_seed(seed), **kw)
+    out = run(0)
+    assert isinstance(out, SamplerOutput) and out.nfe == 10 * 2 + 1 and torch.isfinite(out.samples).all()
+    assert torch.equal(out.samples[mask.bool()], known[mask.bool()])
+    assert torch.equal(out.samples, run(0).samples) and not torch.equal(out.samples, run(1).samples)
+    assert run(0, corrector=None).nfe == 11 and run(0, corrector="langevin", corrector_steps=3, denoise=False).nfe == 40
+
+
+def test_inpaint_is_exact_for_independent_coordinates():
+    "The 3x3 grid is a product of two 1-D mixtures: replacement alone samples p(x2 | x1) = p(x2) within the KS noise."
+    vp, n, grid = VPSDE(), 3000, grid_of_gaussians()
+    target = mixture_conditional(grid, torch.tensor([0.3, 0.0]), PAIR)
+    x2 = inpaint(vp, grid.score_fn(vp), torch.tensor([0.3, 0.0]).expand(n, 2), PAIR, corrector=None, steps=300,
+                 generator=torch.Generator().manual_seed(11)).samples[:, 1]
+    assert _ks(x2, target) < 1.95 / math.sqrt(n)   # the 0.1 % critical value of the Kolmogorov distribution
+
+
+def _replacement_moments(sde, Sigma, a, steps, eps=1e-3):
+    "Exact mean and variance of x^u after predictor-only replacement (reverse diffusion + Tweedie), 2-D Gaussian, VP."
+    ts = sampling_times(sde, steps, eps, dtype=torch.float64).tolist()
+    coeffs = lambda t: [q.item() for q in sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64))]
+
+    def precision(t):
+        al, sg = coeffs(t)
+        P = torch.linalg.inv(al**2 * Sigma + sg**2 * torch.eye(2, dtype=torch.float64))
+        return al, sg, P[1, 0].item(), P[1, 1].item()
+
+    m, V = 0.0, 1.0
+    for t, tn in zip(ts[:-1], ts[1:]):
+        al, sg, P_uo, P_uu = precision(t)
+        al_n, sg_n = coeffs(tn)
+        a_t = al / al_n
+        v = sg**2 - a_t**2 * sg_n**2
+        c = 2 - a_t - v * P_uu
+        m, V = c * m - v * P_uo * al * a, c**2 * V + (v * P_uo * sg) ** 2 + v
+    al, sg, P_uo, P_uu = precision(ts[-1])
+    c = 1 - sg**2 * P_uu
+    return (c * m - sg**2 * P_uo * al * a) / al, (c**2 * V + (sg**2 * P_uo * sg) ** 2) / al**2
+
+
+def test_replacement_bias_on_gaussian_data_matches_its_exact_recursion():
+    """Correlated Gaussian pair, rho = 0.8, x1 = 1: the target is N(0.8, 0.36). Predictor-only replacement reproduces the
+    exact moments of its recursion within 4 standard errors and misses the target by > 20 of them; the Langevin
+    corrector removes more than half of the bias in the mean (at 200 steps; the chapter measures 500)."""
+    vp, n, steps, rho = VPSDE(), 6000, 200, 0.8
+    Sigma = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=torch.float64)
+    gauss = GaussianMixture([1.0], [[0.0, 0.0]], Sigma[None], dtype=torch.float64)
+    known = torch.tensor([1.0, 0.0], dtype=torch.float64).expand(n, 2)
+    m, V = _replacement_moments(vp, Sigma, 1.0, steps)
+    xu = inpaint(vp, gauss.score_fn(vp), known, PAIR, corrector=None, steps=steps, generator=torch.Generator().manual_seed(12)).samples[:, 1]
+    se_m, se_v = math.sqrt(V / n), V * math.sqrt(2 / n)
+    assert abs(xu.mean().item() - m) < 4 * se_m and abs(xu.var().item() - V) < 4 * se_v
+    assert 0.8 - xu.mean().item() > 20 * se_m and xu.var().item() - 0.36 > 10 * se_v
+    pc = inpaint(vp, gauss.score_fn(vp), known, PAIR, steps=steps, generator=torch.Generator().manual_seed(13)).samples[:, 1]
+    assert abs(pc.mean().item() - 0.8) < 0.5 * abs(xu.mean().item() - 0.8)
+
+
+def test_replacement_on_the_ring_underweights_the_better_modes():
+    "x1 = 0.7 on the ring: the exact control is within the KS noise, replacement misses the outer modes' mass by > 6 SE."
+    vp, n = VPSDE(), 2000
+    target = mixture_conditional(RING, torch.tensor([0.7, 0.0]), PAIR)
+    exact_upper = 1 - (_mixture_cdf_1d(target, torch.tensor([1.7])) - _mixture_cdf_1d(target, torch.tensor([-1.7]))).item()
+    se = math.sqrt(exact_upper * (1 - exact_upper) / n)
+    x2 = inpaint(vp, RING.score_fn(vp), torch.tensor([0.7, 0.0]).expand(n, 2), PAIR, corrector=None, steps=200,
+                 generator=torch.Generator().manual_seed(14)).samples[:, 1]
+    control = sample(vp, target.score_fn(vp), (n, 1), steps=200, generator=torch.Generator().manual_seed(14)).samples[:, 0]
+    assert exact_upper - (x2.abs() > 1.7).double().mean().item() > 6 * se
+    assert _ks(control, target) < 1.95 / math.sqrt(n) < _ks(x2, target)
+
+
+def test_mixture_conditional_against_its_definition():
+    g = torch.Generator().manual_seed(15)
+    mix = random_mixture(3, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 0], [0, 1]])   # any shape with D entries, 0/1
+    point = torch.randn(4, generator=g, dtype=torch.float64)
+    cond = mixture_conditional(mix, point.reshape(2, 2), mask)
+    o, u = mask.flatten().bool(), ~mask.flatten().bool()
+    marginal_o = GaussianMixture(mix.weights, mix.means[:, o], mix.covs[:, o][:, :, o])
+    xu = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    full = point.repeat(40, 1)
+    full[:, u] = xu
+    assert cond.D == 2 and abs(cond.weights.sum().item() - 1) < 1e-12
+    assert torch.allclose(cond.log_prob(xu), mix.log_prob(full) - marginal_o.log_prob(point[o][None]), atol=1e-10)
+    far = mixture_conditional(RING, torch.tensor([40.0, 0.0]), PAIR)   # components whose weight underflows are dropped
+    assert 1 <= far.K <= RING.K and torch.isfinite(far.weights).all()
+
+
+# ---------------------------------------------------------------- errors name the bad argument
+def test_errors_name_the_bad_argument():
+    vp, score = VPSDE(), (lambda x, t: -x)
+    lp = _quadratic_log_prob(torch.zeros(2))
+    x, t = torch.randn(3, 2), torch.full((3,), 0.5)
+    for bad in (-1.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="`scale`"):
+            classifier_guided_score(score, lp, bad)
+        with pytest.raises(ValueError, match="`scale`"):
+            cfg_score(score, score, bad)
+    with pytest.raises(ValueError, match="`scale`"):
+        cfg_score_from_model(_LabelModel(), 1, -2.0)
+    with pytest.raises(TypeError, match="`score_fn`"):
+        classifier_guided_score(None, lp)
+    with pytest.raises(TypeError, match="`uncond_score_fn`"):
+        cfg_score(score, 3.0, 1.0)
+    with pytest.raises(ValueError, match="`null_class`"):
+        cfg_score_from_model(lambda x, t, y: x, 1, 2.0)
+    with pytest.raises(ValueError, match="`null_class`"):
+        cfg_score_from_model(lambda x, t, y: x, 1, 2.0, null_class=-1)
+    with pytest.raises(TypeError, match="`y`"):
+        classifier_log_prob(lambda x, t: x, 1.5)
+    with pytest.raises(ValueError, match="`y`"):
+        classifier_log_prob(lambda x, t: x, -1)
+    with pytest.raises(ValueError, match="`y`"):
+        classifier_log_prob(lambda x, t: x, 2)(x, t)                         # 2 classes: labels 0..1
+    with pytest.raises(ValueError, match="`y`"):
+        classifier_log_prob(lambda x, t: x, torch.tensor([0, 1]))(x, t)      # batch of 3
+    with pytest.raises(ValueError, match="`classifier`"):
+        classifier_log_prob(lambda x, t: x[:, 0], 0)(x, t)
+    with pytest.raises(ValueError, match="`log_prob_y_fn`"):
+        classifier_gradient(lambda x, t: x, x, t)
+    with pytest.raises(ValueError, match="`log_prob_y_fn`"):
+        classifier_gradient(lambda x, t: torch.zeros(3), x, t)
+    with pytest.raises(ValueError, match="`k`"):
+        mixture_component(RING, 8)
+    with pytest.raises(ValueError, match="`mask`"):
+        mixture_conditional(RING, torch.zeros(2), torch.tensor([True, True]))
+    with pytest.raises(ValueError, match="`known`"):
+        mixture_conditional(RING, torch.zeros(3), torch.tensor([True, False, False]))
+
+    known = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="`mask`"):
+        inpaint(vp, score, known, torch.ones(3, 3, dtype=torch.bool), steps=2)
+    with pytest.raises(ValueError, match="`mask`"):
+        inpaint(vp, score, known, torch.full((3, 2), 0.5), steps=2)
+    with pytest.raises(TypeError, match="`known`"):
+        inpaint(vp, score, known.long(), PAIR, steps=2)
+    with pytest.raises(ValueError, match="`known`"):
+        inpaint(vp, score, torch.tensor([[float("nan"), 0.0]]), PAIR, steps=2)
+    with pytest.raises(ValueError, match="`x_T`"):
+        inpaint(vp, score, known, PAIR, steps=2, x_T=torch.randn(3, 3))
+    with pytest.raises(TypeError, match="`sde`"):
+        inpaint("vp", score, known, PAIR, steps=2)
+    with pytest.raises(ValueError, match="`predictor`"):
+        inpaint(vp, score, known, PAIR, steps=2, predictor="heunn")
+    with pytest.raises(ValueError, match="`steps`"):
+        inpaint(vp, score, known, PAIR, steps=0)
+    with pytest.raises(ValueError, match="`score_fn`"):
+        inpaint(vp, lambda x, t: x[:, :1], known, PAIR, steps=2)
+    with pytest.raises(FloatingPointError, match="step 2 of 4"):
+        inpaint(vp, lambda x, t: torch.where((t < 0.6)[:, None], torch.nan, -x), known, PAIR, steps=4, corrector=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inpaint_mask_on_another_device_is_an_error():
+    with pytest.raises(ValueError, match="`mask`"):
+        inpaint(VPSDE(), lambda x, t: -x, torch.randn(2, 2, device="cuda"), PAIR, steps=2)
