@@ -1,0 +1,334 @@
+"""sde_diffusion.training: exact resumption, checkpoint safety, config checks, RNG independence, DDP = one process."""
+import dataclasses
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from sde_diffusion.data import load_digits
+from sde_diffusion.toy import ring_of_gaussians
+from sde_diffusion.training import (CKPT_NAME, EMA, TrainConfig, build_model, learning_rate, load_checkpoint,
+                                    load_trained, save_checkpoint, shard, train)
+
+ROOT = Path(__file__).resolve().parents[1]
+RING = ring_of_gaussians()
+TINY = TrainConfig(model_kwargs=dict(hidden=16, depth=2, embed_dim=16), batch_size=32, steps=40, log_every=10, seed=1)
+
+
+def _same(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _resumed(config, data_fn, tmp_path, split=20, **kw):
+    "Train `split` steps with a checkpoint, then resume to `config.steps` in a fresh call."
+    train(dataclasses.replace(config, steps=split), data_fn(), ckpt_dir=tmp_path, **kw)
+    return train(config, data_fn(), ckpt_dir=tmp_path, resume=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------- resume
+
+def _tensor_data():
+    return RING.sample(500, generator=torch.Generator().manual_seed(0))
+
+
+def _labelled_loader(generator: bool):
+    x = RING.sample(100, generator=torch.Generator().manual_seed(0))
+    ds = TensorDataset(x, torch.arange(100) % 3)
+    return lambda: DataLoader(ds, batch_size=32, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(5) if generator else None)
+
+
+@pytest.mark.parametrize("kind", ["sampler", "tensor", "loader", "loader-no-generator"])
+def test_resume_is_bit_identical(kind, tmp_path):
+    data_fn = {"sampler": lambda: RING.sample, "tensor": _tensor_data,
+               "loader": _labelled_loader(True), "loader-no-generator": _labelled_loader(False)}[kind]
+    config = dataclasses.replace(TINY, lr_warmup=5, lr_decay_steps=40)
+    straight = train(config, data_fn())
+    # 100 samples / 32 per batch = 3 batches per epoch: the split at 20 falls inside an epoch
+    resumed = _resumed(config, data_fn, tmp_path)
+    assert _same(straight.model, resumed.model) and _same(straight.ema_model, resumed.ema_model)
+    assert straight.losses == resumed.losses and resumed.steps == 40 and len(resumed.losses) == 40
+    assert resumed.ema.num_updates == 40
+
+
+def test_resume_after_crash_between_checkpoints(tmp_path):
+    config = dataclasses.replace(TINY, ckpt_every=10)
+    straight = train(config, RING.sample)
+
+    def crash(step, loss, model, ema):
+        if step == 30:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, RING.sample, ckpt_dir=tmp_path, callback=crash)
+    assert load_checkpoint(tmp_path / CKPT_NAME)["step"] == 20      # the checkpoint of step 30 was never written
+    resumed = train(config, RING.sample, ckpt_dir=tmp_path, resume=True)
+    assert _same(straight.model, resumed.model) and straight.losses == resumed.losses
+
+
+def test_resume_with_more_steps_and_done_run(tmp_path):
+    train(TINY, RING.sample, ckpt_dir=tmp_path)
+    again = train(dataclasses.replace(TINY, steps=30), RING.sample, ckpt_dir=tmp_path, resume=True)   # already past 30
+    assert again.steps == 40 and len(again.losses) == 40
+    longer = train(dataclasses.replace(TINY, steps=50, log_every=7), RING.sample, ckpt_dir=tmp_path, resume=True)
+    assert longer.steps == 50 and load_checkpoint(tmp_path / CKPT_NAME)["step"] == 50
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 50
+    rows = (tmp_path / "losses.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and len(rows) == 51 and rows[-1].startswith("50,")
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    a = train(TINY, RING.sample, ckpt_dir=tmp_path / "new", resume=True)
+    b = train(TINY, RING.sample)
+    assert _same(a.model, b.model)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint safety
+
+@pytest.fixture()
+def good_ckpt(tmp_path):
+    train(dataclasses.replace(TINY, steps=10), RING.sample, ckpt_dir=tmp_path)
+    path = tmp_path / CKPT_NAME
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage", "empty"])
+def test_corrupted_checkpoint_is_refused_and_kept(good_ckpt, damage):
+    path, good = good_ckpt
+    bad = {"truncated": good[: len(good) // 3], "flipped": good[:-3000] + bytes([good[-3000] ^ 0x40]) + good[-2999:],
+           "garbage": os.urandom(1000), "empty": b""}[damage]
+    path.write_bytes(bad)
+    with pytest.raises(ValueError, match=str(path).replace(".", r"\.")):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="ckpt.pt"):
+        train(dataclasses.replace(TINY, steps=20), RING.sample, ckpt_dir=path.parent, resume=True)
+    assert path.read_bytes() == bad                     # nothing was written over it
+
+
+def test_foreign_and_future_files_are_refused(tmp_path):
+    torch.save({"model": {}}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not an sde_diffusion training checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    save_checkpoint(tmp_path / "a.pt", {"x": 1})
+    blob = torch.load(tmp_path / "a.pt", weights_only=True)
+    torch.save({**blob, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="version 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("change", [dict(model_kwargs=dict(hidden=32, depth=2, embed_dim=16)), dict(sde="ve"),
+                                    dict(sde_kwargs={"beta_max": 10.0}), dict(lr=1e-3), dict(dtype="float64")])
+def test_mismatched_config_is_refused_and_kept(good_ckpt, change):
+    path, good = good_ckpt
+    with pytest.raises(ValueError) as info:
+        train(dataclasses.replace(TINY, steps=20, **change), RING.sample, ckpt_dir=path.parent, resume=True)
+    msg = str(info.value)
+    assert str(path) in msg and next(iter(change)) in msg
+    assert path.read_bytes() == good
+
+
+def test_stale_tmp_is_ignored(good_ckpt):
+    path, good = good_ckpt
+    straight = train(dataclasses.replace(TINY, steps=20), RING.sample)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"\x00" * 100)                       # an interrupted write
+    with pytest.warns(UserWarning, match="interrupted write"):
+        resumed = train(dataclasses.replace(TINY, steps=20), RING.sample, ckpt_dir=path.parent, resume=True)
+    assert _same(straight.model, resumed.model) and not tmp.exists()
+
+
+def test_crash_while_saving_keeps_the_good_file(good_ckpt, monkeypatch):
+    path, good = good_ckpt
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        if hasattr(f, "name") and str(f.name).endswith(".tmp"):
+            f.write(b"partial")
+            raise OSError("disk full")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(dataclasses.replace(TINY, steps=20), RING.sample, ckpt_dir=path.parent, resume=True)
+    assert path.read_bytes() == good and not path.with_name(path.name + ".tmp").exists()
+    assert load_checkpoint(path)["step"] == 10
+
+
+def test_existing_checkpoint_needs_resume_or_overwrite(good_ckpt):
+    path, good = good_ckpt
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(TINY, RING.sample, ckpt_dir=path.parent)
+    assert path.read_bytes() == good
+    train(dataclasses.replace(TINY, steps=5), RING.sample, ckpt_dir=path.parent, overwrite=True)
+    assert load_checkpoint(path)["step"] == 5
+
+
+def test_load_trained_restores_the_ema_network(tmp_path):
+    res = train(TINY, RING.sample, ckpt_dir=tmp_path)
+    restored = load_trained(tmp_path / CKPT_NAME)
+    assert _same(restored.model, res.ema_model) and restored.step == 40 and restored.config == res.config
+    raw = load_trained(tmp_path / CKPT_NAME, ema=False)
+    assert all(torch.equal(a, b) for a, b in zip(raw.model.parameters(), res.model.parameters()))
+    assert not restored.model.training and type(restored.sde).__name__ == "VPSDE"
+
+
+# ---------------------------------------------------------------------------------------------------- config, misc
+
+@pytest.mark.parametrize("field,value", [("sde", "vq"), ("model", "resnet"), ("lr", -1.0), ("lr", float("nan")),
+                                         ("batch_size", 0), ("steps", -1), ("ema_decay", 1.0), ("grad_clip", 0.0),
+                                         ("eps", 1.0), ("weighting", "sigma"), ("seed", -1), ("dtype", "float16"),
+                                         ("log_every", 0), ("amp", "yes"), ("data_shape", (2, 0)),
+                                         ("label_dropout", 1.0), ("model_kwargs", {"x": object()})])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_config_round_trip_and_unknown_keys():
+    c = TrainConfig(model="unet", model_kwargs={"channels": (8, 16)}, data_shape=[1, 8, 8], amp=True)
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="unknown TrainConfig keys \\['colour'\\]"):
+        TrainConfig.from_dict({**c.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="model_kwargs"):
+        build_model(TrainConfig(model_kwargs={"widht": 3}, data_shape=(2,)))
+    with pytest.raises(ValueError, match="needs images"):
+        build_model(TrainConfig(model="unet", data_shape=(2,)))
+
+
+def test_learning_rate_schedule():
+    c = TrainConfig(lr=1.0, lr_warmup=10, lr_decay_steps=100)
+    assert learning_rate(c, 0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0)))
+    assert learning_rate(c, 50) == pytest.approx(0.5)
+    assert learning_rate(c, 100) == pytest.approx(0.0) and learning_rate(c, 500) == pytest.approx(0.0)
+    assert learning_rate(TrainConfig(lr=0.3), 7) == 0.3
+
+
+def test_training_ignores_and_keeps_the_global_rng():
+    torch.manual_seed(123)
+    a = train(TINY, RING.sample)
+    state = torch.get_rng_state()
+    torch.manual_seed(999)
+    state2 = torch.get_rng_state()
+    b = train(TINY, RING.sample)
+    assert _same(a.model, b.model) and torch.equal(torch.get_rng_state(), state2) and not torch.equal(state, state2)
+
+
+def test_bad_data_and_nan_losses():
+    with pytest.raises(TypeError, match="`data`"):
+        train(TINY, "ring")
+    with pytest.raises(ValueError, match="data_shape"):
+        train(dataclasses.replace(TINY, data_shape=(3,)), RING.sample)
+    with pytest.raises(FloatingPointError, match="NaN/inf at step 1"):
+        train(TINY, torch.full((10, 2), float("nan")))
+    with pytest.raises(ValueError, match="multiple of"):
+        shard(10, 0, 3)
+
+
+def test_amp_on_cpu_warns_and_trains():
+    with pytest.warns(UserWarning, match="amp"):
+        res = train(dataclasses.replace(TINY, amp=True, steps=10), RING.sample)
+    assert all(math.isfinite(v) for v in res.losses)
+
+
+def test_unet_dropout_labels_float64_resume(tmp_path):
+    "A class-conditional U-Net with dropout in float64 on (images, labels): deterministic, resumable, independent of torch's RNG."
+    x, y = load_digits("train", dtype=torch.float64)
+    config = TrainConfig(model="unet", model_kwargs=dict(channels=[8, 16], embed_dim=16, groups=4, num_classes=10, dropout=0.2),
+                         dtype="float64", batch_size=8, steps=6, log_every=2)
+    torch.manual_seed(0)
+    a = train(config, (x, y))
+    b = _resumed(config, lambda: (x, y), tmp_path, split=3)
+    assert _same(a.model, b.model) and a.losses == b.losses
+    assert a.model.label.weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="gives no labels"):
+        train(config, x)
+
+
+def test_ema_state_round_trip():
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, 0.9)
+    ema.update(net)
+    other = EMA(torch.nn.Linear(2, 2), 0.5, warmup=False)
+    other.load_state_dict(ema.state_dict())
+    assert other.num_updates == 1 and other.decay == 0.9 and other.warmup
+    assert all(torch.equal(ema.shadow[k], other.shadow[k]) for k in ema.shadow)
+    with pytest.raises(ValueError, match="does not match"):
+        ema.update(torch.nn.Linear(2, 3, bias=False))
+
+
+# ------------------------------------------------------------------------------------------------------------- DDP
+
+_DDP_SCRIPT = """
+import os, sys, torch
+from sde_diffusion.toy import ring_of_gaussians
+from sde_diffusion.training import TrainConfig, train
+out = sys.argv[1]
+results = {}
+for dtype in ("float32", "float64"):
+    ring = ring_of_gaussians(dtype=getattr(torch, dtype))
+    config = TrainConfig(model_kwargs=dict(hidden=32, depth=2), batch_size=64, steps=30, log_every=10, lr=5e-3,
+                         dtype=dtype, seed=7)
+    res = train(config, ring.sample, ckpt_dir=os.path.join(out, dtype))
+    results[dtype] = {"model": res.model.state_dict(), "losses": res.losses}
+if int(os.environ["RANK"]) == 0:
+    torch.save(results, os.path.join(out, "ddp.pt"))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    "torchrun with 2 gloo processes, global batch 64 split 32 + 32, equals one process on the same global batches."
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for dtype, tol in (("float32", 1e-6), ("float64", 1e-13)):
+        ring = ring_of_gaussians(dtype=getattr(torch, dtype))
+        config = TrainConfig(model_kwargs=dict(hidden=32, depth=2), batch_size=64, steps=30, log_every=10, lr=5e-3,
+                             dtype=dtype, seed=7)
+        single = train(config, ring.sample)
+        a, b = ddp[dtype]["model"], single.model.state_dict()
+        err = math.sqrt(sum((a[k] - b[k]).double().square().sum().item() for k in b))
+        size = math.sqrt(sum(b[k].double().square().sum().item() for k in b))
+        assert err / size < tol, f"{dtype}: relative difference {err / size:.2e}"
+        assert ddp[dtype]["losses"] == pytest.approx(single.losses, rel=10 * tol)
+        # rank 0 wrote the checkpoint, and it holds the trained weights
+        saved = load_checkpoint(tmp_path / dtype / CKPT_NAME)
+        assert saved["step"] == 30 and all(torch.equal(saved["model"][k], a[k]) for k in a)
+        assert not (tmp_path / dtype / (CKPT_NAME + ".tmp")).exists()
+
+
+# ------------------------------------------------------------------------------------------------------------ CUDA
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_and_resume(tmp_path):
+    x = RING.sample(1000, generator=torch.Generator().manual_seed(0)).cuda()
+    config = dataclasses.replace(TINY, amp=True)
+    res = train(config, x)
+    assert next(res.model.parameters()).is_cuda and all(math.isfinite(v) for v in res.losses)
+    plain = dataclasses.replace(TINY, amp=False)
+    a = train(plain, x)
+    b = _resumed(plain, lambda: x, tmp_path)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
