@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.guidance import (cfg_score, cfg_score_from_model, classifier_gradient, classifier_guided_score,
-                                    classifier_log_prob, inpaint, mixture_classifier, mixture_component,
-                                    mixture_conditional, model_score)
+from sde_diffusion.guidance import (NoisyClassifier, cfg_score, cfg_score_from_model, classifier_gradient,
+                                    classifier_guided_score, classifier_log_prob, inpaint, mixture_classifier,
+                                    mixture_component, mixture_conditional, model_score, train_noisy_classifier)
 from sde_diffusion.models import UNet
 from sde_diffusion.sampling import SamplerOutput, sample, sampling_times
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
@@ -380,3 +380,122 @@ def test_errors_name_the_bad_argument():
 def test_inpaint_mask_on_another_device_is_an_error():
     with pytest.raises(ValueError, match="`mask`"):
         inpaint(VPSDE(), lambda x, t: -x, torch.randn(2, 2, device="cuda"), PAIR, steps=2)
+
+
+# ---------------------------------------------------------------- the noise-conditional classifier
+@pytest.mark.parametrize("size,channels,batch", [(8, 1, 5), (16, 3, 2), ((6, 10), 2, 1), (28, 1, 3), (3, 1, 4)],
+                         ids=["8x8", "16x16-rgb", "6x10", "28x28", "3x3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noisy_classifier_shapes(size, channels, batch, dtype):
+    "Logits (B, K) for any image size (square or not) and channels; float64 too; B = 1 included."
+    clf = NoisyClassifier(size, channels, n_classes=7, width=16, seed=0).to(dtype)
+    H, W = (size, size) if isinstance(size, int) else size
+    x, t = torch.randn(batch, channels, H, W, dtype=dtype), torch.rand(batch, dtype=dtype)
+    logits = clf(x, t)
+    assert logits.shape == (batch, 7) and logits.dtype == dtype and torch.isfinite(logits).all()
+    assert clf.n_down == {8: 1, 16: 2, 6: 0, 28: 2, 3: 0}[min(H, W)]
+
+
+def test_noisy_classifier_depends_on_t_and_scales_its_input_with_the_sde():
+    "The logits change with t; with `sde`, the input is divided by sqrt(alpha^2 + sigma^2) (VE: large at t = 1)."
+    ve, g = VESDE(), torch.Generator().manual_seed(0)
+    x, t = 10 * torch.randn(4, 1, 8, 8, generator=g), torch.tensor([0.1, 0.4, 0.7, 1.0])
+    plain, scaled = NoisyClassifier(seed=1), NoisyClassifier(sde=ve, seed=1)
+    assert not torch.allclose(plain(x, t), plain(x, t.flip(0)))
+    alpha, sigma = ve.marginal_coeffs(t)
+    assert torch.allclose(scaled(x, t), plain(x / (alpha**2 + sigma**2).sqrt()[:, None, None, None], t), atol=1e-5)
+
+
+def test_noisy_classifier_seed_is_deterministic_and_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = NoisyClassifier(seed=3), NoisyClassifier(seed=3), NoisyClassifier(seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % 4
+    runs = [train_noisy_classifier(VPSDE(), x, y, steps=6, batch_size=16, seed=s, width=8) for s in (5, 5, 6)]
+    (m1, l1), (m2, l2), (m3, l3) = runs
+    assert len(l1) == 6 and l1 == l2 and l1 != l3
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not m1.training and m1.n_classes == 4 and isinstance(m1.sde, VPSDE)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_noisy_classifier_learns_the_digits_at_small_t_and_chance_at_t_1():
+    """A short training (150 steps, width 16, a few seconds) classifies held-out digits at t = 0.01 far above chance
+    (> 60 %; about 80 % in practice), and falls to about chance at t = 1, where x_t carries no information about the label."""
+    from sde_diffusion.data import load_digits
+    vp = VPSDE()
+    x, y = load_digits("train")
+    x_test, y_test = load_digits("test")
+    clf, losses = train_noisy_classifier(vp, x, y, steps=150, width=16, seed=0)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
+    g = torch.Generator().manual_seed(1)
+    acc = {}
+    with torch.no_grad():
+        for t_val in (0.01, 1.0):
+            t = torch.full((len(x_test),), t_val)
+            alpha, sigma = (c[:, None, None, None] for c in vp.marginal_coeffs(t))
+            x_t = alpha * x_test + sigma * torch.randn(x_test.shape, generator=g)
+            acc[t_val] = (clf(x_t, t).argmax(1) == y_test).float().mean().item()
+    assert acc[0.01] > 0.6 and acc[1.0] < 0.3, acc
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noisy_classifier_trains_where_the_data_lives_and_guides_a_sampler(device):
+    "The model is built on the data's device and dtype; its gradient drives `classifier_guided_score` in a sampler."
+    vp, g = VPSDE(), torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 2, 4, 6, generator=g).to(device), (torch.arange(32) % 3).to(device)
+    clf, _ = train_noisy_classifier(vp, x, y, steps=3, batch_size=8, width=8, seed=0)
+    assert clf.head.weight.device.type == torch.device(device).type and clf.size == (4, 6) and clf.in_channels == 2
+    clf64, _ = train_noisy_classifier(vp, x.double(), y, steps=2, width=8, n_classes=5)
+    assert clf64.head.weight.dtype == torch.float64 and clf64.n_classes == 5
+    score = classifier_guided_score(lambda x, t: -x, classifier_log_prob(clf, 2), scale=3.0)
+    with torch.inference_mode():
+        out = sample(vp, score, (5, 2, 4, 6), steps=4, device=device, generator=torch.Generator(device).manual_seed(3))
+    assert out.samples.shape == (5, 2, 4, 6) and torch.isfinite(out.samples).all()
+
+
+def test_noisy_classifier_errors_name_the_bad_argument():
+    vp = VPSDE()
+    x, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 3
+    for kwargs, match in (({"size": 0}, "`size`"), ({"size": (8, 8, 1)}, "`size`"), ({"size": 8.0}, "`size`"),
+                          ({"in_channels": 0}, "`in_channels`"), ({"n_classes": True}, "`n_classes`"),
+                          ({"width": 12}, "`width`"), ({"groups": 0}, "`groups`"), ({"seed": 1.5}, "`seed`")):
+        with pytest.raises(ValueError, match=match):
+            NoisyClassifier(**kwargs)
+    with pytest.raises(TypeError, match="`sde`"):
+        NoisyClassifier(sde="vp")
+    clf = NoisyClassifier(seed=0)
+    with pytest.raises(ValueError, match="`x`"):
+        clf(torch.randn(2, 1, 8, 7), torch.rand(2))
+    with pytest.raises(ValueError, match="`x`"):
+        clf(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.rand(2))
+    with pytest.raises(TypeError, match="`x`"):
+        clf(torch.zeros(2, 1, 8, 8, dtype=torch.long), torch.rand(2))
+    with pytest.raises(ValueError, match="`t`"):
+        clf(torch.randn(2, 1, 8, 8), torch.rand(3))
+    with pytest.raises(ValueError, match="`t`"):
+        clf(torch.randn(2, 1, 8, 8), 0.5)
+
+    with pytest.raises(TypeError, match="`sde`"):
+        train_noisy_classifier("vp", x, y)
+    for bad_x in (x[:, 0], x.long(), torch.zeros(0, 1, 8, 8), "x"):
+        with pytest.raises(ValueError, match="`x`"):
+            train_noisy_classifier(vp, bad_x, y)
+    for bad_y in (y.float(), y[:5], y[:, None], y.bool()):
+        with pytest.raises(ValueError, match="`y`"):
+            train_noisy_classifier(vp, x, bad_y)
+    with pytest.raises(ValueError, match="`y`"):
+        train_noisy_classifier(vp, x, y - 1)                       # a negative label
+    with pytest.raises(ValueError, match="`y`"):
+        train_noisy_classifier(vp, x, y, n_classes=2)              # label 2 with 2 classes
+    for kwargs, match in (({"steps": 0}, "`steps`"), ({"batch_size": 0}, "`batch_size`"), ({"lr": 0.0}, "`lr`"),
+                          ({"lr": float("nan")}, "`lr`"), ({"weight_decay": -1.0}, "`weight_decay`"),
+                          ({"eps": 0.0}, "`eps`"), ({"eps": 1.0}, "`eps`"), ({"seed": None}, "`seed`"),
+                          ({"n_classes": 0}, "`n_classes`"), ({"width": 12}, "`width`")):
+        with pytest.raises(ValueError, match=match):
+            train_noisy_classifier(vp, x, y, **kwargs)
