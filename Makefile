@@ -71,3 +71,10 @@ check-book: $(STAMP) browser-deps
 
 clean:
 	rm -rf book/_build $(ASSETS) _proc _docs
+
+## Benchmark -----------------------------------------------------------------
+# Our samplers vs diffusers, torchsde, torchdiffeq and a plain loop on an exact score: writes bench/RESULTS.md and
+# bench/samplers.png (~15 min on 2 cores; `$(BIN)/python bench/bench_samplers.py --quick` for a smoke run).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/bench_samplers.py
