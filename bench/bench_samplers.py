@@ -15,6 +15,7 @@ Deterministic given `--seed` (metrics and samples; wall times of course vary wit
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import platform
@@ -36,6 +37,10 @@ sys.path.insert(0, str(ROOT))
 from sde_diffusion import metrics, sampling  # noqa: E402
 from sde_diffusion.sde import VESDE, VPSDE  # noqa: E402
 from sde_diffusion.toy import ring_of_gaussians  # noqa: E402
+
+# the code measured: hashed at import time (the files may change on disk while a long run goes on)
+SOURCE_SHA1 = {name: hashlib.sha1(Path(mod.__file__).read_bytes()).hexdigest()[:10]
+               for name, mod in (("sampling.py", sampling), ("metrics.py", metrics))}
 
 EPS = 1e-3                 # last time of every continuous-time sampler of ours / torchsde / torchdiffeq / plain loop
 TARGETS = (10, 20, 50, 100, 200, 500, 1000)
@@ -562,9 +567,7 @@ def machine_info():
     import diffusers
     import torchdiffeq
     import torchsde
-    import hashlib
-    src = {m: hashlib.sha1(Path(mod.__file__).read_bytes()).hexdigest()[:10] for m, mod in
-           (("sampling.py", sampling), ("metrics.py", metrics))}
+    src = SOURCE_SHA1
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip() or "?"
