@@ -1,4 +1,14 @@
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+# Property-based tests (hypothesis): a fast profile for `make test` (derandomized, so CI is reproducible) and a larger
+# one for a deliberate hunt: `HYPOTHESIS_PROFILE=thorough make test-py`.
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=25, derandomize=True, print_blob=True, **_common)
+settings.register_profile("thorough", max_examples=400, print_blob=True, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
