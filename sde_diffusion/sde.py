@@ -36,6 +36,14 @@ def _ordered_pair(lo_name, lo, hi_name, hi, allow_equal=False) -> tuple[float, f
     return lo, hi
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _wide(v: Tensor) -> Tensor:
+    "`v` in float32 when it is in half precision (float16, bfloat16), else unchanged: schedules are computed in at least float32."
+    return v.float() if v.dtype in _HALF else v
+
+
 def _check_x(x, name="x") -> Tensor:
     "A floating-point tensor with a batch dimension, shape (B, *D)."
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -54,6 +62,8 @@ def _check_time(
     "Validate times of shape (B,), finite, in [0, T]; one host synchronisation."
     if not isinstance(t, Tensor):
         t = torch.as_tensor(t, dtype=None if like is None else like.dtype, device=None if like is None else like.device)
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"`t` must be a real tensor of times, got dtype {t.dtype}")
     if like is None:
         if t.ndim != 1:
             raise ValueError(f"`t` must be a tensor of shape (B,), got shape {tuple(t.shape)}")
@@ -64,7 +74,7 @@ def _check_time(
         if t.device != like.device:
             raise ValueError(f"`t` is on {t.device} but `x` is on {like.device}")
         t = t.to(like.dtype)
-    if t.numel() == 0:
+    if t.numel() == 0 or t.device.type == "meta":        # a meta tensor has a shape but no values to check
         return t
     lo, hi = torch.stack(torch.aminmax(t)).tolist()      # NaN propagates to both; one host synchronisation
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -139,8 +149,9 @@ class SDE(abc.ABC):
         return self.sde(x, t)[1]
 
     def timestep(self, t: Tensor) -> Tensor:
-        "Index $i = \\mathrm{round}(t(N-1)/T)$ of the discrete level nearest to `t`, shape (B,), dtype long."
-        return torch.round(self._t(t) * ((self.N - 1) / self.T)).long()
+        "Index $i = \\mathrm{round}(t(N-1)/T)$ of the discrete level nearest to `t`, shape (B,), dtype long, in $[0, N-1]$."
+        i = torch.round(_wide(self._t(t)) * ((self.N - 1) / self.T)).long()
+        return i.clamp_(0, self.N - 1)    # a half-precision t*(N-1) can round past N-1 (float16: 4999 -> 5000)
 
     def discretize(
         self,
@@ -166,6 +177,8 @@ def _gaussian_prior_sample(shape, scale: float, generator, dtype, device) -> Ten
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
     if len(shape) < 1 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
         raise ValueError(f"`shape` must be a tuple (B, *D) of positive integers, got {shape!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating-point dtype for Gaussian samples, got {dtype!r}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
@@ -177,7 +190,8 @@ def _gaussian_prior_logp(z, scale: float) -> Tensor:
     "$\\log\\mathcal{N}(z; 0, \\mathrm{scale}^2 I)$ summed over the non-batch dimensions, shape (B,)."
     z = _check_x(z, "z")
     D = math.prod(z.shape[1:])
-    return -0.5 * D * math.log(2 * math.pi * scale**2) - z.reshape(z.shape[0], D).square().sum(1) / (2 * scale**2)
+    sq = _wide(z).reshape(z.shape[0], D).square().sum(1)        # float32 for half precision: no overflow of the sum
+    return (-0.5 * D * math.log(2 * math.pi * scale**2) - sq / (2 * scale**2)).to(z.dtype)
 
 
 class _LinearBetaSDE(SDE):
@@ -214,13 +228,14 @@ class VPSDE(_LinearBetaSDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-\\tfrac12\\beta(t)x$ and diffusion $\\sqrt{\\beta(t)}$, shape (B, 1, ..., 1)."
-        beta = batch_broadcast(self.beta(self._t(t, x)), x)
+        beta = batch_broadcast(self.beta(_wide(self._t(t, x))), x)
         return -0.5 * beta * x, beta.sqrt()
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t) = e^{-B(t)/2}$ and $\\sigma(t) = \\sqrt{1 - e^{-B(t)}}$ (eq. `eq-vp-marginal`), each of shape (B,)."
-        lmc = self.log_mean_coeff(self._t(t))
-        return lmc.exp(), (-torch.expm1(2 * lmc)).sqrt()
+        t = self._t(t)
+        lmc = self.log_mean_coeff(_wide(t))
+        return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).sqrt().to(t.dtype)
 
     def discrete_betas(self, dtype=None, device=None) -> Tensor:
         "DDPM's rates $\\beta_i = \\beta_{\\min}/N + i(\\beta_{\\max}-\\beta_{\\min})/(N(N-1))$, $i = 0, \\dots, N-1$, shape (N,)."
@@ -235,7 +250,7 @@ class VPSDE(_LinearBetaSDE):
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "DDPM discretization (eq. `eq-ddpm-chain`): $f_i = (\\sqrt{1-\\beta_i} - 1)x$, $G_i = \\sqrt{\\beta_i}$, $i$ = `timestep(t)`."
         t = self._t(t, x)
-        beta = self.discrete_betas(x.dtype, x.device)[self.timestep(t)]
+        beta = self.discrete_betas(_wide(x).dtype, x.device)[self.timestep(t)]
         shrink = -beta / (1 + torch.sqrt(1 - beta))          # sqrt(1 - beta) - 1, without cancellation
         return batch_broadcast(shrink, x) * x, batch_broadcast(beta.sqrt(), x)
 
@@ -245,15 +260,16 @@ class SubVPSDE(_LinearBetaSDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-\\tfrac12\\beta(t)x$ and diffusion $\\sqrt{\\beta(t)(1 - e^{-2B(t)})}$, shape (B, 1, ..., 1)."
-        t = self._t(t, x)
+        t = _wide(self._t(t, x))
         beta = self.beta(t)
         discount = -torch.expm1(4 * self.log_mean_coeff(t))   # 1 - exp(-2 B(t))
         return -0.5 * batch_broadcast(beta, x) * x, batch_broadcast((beta * discount).sqrt(), x)
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t) = e^{-B(t)/2}$ and $\\sigma(t) = 1 - e^{-B(t)}$ (eq. `eq-subvp-marginal`), each of shape (B,)."
-        lmc = self.log_mean_coeff(self._t(t))
-        return lmc.exp(), -torch.expm1(2 * lmc)
+        t = self._t(t)
+        lmc = self.log_mean_coeff(_wide(t))
+        return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).to(t.dtype)
 
 # %% ../nbs/04_sde.ipynb #59e4229a
 class VESDE(SDE):
@@ -276,12 +292,13 @@ class VESDE(SDE):
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $0$ and diffusion $\\sigma(t)\\sqrt{2\\log(\\sigma_{\\max}/\\sigma_{\\min})}$ (eq. `eq-ve-g`), shape (B, 1, ..., 1)."
         t = self._t(t, x)
-        return torch.zeros_like(x), batch_broadcast(self.sigma(t) * math.sqrt(2 * self.log_ratio), x)
+        return torch.zeros_like(x), batch_broadcast(self.sigma(_wide(t)) * math.sqrt(2 * self.log_ratio), x)
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        "$\\alpha(t) = 1$ and $\\sigma_{VE}(t) = \\sqrt{\\sigma(t)^2 - \\sigma_{\\min}^2}$ (eq. `eq-ve-marginal`), each of shape (B,)."
+        "$\\alpha(t) = 1$ and $\\sigma_{VE}(t) = \\sqrt{\\sigma(t)^2 - \\sigma_{\\min}^2} = \\sigma(t)\\sqrt{1 - e^{-2t\\log(\\sigma_{\\max}/\\sigma_{\\min})}}$ (eq. `eq-ve-marginal`), each of shape (B,)."
         t = self._t(t)
-        return torch.ones_like(t), self.sigma_min * torch.expm1(2 * self.log_ratio * t).sqrt()
+        tw = _wide(t)       # sigma(t) times a factor <= 1: finite whenever sigma(t) is (float16, or sigma_max/sigma_min = 1e300)
+        return torch.ones_like(t), (self.sigma(tw) * (-torch.expm1(-2 * self.log_ratio * tw)).sqrt()).to(t.dtype)
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the prior $\\mathcal{N}(0, \\sigma_{\\max}^2 I)$, of shape `shape` = (B, *D)."
@@ -299,9 +316,10 @@ class VESDE(SDE):
         "SMLD discretization (eq. `eq-smld-chain`): $f_i = 0$, $G_i = \\sqrt{\\sigma_i^2 - \\sigma_{i-1}^2}$ with $\\sigma_{-1} = 0$, $i$ = `timestep(t)`."
         t = self._t(t, x)
         i = self.timestep(t)
-        sigmas = self.discrete_sigmas(x.dtype, x.device)
-        prev = torch.where(i > 0, sigmas[(i - 1).clamp_min(0)], torch.zeros_like(t))
-        return torch.zeros_like(x), batch_broadcast((sigmas[i] ** 2 - prev**2).sqrt(), x)
+        sigma_i = self.discrete_sigmas(_wide(x).dtype, x.device)[i]
+        # sigma_i^2 - sigma_{i-1}^2 = sigma_i^2 (1 - e^{-2 delta}), delta = log(sigma_max/sigma_min)/(N-1): no cancellation
+        ratio = math.sqrt(-math.expm1(-2 * self.log_ratio / (self.N - 1))) if self.N > 1 else 1.0
+        return torch.zeros_like(x), batch_broadcast(torch.where(i > 0, sigma_i * ratio, sigma_i), x)
 
 # %% ../nbs/04_sde.ipynb #f86bf435
 class ReverseSDE:
@@ -317,7 +335,9 @@ class ReverseSDE:
             raise TypeError(f"`forward` must be an SDE, got {type(forward).__name__}")
         if not callable(score_fn):
             raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
-        self.forward, self.score_fn, self.probability_flow = forward, score_fn, bool(probability_flow)
+        if not isinstance(probability_flow, bool):    # bool("no") is True: accept only True or False
+            raise TypeError(f"`probability_flow` must be True or False, got {probability_flow!r}")
+        self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
 
     @property
     def T(self) -> float:

@@ -357,3 +357,73 @@ def test_constant_beta_is_ornstein_uhlenbeck():
     lp = mix.marginal_log_prob(xr, t[1:].clone().repeat(2)[:9], sde).sum()
     (grad,) = torch.autograd.grad(lp, xr)
     torch.testing.assert_close(mix.marginal_score(x, t[1:].clone().repeat(2)[:9], sde), grad)
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_half_precision_ve_kernel_is_finite_and_correctly_rounded():
+    "float16: sigma_min sqrt(expm1(2 t log 5000)) overflowed (2.5e7 > 65504) to inf; now sigma(t) sqrt(1 - e^{-2tL}) in float32."
+    sde, t = VESDE(), torch.tensor([0.0, 0.3, 1.0])
+    for dtype in (torch.float16, torch.bfloat16):
+        _, std = sde.marginal_prob(torch.zeros(3, 2, dtype=dtype), t.to(dtype))
+        ref = sde.marginal_coeffs(t.to(dtype).double())[1]
+        assert std.dtype == dtype and torch.isfinite(std).all()
+        torch.testing.assert_close(std.double().reshape(-1), ref, rtol=torch.finfo(dtype).eps, atol=0)   # one rounding
+
+
+def test_huge_ve_ratio_kernel_is_finite_in_float64():
+    "sigma_max/sigma_min = 1e302: expm1(2 log(ratio)) = e^1390 overflows float64, sigma(1)^2 too, but sigma_VE(1) = 1e300 does not."
+    sde = VESDE(sigma_min=0.01, sigma_max=1e300)
+    std = sde.marginal_coeffs(torch.tensor([1.0], dtype=torch.float64))[1]
+    torch.testing.assert_close(std, torch.tensor([1e300], dtype=torch.float64), rtol=1e-13, atol=0)
+
+
+def test_timestep_stays_in_range_in_half_precision():
+    "float16 t = 1 with N = 5000: t (N-1) = 4999 rounds to 5000 in float16, an index out of range of the N levels."
+    for sde in (VPSDE(N=5000), VESDE(N=5000)):
+        x = torch.zeros(2, 3, dtype=torch.float16)
+        t = torch.ones(2, dtype=torch.float16)
+        assert sde.timestep(t).tolist() == [4999, 4999]
+        f, G = sde.discretize(x, t)
+        assert torch.isfinite(G).all() and G.dtype == torch.float16
+
+
+def test_ve_discretize_has_no_cancellation():
+    "G_i = sigma_i sqrt(1 - e^{-2 delta}): in float32 with N = 2000, agrees with the float64 sqrt(sigma_i^2 - sigma_{i-1}^2) to 4 ulps."
+    sde = VESDE(N=2000)
+    t = torch.linspace(0, 1, 2000, dtype=torch.float64)
+    sig = sde.discrete_sigmas(torch.float64)
+    ref = torch.cat([sig[:1], (sig[1:] ** 2 - sig[:-1] ** 2).sqrt()])
+    G = sde.discretize(torch.zeros(2000, 1), t.float())[1].reshape(-1)
+    torch.testing.assert_close(G.double(), ref, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+
+
+def test_bool_times_and_integer_prior_dtype_are_named_errors():
+    "Bool times were cast to 0/1; an integer prior dtype failed inside torch ('normal_kernel_cpu' not implemented for 'Long')."
+    sde = VPSDE()
+    with pytest.raises(TypeError, match="`t`"):
+        sde.marginal_prob(torch.zeros(2, 1), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="`dtype`"):
+        sde.prior_sampling((2, 3), dtype=torch.int64)
+    with pytest.raises(TypeError, match="`probability_flow`"):
+        sde.reverse(lambda x, t: -x, probability_flow="no")     # bool("no") is True
+
+
+def test_meta_tensors_give_shapes():
+    "On the meta device (shapes only, no values) the time check is skipped instead of failing to copy values out."
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        x = torch.empty(3, 2, 4, 4, device="meta")
+        t = torch.empty(3, device="meta")
+        mean, std = sde.marginal_prob(x, t)
+        f, G = sde.discretize(x, t)
+        assert mean.shape == f.shape == x.shape and std.shape == G.shape == (3, 1, 1, 1) and std.device.type == "meta"
+        assert sde.prior_logp(sde.prior_sampling((3, 2), device="meta")).shape == (3,)
+
+
+def test_half_precision_prior_logp_does_not_overflow():
+    "float16 z of 4096 entries of size 50: the sum of squares (1e7) overflowed float16; the density itself is representable."
+    sde = VESDE()
+    z = torch.full((1, 4096), 50.0, dtype=torch.float16)
+    lp = sde.prior_logp(z)
+    ref = sde.prior_logp(z.double())
+    assert lp.dtype == torch.float16 and torch.isfinite(lp).all()
+    torch.testing.assert_close(lp.double(), ref, rtol=torch.finfo(torch.float16).eps, atol=0)

@@ -1,0 +1,237 @@
+"""Property-based tests (hypothesis) over the public API outside sampling/likelihood/reverse: SDEs, losses, the mixture
+oracle, models, metrics, solvers, DDPM and SMLD helpers.
+
+Every call either returns a finite result of the right shape and dtype that satisfies a stated invariant, or raises
+ValueError/TypeError whose message names the argument (in backticks). A torch-internal error or any other exception
+fails the test. Profiles (tests/conftest.py): "ci" (default, derandomized, 25 examples), "thorough" (400 examples)."""
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import assume, given, note
+from hypothesis import strategies as st
+
+from sde_diffusion.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+
+F64 = torch.float64
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPES = FLOATS + [torch.int64]
+DEVICES = ["cpu", "meta"]
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+# Values that stress argument checks: edge numbers, non-finite numbers, bools and non-numbers where numbers are expected.
+WILD_NUMBERS = st.sampled_from([0, 0.0, -1.0, -1e-9, 1e-300, 1e-30, 1e30, 1e300, math.nan, math.inf, -math.inf,
+                                True, False, None, "1.0", 1, 2, 0.5, 3.0, 20.0, 1000])
+
+
+def named(exc: BaseException, *names: str) -> bool:
+    "Whether the message of `exc` names one of `names` in backticks."
+    return any(f"`{n}`" in str(exc) for n in names)
+
+
+def call(fn, *names):
+    """fn() or None when it raises ValueError/TypeError naming one of `names`; anything else propagates (a failure).
+    (Warnings are errors here too: pytest turns none into errors by default, so they pass through.)"""
+    try:
+        return fn()
+    except (ValueError, TypeError) as e:
+        assert named(e, *names), f"{type(e).__name__} does not name any of {names}: {e}"
+        return None
+
+
+def shapes(min_rank=1, max_rank=4, max_batch=4, max_side=3):
+    "Shapes (B, *D) with B >= 1 and rank in [min_rank, max_rank]."
+    return st.integers(min_rank, max_rank).flatmap(
+        lambda r: st.tuples(st.integers(1, max_batch), *[st.integers(1, max_side)] * (r - 1)))
+
+
+def eps_of(dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def randn(shape, dtype, seed=0, device="cpu", scale=1.0):
+    "Seeded normal draws in float64, rounded to `dtype` (any dtype, ints included); `meta`: an empty meta tensor."
+    if device == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    x = scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return x.round().to(dtype) if not dtype.is_floating_point else x.to(dtype)
+
+
+def times(B, dtype, device, t_values):
+    "A time tensor of shape (B,) built from drawn float64 values."
+    t = torch.tensor(t_values[:B] + [t_values[-1]] * max(0, B - len(t_values)), dtype=F64)
+    return t.to(dtype=dtype, device=device)
+
+
+# -------------------------------------------------------------------------------------------------------------- SDEs
+TIMES = st.one_of(st.just(0.0), st.just(1.0), st.floats(1e-30, 1))   # [0, T]; no subnormal times
+def sde_params():
+    "Valid SDEs over the full range of sensible parameters."
+    N = st.integers(1, 2000)
+    pos = st.floats(1e-3, 1e3)
+    vp = st.tuples(pos, st.floats(0, 1e3), N).map(lambda a: (a[0], a[0] + a[1], a[2]))
+    ve = st.tuples(st.floats(1e-4, 10), st.floats(1.001, 1e5), N).map(lambda a: (a[0], a[0] * a[1], a[2]))
+    return st.one_of(vp.map(lambda a: VPSDE(*a)), vp.map(lambda a: SubVPSDE(*a)), ve.map(lambda a: VESDE(*a)))
+
+
+def closed_form(sde, t: torch.Tensor):
+    "(alpha, sigma, drift coefficient a(t), g(t)) in float64 from the formulas of chapter 4."
+    t = t.to(F64)
+    if isinstance(sde, VESDE):
+        L = math.log(sde.sigma_max / sde.sigma_min)
+        sig = sde.sigma_min * torch.exp(L * t)
+        return torch.ones_like(t), torch.sqrt(sig**2 - sde.sigma_min**2), torch.zeros_like(t), sig * math.sqrt(2 * L)
+    b0, b1 = sde.beta_min, sde.beta_max
+    B = b0 * t + 0.5 * t**2 * (b1 - b0)
+    beta = b0 + t * (b1 - b0)
+    if isinstance(sde, VPSDE):
+        return torch.exp(-B / 2), torch.sqrt(-torch.expm1(-B)), -beta / 2, beta.sqrt()
+    return torch.exp(-B / 2), -torch.expm1(-B), -beta / 2, torch.sqrt(beta * -torch.expm1(-2 * B))
+
+
+@given(kind=st.sampled_from([VPSDE, SubVPSDE, VESDE]), a=WILD_NUMBERS, b=WILD_NUMBERS,
+       N=st.sampled_from([1, 10, 0, -3, True, 2.0, None, "5", 10**6]))
+def test_sde_constructor_valid_or_named_error(kind, a, b, N):
+    "Either the SDE is built with finite, positive, ordered parameters and an integer N >= 1, or the error names one."
+    names = ("beta_min", "beta_max", "N") if kind is not VESDE else ("sigma_min", "sigma_max", "N")
+    sde = call(lambda: kind(a, b, N), *names)
+    if sde is not None:
+        lo, hi = (sde.beta_min, sde.beta_max) if kind is not VESDE else (sde.sigma_min, sde.sigma_max)
+        assert type(lo) is float and type(hi) is float and 0 < lo <= hi < math.inf
+        assert type(sde.N) is int and sde.N >= 1
+        for v in (a, b, N):
+            assert not isinstance(v, (bool, str)) and v is not None
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(FLOATS), device=st.sampled_from(DEVICES),
+       t_values=st.lists(TIMES, min_size=1, max_size=4))
+def test_marginal_prob_and_sde_match_closed_forms(sde, shape, dtype, device, t_values):
+    """marginal_prob and sde: shapes, dtypes, devices of the input; std >= 0 and > 0 for t > 0; both agree with the
+    float64 closed forms at the times as rounded to the dtype, to a few ulps of the dtype times the condition number
+    of exp (|log alpha|, the exponent of sigma)."""
+    x0 = randn(shape, dtype, device=device)
+    t = times(shape[0], dtype, device, t_values)
+    mean, std = sde.marginal_prob(x0, t)
+    drift, g = sde.sde(x0, t)
+    bshape = (shape[0],) + (1,) * (len(shape) - 1)
+    for v, s in ((mean, shape), (std, bshape), (drift, shape), (g, bshape)):
+        assert v.shape == s and v.dtype == dtype and v.device.type == device
+    if device == "meta":
+        return
+    alpha, sigma, a, gg = closed_form(sde, t)
+    cond = 1 + (alpha.log().abs() if not isinstance(sde, VESDE) else 2 * math.log(sde.sigma_max / sde.sigma_min) * t.double())
+    if isinstance(sde, VESDE):
+        cond = cond + math.log(sde.sigma_max / sde.sigma_min)
+    tol = 16 * eps_of(dtype) * cond                              # relative, per sample
+    tiny = torch.finfo(dtype).tiny
+    rel = lambda got, ref: ((got.double().reshape(shape[0], -1) - ref.reshape(shape[0], -1)).abs().amax(1)
+                            <= tol * ref.reshape(shape[0], -1).abs().amax(1) + 4 * tiny / eps_of(dtype))
+    assert torch.isfinite(std).all() and (std >= 0).all()
+    assert (std.reshape(-1)[t.double() > 0] > 0).all() or dtype in (torch.float16, torch.bfloat16)
+    x64 = x0.double()
+    assert rel(std, sigma).all(), (std.reshape(-1), sigma)
+    assert rel(mean, alpha.reshape(bshape) * x64).all()
+    assert rel(g, gg).all(), (g.reshape(-1), gg)
+    assert rel(drift, a.reshape(bshape) * x64).all()
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(DTYPES), device=st.sampled_from(DEVICES),
+       t_kind=st.sampled_from(["outside", "nan", "float", "wrong_shape", "bool", "int", "other_device"]),
+       method=st.sampled_from(["marginal_prob", "sde", "discretize"]))
+def test_bad_times_and_states_are_named(sde, shape, dtype, device, t_kind, method):
+    "Times outside [0, T], NaN, wrong shapes, bools, python floats; integer states: a ValueError/TypeError naming `t`/`x`."
+    x = randn(shape, dtype, device=device)
+    B = shape[0]
+    t = {"outside": lambda: torch.full((B,), 1.5, dtype=F64, device=device),
+         "nan": lambda: torch.full((B,), math.nan, dtype=F64, device=device),
+         "float": lambda: 0.5,
+         "wrong_shape": lambda: torch.full((B + 1,), 0.5, device=device),
+         "bool": lambda: torch.ones(B, dtype=torch.bool, device=device),
+         "int": lambda: torch.ones(B, dtype=torch.int64, device=device),
+         "other_device": lambda: torch.full((B,), 0.5, device="meta" if device == "cpu" else "cpu")}[t_kind]()
+    out = call(lambda: getattr(sde, method)(x, t), "t", "x", "x0", "N")
+    valid = dtype.is_floating_point and t_kind == "int" or (t_kind in ("outside", "nan") and device == "meta"
+                                                           and dtype.is_floating_point)
+    if out is None:
+        assert not valid or (t_kind == "outside" and device == "meta") or (method == "discretize"), (t_kind, dtype)
+        return
+    assert valid, f"{t_kind} times with {dtype} x on {device} were accepted"
+    for v in out:
+        assert v.dtype == dtype and v.device.type == device
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(DTYPES + [None]), device=st.sampled_from(DEVICES),
+       seed=st.integers(0, 2**31))
+def test_prior_sampling_and_exact_logp(sde, shape, dtype, device, seed):
+    """prior_sampling: shape, dtype, device as asked, finite, reproducible from a seed; an integer dtype is a named
+    error. prior_logp: exactly the N(0, s^2 I) log-density (float64 reference, a few ulps of its magnitude)."""
+    gen = torch.Generator().manual_seed(seed) if device == "cpu" else None
+    z = call(lambda: sde.prior_sampling(shape, generator=gen, dtype=dtype, device=device), "dtype")
+    if z is None:
+        assert dtype is not None and not dtype.is_floating_point
+        return
+    dtype = dtype or torch.get_default_dtype()
+    assert z.shape == shape and z.dtype == dtype and z.device.type == device
+    lp = sde.prior_logp(z)
+    assert lp.shape == (shape[0],) and lp.dtype == dtype and lp.device.type == device
+    if device == "meta":
+        return
+    assert torch.isfinite(z).all()
+    again = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype, device=device)
+    assert torch.equal(z, again)
+    s = sde.sigma_max if isinstance(sde, VESDE) else 1.0
+    ref = torch.distributions.Normal(torch.zeros((), dtype=F64), s).log_prob(z.double()).reshape(shape[0], -1).sum(1)
+    assert torch.isfinite(lp).all()
+    D = math.prod(shape[1:])
+    torch.testing.assert_close(lp.double(), ref, rtol=8 * eps_of(dtype), atol=8 * eps_of(dtype) * (1 + D))
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(FLOATS), device=st.sampled_from(DEVICES),
+       t_values=st.lists(TIMES, min_size=1, max_size=4))
+def test_discretize_is_the_named_chain(sde, shape, dtype, device, t_values):
+    """discretize: f of x's shape, G of shape (B, 1, ...), finite, G >= 0; the index is in [0, N-1] for every t in [0, T]
+    in every dtype; VP: f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i); VE: G^2 = sigma_i^2 - sigma_{i-1}^2."""
+    assume(not (isinstance(sde, VPSDE) and sde.beta_max >= sde.N))
+    x = randn(shape, dtype, device=device)
+    t = times(shape[0], dtype, device, t_values)
+    f, G = sde.discretize(x, t)
+    bshape = (shape[0],) + (1,) * (len(shape) - 1)
+    assert f.shape == shape and G.shape == bshape and f.dtype == G.dtype == dtype and f.device.type == device
+    if device == "meta":
+        return
+    i = sde.timestep(t)
+    assert i.dtype == torch.int64 and ((0 <= i) & (i <= sde.N - 1)).all()
+    assert torch.isfinite(f).all() and torch.isfinite(G).all() and (G >= 0).all()
+    tol = 16 * eps_of(dtype)
+    if isinstance(sde, VPSDE):
+        beta = sde.discrete_betas(F64)[i]
+        torch.testing.assert_close(G.double().reshape(-1), beta.sqrt(), rtol=tol, atol=torch.finfo(dtype).tiny / eps_of(dtype))
+    elif isinstance(sde, VESDE):
+        sig = sde.discrete_sigmas(F64)
+        prev = torch.where(i > 0, sig[(i - 1).clamp_min(0)], torch.zeros_like(sig[i]))
+        ref = (sig[i] ** 2 - prev**2).sqrt()
+        torch.testing.assert_close(G.double().reshape(-1), ref, rtol=tol * (1 + sde.N * math.log(sde.sigma_max / sde.sigma_min)),
+                                   atol=torch.finfo(dtype).tiny / eps_of(dtype))
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(FLOATS), pf=st.sampled_from([False, True, 0, 1, "no", None, 2.5]),
+       t_values=st.lists(st.floats(1e-3, 1), min_size=1, max_size=4))
+def test_reverse_is_anderson(sde, shape, dtype, pf, t_values):
+    """reverse(score_fn, probability_flow): probability_flow must be a bool; drift f - w g^2 s with w = 1 (SDE) or 1/2
+    (ODE); diffusion g or 0; discretize: f_i - w G_i^2 s and G_i or 0."""
+    x = randn(shape, dtype)
+    t = times(shape[0], dtype, "cpu", t_values)
+    score = lambda x, t: -x            # the score of N(0, I)
+    rev = call(lambda: sde.reverse(score, probability_flow=pf), "probability_flow")
+    if rev is None:
+        assert not isinstance(pf, bool)
+        return
+    assert isinstance(pf, bool), f"probability_flow={pf!r} accepted"
+    w = 0.5 if pf else 1.0
+    d, g = rev.sde(x, t)
+    f, gf = sde.sde(x, t)
+    assert d.dtype == g.dtype == dtype and d.shape == x.shape
+    torch.testing.assert_close(d, f + w * gf**2 * x, rtol=16 * eps_of(dtype), atol=16 * eps_of(dtype) * (1 + gf.double().max().item() ** 2))
+    assert torch.equal(g, torch.zeros_like(gf) if pf else gf)
+    assert call(lambda: sde.reverse("not callable"), "score_fn") is None
