@@ -22,6 +22,14 @@ _LOGIT_FLOOR = -80.0   # shifted log-terms below this are set to 0: exp(-80) ~ 2
 _LOG_2PI = math.log(2 * math.pi)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    "The dtype the factors and log-joints are computed in: float32 for half precision (no Cholesky there), else `dtype`."
+    return torch.float32 if dtype in _HALF else dtype
+
+
 def _check_generator(generator, device):
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
         raise ValueError(f"`generator` is on {generator.device} but the samples are drawn on {device}")
@@ -55,6 +63,8 @@ def _infer_dtype_device(values, dtype, device):
 
 def _float_param(name, v, dtype, device) -> Tensor:
     try:   # numbers and lists go straight to `dtype` (not through float32, which would round 1e-4)
+        if not isinstance(v, Tensor) and torch.as_tensor(v).dtype == torch.bool:
+            raise TypeError("got bools")                  # as_tensor(True, dtype=float) would silently give 1.0
         v = v.to(device) if isinstance(v, Tensor) else torch.as_tensor(v, dtype=dtype, device=device)
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"`{name}` must be a tensor or a nested sequence of numbers: {e}") from None
@@ -126,7 +136,7 @@ class GaussianMixture:
         if (weights <= 0).any():
             raise ValueError("`weights` must be positive (they are divided by their sum)")
         covs = _full_covs(covs, K, D, dtype, device)
-        _, info = torch.linalg.cholesky_ex(covs)
+        _, info = torch.linalg.cholesky_ex(covs.to(_wide_dtype(dtype)))
         if (info > 0).any():
             k = int((info > 0).nonzero()[0])
             raise ValueError(f"`covs` must be symmetric positive definite: component {k} is not (Cholesky failed)")
@@ -146,12 +156,13 @@ class GaussianMixture:
         return GaussianMixture(self.weights, self.means, self.covs, dtype=dtype or self.dtype, device=device or self.device)
 
     def _factors(self, dtype, device) -> dict:
-        "log-normalizers, Cholesky and eigen-factors of the covariances in `dtype` on `device` (cached)."
+        "log-normalizers, Cholesky and eigen-factors of the covariances in `dtype` (float32 for half) on `device` (cached)."
+        dtype = _wide_dtype(dtype)
         key = (dtype, torch.device(device))
         if key not in self._factor_cache:
             covs = self.covs.to(device=device, dtype=dtype)
             chol, info = torch.linalg.cholesky_ex(covs)
-            if (info > 0).any():
+            if torch.device(device).type != "meta" and (info > 0).any():
                 raise ValueError(f"the covariances are not positive definite in {dtype}: use a wider dtype")
             eigvals, eigvecs = torch.linalg.eigh(covs)
             log_w = self.weights.to(device=device, dtype=dtype).log()
@@ -162,12 +173,13 @@ class GaussianMixture:
         return self._factor_cache[key]
 
     def _flat(self, x) -> Tensor:
-        "Points as a (B, D) view, checked."
+        "Points as a (B, D) view, checked; in float32 when `x` is in half precision."
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise TypeError(f"`x` must be a floating-point tensor, got {type(x).__name__}")
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"`x` must be a floating-point tensor, got {got}")
         if x.ndim < 2 or x[0].numel() != self.D:
             raise ValueError(f"`x` must have shape (B, *D) with {self.D} numbers per sample, got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.D)
+        return x.reshape(x.shape[0], self.D).to(_wide_dtype(x.dtype))
 
     def mean(self) -> Tensor:
         "Mixture mean $\\sum_k w_k \\mu_k$, shape (D,)."
@@ -198,12 +210,13 @@ def _sample(self: GaussianMixture,
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
     else:
         labels = torch.zeros(0, dtype=torch.long, device=self.device)
-    z = torch.randn(n, self.D, generator=generator, dtype=self.dtype, device=self.device)
-    chol = self._factors(self.dtype, self.device)["chol"]
+    f = self._factors(self.dtype, self.device)        # in float32 for a half-precision mixture
+    z = torch.randn(n, self.D, generator=generator, dtype=f["chol"].dtype, device=self.device)
     x = torch.empty_like(z)
     for k in range(self.K):
         sel = labels == k
-        x[sel] = self.means[k] + z[sel] @ chol[k].mT
+        x[sel] = f["means"][k] + z[sel] @ f["chol"][k].mT
+    x = x.to(self.dtype)
     return (x, labels) if return_labels else x
 
 
@@ -220,12 +233,12 @@ def _log_prob(self: GaussianMixture,
               ) -> Tensor: # $\log p_0(x)$, shape (B,)
     "Exact log-density (eqs. `eq-toy-lse`, `eq-toy-chol`)."
     logits, _, _ = self._logits(self._flat(x))
-    return _lse_softmax(logits)[0]
+    return _lse_softmax(logits)[0].to(x.dtype)
 
 
 def _responsibilities(self: GaussianMixture, x: Tensor) -> Tensor:
     "Posterior component probabilities $r_k(x)$, shape (B, K) (eq. `eq-toy-score`)."
-    return _lse_softmax(self._logits(self._flat(x))[0])[1]
+    return _lse_softmax(self._logits(self._flat(x))[0])[1].to(x.dtype)
 
 
 def _score(self: GaussianMixture,
@@ -235,7 +248,7 @@ def _score(self: GaussianMixture,
     logits, y, f = self._logits(self._flat(x))
     r = _lse_softmax(logits)[1]
     v = torch.linalg.solve_triangular(f["chol"].mT, y, upper=True)            # Sigma_k^{-1}(x - mu_k), (K, D, B)
-    return -torch.einsum("bk,kdb->bd", r, v).reshape(x.shape)
+    return -torch.einsum("bk,kdb->bd", r, v).reshape(x.shape).to(x.dtype)
 
 
 GaussianMixture.sample, GaussianMixture._logits = _sample, _logits
@@ -306,6 +319,10 @@ def _marginal(self: GaussianMixture,
 def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     "Per-sample (alpha, sigma), each shape (B,), from `sde.marginal_coeffs(t)`, checked."
     B = xf.shape[0]
+    if not callable(getattr(sde, "marginal_coeffs", None)):
+        raise TypeError(f"`sde` must have a method marginal_coeffs(t) -> (alpha, sigma) (an SDE), got {type(sde).__name__}")
+    if isinstance(t, bool) or (isinstance(t, Tensor) and (t.dtype == torch.bool or t.is_complex())):
+        raise TypeError(f"`t` must hold real times, got {t.dtype if isinstance(t, Tensor) else t!r}")
     t = torch.as_tensor(t, dtype=xf.dtype, device=xf.device)
     if t.ndim == 0:
         t = t.expand(B)
@@ -317,7 +334,7 @@ def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     T = getattr(sde, "T", math.inf)
     bad = ~(torch.isfinite(t) & (t >= 0) & (t <= T) & torch.isfinite(alpha) & torch.isfinite(sigma) & (sigma >= 0)
             & ((alpha != 0) | (sigma > 0)))
-    if bad.any():   # one host synchronisation per call
+    if xf.device.type != "meta" and bad.any():   # one host synchronisation per call; a meta tensor has no values
         b = int(bad.nonzero()[0])
         raise ValueError(f"`t` must lie in [0, T] = [0, {T}] with a valid marginal: sample {b} has t = {t[b].item():.4g}, "
                          f"alpha = {alpha[b].item():.4g}, sigma = {sigma[b].item():.4g}")
@@ -342,7 +359,7 @@ def _marginal_log_prob(self: GaussianMixture,
                        sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
                        ) -> Tensor: # $\log p_t(x_t)$, shape (B,)
     "Exact $\\log p_t(x)$, each sample at its own time (eqs. `eq-toy-marginal`, `eq-toy-eig`)."
-    return _lse_softmax(self._marginal_terms(x, t, sde)[0])[0]
+    return _lse_softmax(self._marginal_terms(x, t, sde)[0])[0].to(x.dtype)
 
 
 def _marginal_score(self: GaussianMixture,
@@ -353,7 +370,7 @@ def _marginal_score(self: GaussianMixture,
     "Exact score of $p_t$, each sample at its own time (eq. `eq-toy-marginal-score`)."
     logits, u, var, f = self._marginal_terms(x, t, sde)
     r = _lse_softmax(logits)[1]
-    return -torch.einsum("bke,kde->bd", r[..., None] * u / var, f["eigvecs"]).reshape(x.shape)
+    return -torch.einsum("bke,kde->bd", r[..., None] * u / var, f["eigvecs"]).reshape(x.shape).to(x.dtype)
 
 
 def _score_fn(self: GaussianMixture, sde) -> Callable:

@@ -235,3 +235,156 @@ def test_reverse_is_anderson(sde, shape, dtype, pf, t_values):
     torch.testing.assert_close(d, f + w * gf**2 * x, rtol=16 * eps_of(dtype), atol=16 * eps_of(dtype) * (1 + gf.double().max().item() ** 2))
     assert torch.equal(g, torch.zeros_like(gf) if pf else gf)
     assert call(lambda: sde.reverse("not callable"), "score_fn") is None
+
+
+# ------------------------------------------------------------------------------------------- the mixture oracle
+from sde_diffusion.toy import GaussianMixture  # noqa: E402
+
+
+@st.composite
+def mixtures(draw, max_k=3, max_d=3):
+    "A valid mixture in float64: unequal weights, means at scale up to 10, isotropic, diagonal or full covariances."
+    K, D = draw(st.integers(1, max_k)), draw(st.integers(1, max_d))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    w = 0.2 + torch.rand(K, generator=g, dtype=F64)
+    mu = draw(st.sampled_from([0.1, 1.0, 10.0])) * torch.randn(K, D, generator=g, dtype=F64)
+    kind = draw(st.sampled_from(["iso", "diag", "full", "number"]))
+    scale = draw(st.sampled_from([0.01, 1.0, 25.0]))
+    if kind == "number":
+        covs = scale
+    elif kind == "iso":
+        covs = scale * (0.5 + torch.rand(K, generator=g, dtype=F64))
+    elif kind == "diag":
+        covs = scale * (0.5 + torch.rand(K, D, generator=g, dtype=F64))
+    else:
+        A = torch.randn(K, D, D, generator=g, dtype=F64)
+        covs = scale * (A @ A.mT / D + 0.3 * torch.eye(D, dtype=F64))
+    return GaussianMixture(w, mu, covs)
+
+
+def as_points(x: torch.Tensor, rank: int) -> torch.Tensor:
+    "Points (B, D) viewed as (B, *dims) of the given rank (the extra dims of size 1 but the last)."
+    return x.reshape(x.shape[0], *([1] * (rank - 2)), x.shape[1]) if rank >= 2 else x
+
+
+def lp_tol(dtype, lp: torch.Tensor, D: int) -> torch.Tensor:
+    "Tolerance for a log-density computed in `dtype` (float32 for half): a few ulps of the squared Mahalanobis terms."
+    e = eps_of(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+    return 64 * e * (1 + D + lp.abs())
+
+
+@given(w=st.one_of(WILD_NUMBERS, st.just([1.0, 2.0]), st.just([True, True]), st.just([[1.0]])),
+       mu=st.sampled_from([[[0.0, 1.0]], [[0.0, 1.0], [2.0, 3.0]], [[math.nan, 0.0]], [[1e300, 0.0]], [0.0, 1.0],
+                           [[True, False]], "ab", None]),
+       covs=st.one_of(WILD_NUMBERS, st.just([[[1.0, 0.9], [0.9, 1.0]]]), st.just([[[1.0, 2.0], [2.0, 1.0]]]),
+                      st.just([[1.0, -1.0]]), st.just([[[1.0, 0.5], [0.0, 1.0]]])),
+       dtype=st.sampled_from(DTYPES + [None]))
+def test_mixture_constructor_valid_or_named_error(w, mu, covs, dtype):
+    "A mixture is built from finite positive weights, finite means, SPD covariances in a floating dtype, or the error names one."
+    gm = call(lambda: GaussianMixture(w, mu, covs, dtype=dtype), "weights", "means", "covs", "dtype")
+    if gm is None:
+        return
+    for v in (w, mu, covs):
+        assert not isinstance(v, (bool, str)) and v is not None
+        assert not (isinstance(v, list) and any(isinstance(u, bool) for u in torch.as_tensor(v).flatten().tolist()
+                                                if False)), v
+    assert torch.as_tensor(w).dtype != torch.bool and torch.as_tensor(mu).dtype != torch.bool and torch.as_tensor(covs).dtype != torch.bool
+    assert gm.dtype.is_floating_point and torch.isfinite(gm.means).all() and (gm.weights > 0).all()
+    torch.testing.assert_close(gm.weights.double().sum(), torch.tensor(1.0, dtype=F64), rtol=0, atol=4 * eps_of(gm.dtype))
+    assert (torch.linalg.eigvalsh(gm.covs.double()) > 0).all()
+
+
+@given(gm=mixtures(), B=st.integers(1, 4), rank=st.integers(2, 4), dtype=st.sampled_from(FLOATS),
+       seed=st.integers(0, 2**16))
+def test_mixture_log_prob_and_score(gm, B, rank, dtype, seed):
+    """log_prob: finite, shape (B,), dtype of x, equal to log sum_k w_k N(x; mu_k, Sigma_k) from torch.distributions
+    (float64 reference); for K = 1 exactly MultivariateNormal.log_prob. score: the autograd gradient of log_prob (float64)."""
+    x64 = gm.sample(B, generator=torch.Generator().manual_seed(seed)) + 0.5 * torch.randn(B, gm.D, dtype=F64)
+    x = as_points(x64, rank).to(dtype)
+    g = gm.to(dtype=dtype) if dtype in (torch.float32, F64) else gm
+    lp, s = call(lambda: g.log_prob(x), "x"), call(lambda: g.score(x), "x")
+    assert lp is not None and s is not None, "half-precision points are supported"
+    assert lp.shape == (B,) and lp.dtype == dtype and s.shape == x.shape and s.dtype == dtype
+    assert torch.isfinite(lp).all() and torch.isfinite(s).all()
+    xr = x.double().reshape(B, gm.D)
+    comps = torch.distributions.MultivariateNormal(gm.means, covariance_matrix=gm.covs)
+    ref = torch.logsumexp(comps.log_prob(xr[:, None, :]) + gm.weights.log(), -1)
+    if gm.K == 1:
+        torch.testing.assert_close(ref, comps.log_prob(xr)[:, 0] if False else torch.distributions.MultivariateNormal(
+            gm.means[0], gm.covs[0]).log_prob(xr), rtol=1e-12, atol=1e-12)
+    tol = lp_tol(dtype, ref, gm.D) if dtype in (torch.float32, F64) else lp_tol(dtype, ref, gm.D) + 2 * eps_of(dtype) * ref.abs()
+    assert ((lp.double() - ref).abs() <= tol).all(), (lp, ref)
+    if dtype == F64:
+        xg = xr.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(gm.log_prob(xg).sum(), xg)
+        torch.testing.assert_close(s.reshape(B, gm.D), grad, rtol=1e-9, atol=1e-9 * (1 + grad.abs().max().item()))
+
+
+@st.composite
+def sdes_for_oracle(draw):
+    return draw(st.sampled_from([VPSDE(), SubVPSDE(), VESDE(), VPSDE(0.5, 5.0), VESDE(0.05, 5.0)]))
+
+
+@given(gm=mixtures(), B=st.integers(1, 4), dtype=st.sampled_from([torch.float32, F64]), sde=sdes_for_oracle(),
+       t_values=st.lists(st.floats(1e-3, 1), min_size=1, max_size=4), scalar_t=st.booleans(), seed=st.integers(0, 2**16))
+def test_mixture_marginals_are_exact(gm, B, dtype, sde, t_values, scalar_t, seed):
+    """marginal_log_prob(x, t, sde) equals log_prob of the mixture `marginal(alpha(t), sigma(t))` sample by sample, and
+    marginal_score is its autograd gradient (float64); a python float t means the same t for all samples."""
+    g = gm.to(dtype=dtype)
+    x = (gm.sample(B, generator=torch.Generator().manual_seed(seed)) + torch.randn(B, gm.D, dtype=F64)).to(dtype)
+    t = t_values[0] if scalar_t else times(B, dtype, "cpu", t_values)
+    lp, s = g.marginal_log_prob(x, t, sde), g.marginal_score(x, t, sde)
+    assert lp.shape == (B,) and s.shape == x.shape and lp.dtype == s.dtype == dtype
+    assert torch.isfinite(lp).all() and torch.isfinite(s).all()
+    tt = torch.as_tensor(t, dtype=dtype).expand(B).double()
+    alpha, sigma = sde.marginal_coeffs(tt)
+    for b in range(B):
+        ref = gm.marginal(alpha[b], sigma[b]).log_prob(x[b:b + 1].double())
+        assert (lp[b].double() - ref).abs() <= lp_tol(dtype, ref, gm.D) * (1 + abs(math.log(sigma[b].item()))), (lp[b], ref)
+    if dtype == F64:
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(gm.marginal_log_prob(xg, t, sde).sum(), xg)
+        torch.testing.assert_close(s, grad, rtol=1e-9, atol=1e-9 * (1 + grad.abs().max().item()))
+
+
+@given(gm=mixtures(max_k=2, max_d=2), dtype=st.sampled_from(DTYPES), device=st.sampled_from(DEVICES),
+       t_kind=st.sampled_from(["ok", "outside", "nan", "wrong_shape", "bool", "string_sde", "none_sde"]),
+       method=st.sampled_from(["marginal_log_prob", "marginal_score"]))
+def test_mixture_marginal_bad_input_is_named(gm, dtype, device, t_kind, method):
+    "Bad times, states or SDE objects for the marginal oracle: a named ValueError/TypeError; meta points give shapes."
+    B = 3
+    x = randn((B, gm.D), dtype, device=device)
+    t = {"ok": 0.5, "outside": torch.full((B,), 1.5), "nan": torch.full((B,), math.nan), "wrong_shape": torch.full((B + 1,), 0.5),
+         "bool": torch.ones(B, dtype=torch.bool), "string_sde": 0.5, "none_sde": 0.5}[t_kind]
+    if isinstance(t, torch.Tensor):
+        t = t.to(device)
+    sde = {"string_sde": "VPSDE", "none_sde": None}.get(t_kind, VPSDE())
+    out = call(lambda: getattr(gm, method)(x, t, sde), "t", "x", "sde")
+    ok = t_kind == "ok" and dtype.is_floating_point or (device == "meta" and t_kind in ("outside", "nan") and dtype.is_floating_point)
+    if out is None:
+        assert not ok or device == "meta" and t_kind != "ok", (t_kind, dtype, device)
+        return
+    assert ok, f"accepted {t_kind} with {dtype} on {device}"
+    assert out.dtype == dtype and out.device.type == device
+    if device == "cpu":
+        assert torch.isfinite(out).all()
+
+
+@given(gm=mixtures(), n=st.one_of(st.integers(0, 50), st.sampled_from([-1, True, 2.5, None, "3"])),
+       dtype=st.sampled_from(FLOATS), stratified=st.booleans(), seed=st.integers(0, 2**16))
+def test_mixture_sample(gm, n, dtype, stratified, seed):
+    "sample(n): (n, D) in the mixture's dtype, finite, reproducible from a seed; stratified counts sum to n; bad n is named."
+    g = gm.to(dtype=dtype) if dtype in (torch.float32, F64) else call(lambda: gm.to(dtype=dtype), "dtype")
+    if g is None:
+        return
+    x = call(lambda: g.sample(n, generator=torch.Generator().manual_seed(seed), stratified=stratified, return_labels=True), "n")
+    if x is None:
+        assert isinstance(n, bool) or not isinstance(n, int) or n < 0
+        return
+    x, labels = x
+    assert x.shape == (n, gm.D) and x.dtype == dtype and torch.isfinite(x).all() and labels.shape == (n,)
+    y = g.sample(n, generator=torch.Generator().manual_seed(seed), stratified=stratified)
+    assert torch.equal(x, y)
+    if stratified:
+        counts = torch.bincount(labels, minlength=gm.K)
+        assert (counts.double() - n * gm.weights).abs().max() < 1 and counts.sum() == n

@@ -307,3 +307,44 @@ def test_generator_on_the_wrong_device():
     gm = ring_of_gaussians(device="cuda")
     with pytest.raises(ValueError, match="generator"):
         gm.sample(4, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_half_precision_mixture_is_evaluated_in_float32():
+    "float16/bfloat16 failed inside torch ('cholesky_cpu' not implemented for 'Half'); now float32 inside, one rounding out."
+    import sde_diffusion.sde as sde_lib
+    gm = GaussianMixture([0.3, 0.7], [[0.0, 1.0], [2.0, -1.0]], [[[1.0, 0.3], [0.3, 0.5]], [[0.4, 0.0], [0.0, 2.0]]],
+                         dtype=torch.float64)
+    x = torch.tensor([[0.5, 0.5], [1.0, -2.0], [3.0, 0.0]], dtype=torch.float64)
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = x.to(dtype)
+        for fn, ref in ((gm.log_prob, gm.log_prob(xh.double())), (gm.score, gm.score(xh.double())),
+                        (lambda x: gm.marginal_score(x, 0.3, sde_lib.VPSDE()), gm.marginal_score(xh.double(), 0.3, sde_lib.VPSDE()))):
+            out = fn(xh)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double(), ref, rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).eps)
+        s = gm.to(dtype=dtype).sample(100, generator=torch.Generator().manual_seed(0))
+        assert s.dtype == dtype and torch.isfinite(s).all()
+
+
+def test_mixture_rejects_bools_bad_sde_and_bool_times_by_name():
+    "[True, True] weights became [1, 1]; a string `sde` gave AttributeError; bool times were cast to 0/1."
+    with pytest.raises(TypeError, match="`weights`"):
+        GaussianMixture([True, True], [[0.0], [1.0]], 1.0)
+    gm = GaussianMixture([1.0], [[0.0, 1.0]], 1.0)
+    x = torch.zeros(3, 2)
+    with pytest.raises(TypeError, match="`sde`"):
+        gm.marginal_score(x, 0.5, "VPSDE")
+    from sde_diffusion.sde import VPSDE
+    with pytest.raises(TypeError, match="`t`"):
+        gm.marginal_log_prob(x, torch.ones(3, dtype=torch.bool), VPSDE())
+
+
+def test_mixture_on_meta_points_gives_shapes():
+    "Meta points (shapes only) failed on `bad.any()` / the Cholesky info check; now they give meta results of the right shape."
+    from sde_diffusion.sde import VESDE
+    gm = GaussianMixture([1.0, 2.0], [[0.0, 1.0], [1.0, 0.0]], 1.0)
+    x = torch.empty(4, 1, 2, device="meta")
+    s = gm.marginal_score(x, torch.empty(4, device="meta"), VESDE())
+    assert s.shape == x.shape and s.device.type == "meta"
+    assert gm.log_prob(x).shape == (4,)
