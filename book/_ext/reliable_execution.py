@@ -16,8 +16,8 @@ jupyter/nbclient#312 and #311 ("nbclient pulls messages from the shell channel w
 
 **The fix.** `jupyter_client`'s async channel `get_msg` polls in slices of at most `POLL_SLICE` seconds instead of one
 long poll: each slice ends with the same `poll(0)` that eventually found the reply, so a lost edge now costs at most
-one slice, whatever the cell timeout. Each message found only by a slice-end check (a wake-up that was lost) is counted
-in `LOST_WAKEUPS`, so the harness can show the mechanism at work.
+one slice, whatever the cell timeout. A message found by a slice-end check that had already waited most of the slice in
+the socket (a wake-up that was lost) is counted in `LOST_WAKEUPS`, so the harness can show the mechanism at work.
 
 **Failing loudly.** A cell that really does run too long raises `CellTimeoutError` naming the notebook's cell number
 and id; the book build (`-W`) turns that into a failure. Cell timeouts are sized per notebook: `execute.timeout` in
@@ -32,6 +32,17 @@ import time
 
 POLL_SLICE = 0.25          # seconds: the longest a lost wake-up can delay a message
 LOST_WAKEUPS: list[float] = []   # monotonic times at which a message was found by a slice-end check
+
+
+def _age(sent) -> float:
+    "Seconds since a message's header date (the sender's clock: the same machine)."
+    from datetime import datetime, timezone
+    try:
+        if isinstance(sent, str):
+            sent = datetime.fromisoformat(sent.replace("Z", "+00:00"))
+        return (datetime.now(timezone.utc) - sent).total_seconds()
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def install() -> None:
@@ -53,9 +64,12 @@ def install() -> None:
             t0 = time.monotonic()
             ready = await self.socket.poll(int(left * 1000))
             if ready:
-                if left > 0 and time.monotonic() - t0 >= 0.95 * left:   # found by the final check, not a wake-up
-                    LOST_WAKEUPS.append(t0)
-                return await self._recv()
+                msg = await self._recv()
+                if left > 0 and time.monotonic() - t0 >= 0.95 * left:   # the poll ran its full slice...
+                    sent = msg.get("header", {}).get("date")             # ...and the message had been waiting
+                    if sent is not None and _age(sent) >= 0.9 * left:
+                        LOST_WAKEUPS.append(t0)
+                return msg
             if deadline is not None and time.monotonic() >= deadline:
                 raise Empty
 
