@@ -66,12 +66,16 @@ def _check_times(t, x: Tensor, lo: float | None = None, hi: float | None = None,
     "Times of shape (B,) on x's device, in x's dtype; finite, and in [lo, hi] when given (one host synchronisation)."
     if not isinstance(t, Tensor):
         raise TypeError(f"`t` must be a tensor of shape (B,), got {type(t).__name__}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"`t` must be a real tensor of times, got dtype {t.dtype}")
     B = x.shape[0]
     if t.shape != (B,):
         raise ValueError(f"`t` must have shape (B,) = ({B},) to match x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
     if t.device != x.device:
         raise ValueError(f"`t` is on {t.device} but `x` is on {x.device}")
     t = t.to(x.dtype)
+    if t.device.type == "meta":                            # shapes without values: nothing to check
+        return t
     lo_t, hi_t = torch.stack(torch.aminmax(t)).tolist()   # NaN propagates to both
     if not (math.isfinite(lo_t) and math.isfinite(hi_t)):
         raise ValueError("`t` contains NaN or inf")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple
 
 import torch
@@ -17,22 +18,29 @@ __all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy
 
 # %% ../nbs/A2_metrics.ipynb #89cae655
 def _points(name, x) -> Tensor:
-    "Samples as a (n, D) tensor, checked."
+    "Samples as a (n, D) tensor with D >= 1, checked: floating point, with values (not on `meta`)."
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor of samples, got {type(x).__name__}")
-    if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"`{name}` must have shape (n, *D) with n >= 1, got {tuple(x.shape)}")
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"`{name}` must be a floating-point tensor of samples, got {got}")
+    if x.ndim < 1 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"`{name}` must have shape (n, *D) with n >= 1 and at least one number per sample, got {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"`{name}` is on the meta device: a metric needs the values of the samples")
     return x.reshape(x.shape[0], -1)
 
 
 def _pair(x, y) -> tuple[Tensor, Tensor]:
-    "Two sample sets as (n, D) and (m, D) tensors on one device, in their common dtype."
+    "Two sample sets as (n, D) and (m, D) tensors on one device, in their common dtype (at least float32), finite (one sync)."
     x, y = _points("x", x), _points("y", y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"`x` and `y` must have the same number of dimensions per sample, got {x.shape[1]} and {y.shape[1]}")
     if x.device != y.device:
         raise ValueError(f"`x` is on {x.device} but `y` is on {y.device}")
-    dtype = torch.promote_types(x.dtype, y.dtype)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)   # no QR or cdist in half precision
+    finite_x, finite_y = torch.stack([torch.isfinite(x).all(), torch.isfinite(y).all()]).tolist()
+    for name, ok in (("x", finite_x), ("y", finite_y)):
+        if not ok:
+            raise ValueError(f"`{name}` contains NaN or inf")
     return x.to(dtype), y.to(dtype)
 
 
@@ -44,7 +52,9 @@ def random_directions(
 ) -> Tensor:    # unit vectors, shape (n, d)
     "Directions uniform on the sphere, drawn in blocks of `d` that form random orthonormal frames."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n_projections` must be a positive integer, got {n!r}")
+        raise ValueError(f"`n` (`n_projections`) must be a positive integer, got {n!r}")
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ValueError(f"`d` must be a positive integer, got {d!r}")
     blocks = -(-n // d)
     G = torch.randn(blocks, d, d, generator=generator, dtype=dtype, device=device)
     Q, R = torch.linalg.qr(G)
@@ -102,8 +112,12 @@ def energy_distance(
     "Energy distance $2E|X-Y| - E|X-X'| - E|Y-Y'|$ (eq. `eq-metrics-energy`), computed in row blocks."
     x, y = _pair(x, y)
     n, m = x.shape[0], y.shape[0]
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"`unbiased` must be True or False, got {unbiased!r}")
     if unbiased and min(n, m) < 2:
-        raise ValueError(f"the unbiased energy distance needs at least 2 samples in each set, got n={n}, m={m}")
+        raise ValueError(f"`unbiased`=True needs at least 2 samples in each of `x` and `y`, got n={n}, m={m}")
+    if isinstance(block_entries, bool) or not isinstance(block_entries, int) or block_entries < 1:
+        raise ValueError(f"`block_entries` must be a positive integer, got {block_entries!r}")
     block = max(1, block_entries // max(n, m))
     sxy = _pairwise_distance_sum(x, y, block)
     sxx, syy = _pairwise_distance_sum(x, None, block), _pairwise_distance_sum(y, None, block)
@@ -116,10 +130,14 @@ def energy_distance_gaussian_1d(
     mean2: float, std2: float,   # $\mu_2$, $s_2$
 ) -> float:
     "Exact energy distance between two 1-D Gaussians (eq. `eq-metrics-energy-gauss`)."
+    for name, v in (("mean1", mean1), ("std1", std1), ("mean2", mean2), ("std2", std2)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"`{name}` must be a finite number, got {v!r}")
     if not (std1 > 0 and std2 > 0):
         raise ValueError(f"`std1` and `std2` must be positive, got {std1}, {std2}")
-    delta, s = mean1 - mean2, math.sqrt(std1**2 + std2**2)
-    e_xy = s * math.sqrt(2 / math.pi) * math.exp(-(delta**2) / (2 * s**2)) + delta * math.erf(delta / (s * math.sqrt(2)))
+    delta, s = float(mean1) - float(mean2), math.hypot(std1, std2)      # hypot: no overflow of std^2
+    u = delta / s
+    e_xy = s * math.sqrt(2 / math.pi) * math.exp(-0.5 * u * u) + delta * math.erf(u / math.sqrt(2))   # u*u: inf, not OverflowError
     return 2 * e_xy - 2 * (std1 + std2) / math.sqrt(math.pi)
 
 # %% ../nbs/A2_metrics.ipynb #7a88ce06

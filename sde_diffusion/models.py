@@ -131,7 +131,7 @@ class _ScoreNet(nn.Module):
         if self.sde is None:
             return x, t, None
         alpha, sigma = (c.to(t.dtype) for c in self.sde.marginal_coeffs(t))
-        if self.sde.check_args and not bool((sigma > 0).all()):     # skipped inside `sde.unchecked()`, like the t check
+        if self.sde.check_args and sigma.device.type != "meta" and not bool((sigma > 0).all()):   # skipped inside `sde.unchecked()`, like the t check
             raise ValueError("sigma(t) = 0 at some `t` (t = 0): the 1/sigma(t) output scaling needs t > 0, e.g. t >= eps")
         if self.data_std is not None:
             x = x * batch_broadcast(torch.rsqrt(alpha**2 * self.data_std**2 + sigma**2), x)

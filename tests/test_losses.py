@@ -325,3 +325,17 @@ def test_bad_inputs():
         ism_loss(lambda x, t: torch.ones_like(x), x0, t)
     with pytest.raises(ValueError, match="weighting"):
         weighting(sde, "g2", t)
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_bool_times_are_rejected_by_name_and_meta_gives_shapes():
+    "Bool times were cast to 0/1 (t = 1 silently); meta data failed to copy values out of the time check."
+    x = torch.zeros(3, 2)
+    score = lambda x, t: -x
+    for fn in (lambda t: dsm_loss(VPSDE(), score, x, t=t), lambda t: esm_loss(score, torch.zeros_like(x), x, t),
+               lambda t: ism_loss(score, x, t)):
+        with pytest.raises(TypeError, match="`t`"):
+            fn(torch.ones(3, dtype=torch.bool))
+    xm = torch.empty(3, 2, 4, device="meta")
+    out = dsm_loss(VESDE(), score, xm, t=torch.empty(3, device="meta"), reduce="none")
+    assert out.shape == (3,) and out.device.type == "meta"

@@ -262,3 +262,42 @@ def test_dtype_device_matrix(device, dtype):
 def test_sets_on_different_devices():
     with pytest.raises(ValueError, match="device|on"):
         energy_distance(torch.randn(4, 2), torch.randn(4, 2, device="cuda"))
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_half_precision_samples_are_measured_in_float32():
+    "float16 failed inside torch ('geqrf_cpu' / 'cdist' not implemented for 'Half'); now computed in float32."
+    from sde_diffusion.metrics import energy_distance, sliced_wasserstein
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 2, generator=g), torch.randn(40, 2, generator=g) + 0.5
+    for dtype in (torch.float16, torch.bfloat16):
+        xh, yh = x.to(dtype), y.to(dtype)
+        sw = sliced_wasserstein(xh, yh, 8, torch.Generator().manual_seed(1))
+        assert sw == sliced_wasserstein(xh.float(), yh.float(), 8, torch.Generator().manual_seed(1))
+        assert energy_distance(xh, yh) == energy_distance(xh.float(), yh.float())
+
+
+def test_metric_argument_errors_name_the_argument():
+    "NaN samples gave NaN distances; n < 2 and a zero-width sample raised unnamed errors (or ZeroDivisionError)."
+    from sde_diffusion.metrics import energy_distance, energy_distance_gaussian_1d, sliced_wasserstein
+    x = torch.randn(5, 2)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="`x`"):
+        sliced_wasserstein(bad, x)
+    with pytest.raises(ValueError, match="`y`"):
+        energy_distance(x, bad)
+    with pytest.raises(ValueError, match="`unbiased`"):
+        energy_distance(x[:1], x)
+    with pytest.raises(ValueError, match="`x`"):
+        sliced_wasserstein(torch.zeros(5, 0), torch.zeros(5, 0))
+    for args in ((None, 1.0, 0.0, 1.0), (math.nan, 1.0, 0.0, 1.0), (0.0, True, 0.0, 1.0)):
+        with pytest.raises(ValueError, match="`mean1`|`std1`"):
+            energy_distance_gaussian_1d(*args)
+
+
+def test_gaussian_energy_distance_far_apart_is_finite():
+    "Means 1e300 apart with std 1e-300: delta**2 raised OverflowError; the exact value is 2|delta| - 2(s1 + s2)/sqrt(pi)."
+    from sde_diffusion.metrics import energy_distance_gaussian_1d
+    e = energy_distance_gaussian_1d(1e300, 1e-300, 0.0, 1.0)
+    assert e == pytest.approx(2e300, rel=1e-15)

@@ -362,3 +362,12 @@ def test_dsm_training_reaches_the_irreducible_loss(sde):
     with torch.no_grad():
         fisher = esm_loss(model, exact, p.x_t, p.t, sde=sde, weighting="sigma2").item()
     assert fisher < 0.05                                          # sigma^2-weighted Fisher divergence to the exact score
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_meta_models_with_an_sde_give_shapes():
+    "A model with an `sde` on the meta device failed on bool(sigma > 0) (no values); now it infers the output shape."
+    for net, x in ((ScoreMLP(dim=3, hidden=8, depth=2, embed_dim=4, sde=VPSDE()), torch.empty(5, 3, device="meta")),
+                   (UNet(1, channels=(4, 8), groups=4, embed_dim=8, sde=VESDE()), torch.empty(2, 1, 7, 5, device="meta"))):
+        out = net.to("meta")(x, torch.empty(x.shape[0], device="meta"))
+        assert out.shape == x.shape and out.device.type == "meta"

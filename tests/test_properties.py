@@ -388,3 +388,183 @@ def test_mixture_sample(gm, n, dtype, stratified, seed):
     if stratified:
         counts = torch.bincount(labels, minlength=gm.K)
         assert (counts.double() - n * gm.weights).abs().max() < 1 and counts.sum() == n
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+from sde_diffusion import losses  # noqa: E402
+
+WEIGHTINGS = st.sampled_from(["sigma2", "likelihood", "none", "callable", "bad_name", None, 1.0])
+
+
+@given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(DTYPES), device=st.sampled_from(DEVICES),
+       weighting=WEIGHTINGS, eps=st.sampled_from([1e-5, 1e-3, 0.5, 0, -1e-3, 1.0, 2.0, math.nan, True, "1e-3"]),
+       reduce=st.sampled_from(["mean", "sum", "none", "avg", None]), seed=st.integers(0, 2**16))
+def test_dsm_loss_is_a_weighted_square(sde, shape, dtype, device, weighting, eps, reduce, seed):
+    """dsm_loss: finite, >= 0, in x0's dtype, reduced as asked; per sample lambda(t)/sigma(t)^2 times the 'sigma2' loss on
+    the same draws (lambda = 1, g^2 or a callable); bad arguments are named."""
+    x0 = randn(shape, dtype, device=device)
+    score = lambda x, t: -x
+    lam = (lambda t: 1 + t) if weighting == "callable" else weighting
+    gen = (lambda: torch.Generator().manual_seed(seed)) if device == "cpu" else (lambda: None)
+    out = call(lambda: losses.dsm_loss(sde, score, x0, weighting=lam, eps=eps, generator=gen(), reduce=reduce),
+               "x0", "weighting", "eps", "reduce")
+    if out is None:
+        return
+    assert dtype.is_floating_point and reduce in ("mean", "sum", "none") and 0 < eps < 1 and not isinstance(eps, bool)
+    assert out.dtype == dtype and out.device.type == device and out.shape == ((shape[0],) if reduce == "none" else ())
+    if device == "meta":
+        return
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    if reduce == "none" and weighting != "sigma2":
+        base = losses.dsm_loss(sde, score, x0, weighting="sigma2", eps=eps, generator=gen(), reduce="none").double()
+        p = losses.perturb(sde, x0.double(), eps=eps, generator=gen()) if dtype == F64 else None
+        if p is not None:
+            ratio = {"none": 1 / p.sigma**2, "likelihood": losses.weighting(sde, "likelihood", p.t) / p.sigma**2,
+                     "callable": (1 + p.t) / p.sigma**2}[weighting]
+            torch.testing.assert_close(out, base * ratio, rtol=1e-10, atol=1e-300)
+
+
+@given(sde=sde_params(), B=st.integers(1, 4), dtype=st.sampled_from(FLOATS), weighting=st.sampled_from(["sigma2", "likelihood", "none"]),
+       t_kind=st.sampled_from(["ok", "below_eps", "above_T", "nan", "wrong_shape", "float", "bool"]))
+def test_losses_reject_bad_times_by_name(sde, B, dtype, weighting, t_kind):
+    "dsm_loss, esm_loss and ism_loss with given times: in [eps, T] (dsm) or finite (esm/ism), shape (B,), real, else named."
+    x = randn((B, 2), dtype)
+    t = {"ok": torch.full((B,), 0.5), "below_eps": torch.full((B,), 1e-7), "above_T": torch.full((B,), 1.5),
+         "nan": torch.full((B,), math.nan), "wrong_shape": torch.full((B + 1,), 0.5), "float": 0.5,
+         "bool": torch.ones(B, dtype=torch.bool)}[t_kind]
+    score = lambda x, t: -x
+    for k, fn in enumerate((lambda: losses.dsm_loss(sde, score, x, t=t, weighting=weighting, eps=1e-5),
+                            lambda: losses.esm_loss(score, torch.zeros_like(x), x, t, sde=sde, weighting=weighting),
+                            lambda: losses.ism_loss(score, x, t, sde=sde, weighting=weighting))):
+        out = call(fn, "t")
+        if out is None:
+            assert t_kind != "ok", t_kind
+            continue
+        # esm/ism have no eps: any t in [0, T], and any finite t when lambda does not need the SDE
+        assert t_kind == "ok" or k > 0 and (t_kind == "below_eps" or t_kind == "above_T" and weighting == "none"), t_kind
+        assert out.dtype == dtype and out.shape == () and torch.isfinite(out)
+        assert out >= 0 or k == 2                      # ISM = ESM - a constant: it can be negative
+
+
+def test_dsm_loss_exceeds_the_irreducible_constant_by_the_explicit_loss():
+    """E[dsm(s)] - E[L*] = E[esm(s)] >= 0 (eq. eq-sm-constant): on the same draws (t, z) the per-sample difference
+    dsm - L* - esm = (|z|^2 - D)/2 + sigma s.(z + sigma s*) has mean zero; checked within 4 standard errors."""
+    from sde_diffusion.toy import ring_of_gaussians
+    gm, sde, B = ring_of_gaussians(dtype=F64), VPSDE(), 20_000
+    x0 = gm.sample(B, generator=torch.Generator().manual_seed(0))
+    true = gm.score_fn(sde)
+    s = lambda x, t: 0.8 * true(x, t) + 0.1          # a wrong score
+    kw = dict(weighting="sigma2", eps=1e-3, reduce="none")
+    d = losses.dsm_loss(sde, s, x0, generator=torch.Generator().manual_seed(1), **kw)
+    c = losses.irreducible_dsm_constant(sde, true, x0, generator=torch.Generator().manual_seed(1), **kw)
+    p = losses.perturb(sde, x0, eps=1e-3, generator=torch.Generator().manual_seed(1))
+    e = losses.esm_loss(s, true, p.x_t, p.t, sde=sde, weighting="sigma2", reduce="none")
+    diff = d - c - e
+    assert diff.mean().abs() < 4 * diff.std() / math.sqrt(B)
+    assert e.mean() > 4 * e.std() / math.sqrt(B) and c.mean() > -4 * c.std() / math.sqrt(B)
+
+
+# ------------------------------------------------------------------------------------------------------ models
+from sde_diffusion.models import GaussianFourierProjection, ScoreMLP, UNet  # noqa: E402
+
+
+@given(embed_dim=st.sampled_from([2, 8, 0, 3, -2, True, 4.0, None]), scale=WILD_NUMBERS, B=st.integers(1, 4),
+       dtype=st.sampled_from(DTYPES), device=st.sampled_from(DEVICES), seed=st.integers(0, 2**16))
+def test_fourier_features(embed_dim, scale, B, dtype, device, seed):
+    "phi(v) = [sin 2 pi W v, cos 2 pi W v]: shape (B, embed_dim), sin^2 + cos^2 = 1; bad sizes and scales are named."
+    proj = call(lambda: GaussianFourierProjection(embed_dim, scale, seed=seed), "embed_dim", "scale")
+    if proj is None:
+        return
+    proj = proj.to(device)
+    v = randn((B,), dtype, device=device)
+    out = call(lambda: proj(v), "v")
+    assert out is not None
+    assert out.shape == (B, embed_dim) and out.device.type == device and out.dtype == proj.W.dtype
+    if device == "cpu":
+        m = embed_dim // 2
+        torch.testing.assert_close(out[:, :m] ** 2 + out[:, m:] ** 2, torch.ones(B, m), rtol=0, atol=4e-7)
+
+
+@given(sde=st.sampled_from([None, VPSDE(), SubVPSDE(), VESDE()]), B=st.integers(1, 4), dtype=st.sampled_from(FLOATS),
+       device=st.sampled_from(DEVICES), t_kind=st.sampled_from(["ok", "ok", "zero", "outside", "wrong_shape", "float"]),
+       time_input=st.sampled_from(["t", "log_sigma"]), model=st.sampled_from(["mlp", "unet"]), seed=st.integers(0, 2**8))
+def test_score_networks_forward(sde, B, dtype, device, t_kind, time_input, model, seed):
+    """ScoreMLP / UNet forward: output of x's shape, dtype and device, finite; with an sde the output times sigma(t) is
+    the network's output (eq. eq-models-param), so it is finite for t in (0, T]; bad t is named."""
+    kw = dict(sde=sde, time_input=time_input, seed=seed)
+    build = (lambda: ScoreMLP(dim=3, hidden=8, depth=2, embed_dim=4, **kw)) if model == "mlp" else \
+        (lambda: UNet(1, channels=(4, 8), groups=4, embed_dim=8, **kw))
+    net = call(build, "time_input")
+    if net is None:
+        assert sde is None and time_input == "log_sigma"
+        return
+    net = net.to(device=device, dtype=dtype)
+    x = randn((B, 3) if model == "mlp" else (B, 1, 5, 3), dtype, device=device)
+    t = {"ok": torch.rand(B, generator=torch.Generator().manual_seed(seed)) * 0.9 + 0.1, "zero": torch.zeros(B),
+         "outside": torch.full((B,), 1.5), "wrong_shape": torch.full((B + 1,), 0.5), "float": 0.5}[t_kind]
+    t = t.to(device) if isinstance(t, torch.Tensor) else t
+    out = call(lambda: net(x, t), "t", "x")
+    if out is None:
+        assert t_kind in ("wrong_shape", "float") or sde is not None and t_kind in ("zero", "outside"), t_kind
+        return
+    assert t_kind not in ("wrong_shape", "float")
+    assert out.shape == x.shape and out.dtype == dtype and out.device.type == device
+    if device == "cpu" and t_kind == "ok":
+        assert torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+from sde_diffusion import metrics  # noqa: E402
+
+
+@given(n=st.integers(1, 12), m=st.integers(1, 12), shape=shapes(min_rank=1, max_rank=3), dtype=st.sampled_from(DTYPES),
+       P=st.sampled_from([1, 6, 12, 0, -1, True, 2.5]), seed=st.integers(0, 2**16))
+def test_sliced_wasserstein_properties(n, m, shape, dtype, P, seed):
+    """SW2: >= 0, SW2(x, x) = 0, symmetric (same directions); a shift c with whole frames (P a multiple of D) gives
+    exactly |c| / sqrt(D); NaN samples and bad P are named errors."""
+    x = randn((n, *shape[1:]), dtype, seed)
+    y = randn((m, *shape[1:]), dtype, seed + 1)
+    gen = lambda: torch.Generator().manual_seed(seed)
+    sw = call(lambda: metrics.sliced_wasserstein(x, y, P, gen()), "x", "y", "n_projections")
+    if sw is None:
+        assert not dtype.is_floating_point or isinstance(P, bool) or not isinstance(P, int) or P < 1
+        return
+    assert isinstance(sw, float) and math.isfinite(sw) and sw >= 0
+    e = 16 * eps_of(torch.promote_types(dtype, torch.float32))
+    scale = 1 + max(x.abs().max().item(), y.abs().max().item())
+    assert abs(metrics.sliced_wasserstein(y, x, P, gen()) - sw) <= e * scale * 4
+    assert metrics.sliced_wasserstein(x, x, P, gen()) == 0
+    D = math.prod(shape[1:])
+    if P % D == 0 and dtype in (torch.float32, F64):
+        c = torch.randn(shape[1:], generator=gen(), dtype=dtype)
+        got = metrics.sliced_wasserstein(x, x + c, P, gen())
+        assert abs(got - c.double().norm().item() / math.sqrt(D)) <= e * 16 * scale * (1 + c.double().norm().item())
+    bad = x.clone().double()
+    bad.view(-1)[0] = math.nan
+    assert call(lambda: metrics.sliced_wasserstein(bad, y.double(), P, gen()), "x") is None
+
+
+@given(n=st.integers(1, 10), m=st.integers(1, 10), D=st.integers(1, 3), dtype=st.sampled_from(DTYPES), unbiased=st.booleans(),
+       block=st.sampled_from([2**22, 1, 3, 0, -1, True]), seed=st.integers(0, 2**16))
+def test_energy_distance_properties(n, m, D, dtype, unbiased, block, seed):
+    "Energy distance: symmetric, the V-statistic >= 0 and 0 at y = x, independent of the block size; bad arguments named."
+    x, y = randn((n, D), dtype, seed), randn((m, D), dtype, seed + 1)
+    e = call(lambda: metrics.energy_distance(x, y, unbiased, block), "x", "y", "block_entries", "unbiased")
+    if e is None:
+        return
+    assert dtype.is_floating_point and isinstance(e, float) and math.isfinite(e)
+    tol = 64 * eps_of(torch.promote_types(dtype, torch.float32)) * (1 + x.double().abs().max().item() + y.double().abs().max().item())
+    assert abs(metrics.energy_distance(y, x, unbiased) - e) <= tol
+    assert abs(metrics.energy_distance(x, y, unbiased) - e) <= tol
+    if not unbiased:
+        assert e >= -tol and abs(metrics.energy_distance(x, x, False)) <= tol
+
+
+@given(m1=WILD_NUMBERS, s1=WILD_NUMBERS, m2=st.floats(-5, 5), s2=st.floats(0.1, 5))
+def test_energy_distance_gaussian_1d(m1, s1, m2, s2):
+    "The closed form is finite and >= 0, 0 for equal Gaussians; non-finite, non-positive or non-number parameters are named."
+    e = call(lambda: metrics.energy_distance_gaussian_1d(m1, s1, m2, s2), "mean1", "std1", "mean2", "std2")
+    if e is None:
+        return
+    assert math.isfinite(e) and e >= -1e-12 * (1 + abs(m1) + s1 + abs(m2) + s2), e
+    assert abs(metrics.energy_distance_gaussian_1d(m1, s1, m1, s1)) <= 1e-12 * (1 + s1)
