@@ -11,8 +11,9 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
+from .reverse import (ADAPTIVE_METHODS, FIXED_STEP_METHODS, NonFiniteError, _checked_score, _ode_setup,
+                                   _solve, _tolerance, _WatchedField, _work_dtype)
 from .sde import SDE
 
 # %% auto #0
@@ -24,12 +25,20 @@ def divergence(
     x: Tensor,                     # points, shape (B, *D)
     probes: Tensor | None = None,  # None: exact trace; else Hutchinson probes $v$, shape (n_probes, B, *D)
 ) -> tuple[Tensor, Tensor]:        # $\tilde f(x)$, shape (B, *D), and $\nabla\cdot\tilde f(x)$ or its estimate, shape (B,); both detached
-    "Divergence by autograd: exact (eq. `eq-lik-trace`, one backward pass per dimension) or Hutchinson's mean of $v^\\top J v$ (eq. `eq-lik-hutchinson`, one pass per probe)."
+    """Divergence by autograd: exact (eq. `eq-lik-trace`, one backward pass per dimension) or Hutchinson's mean of $v^\\top J v$
+    (eq. `eq-lik-hutchinson`, one pass per probe). Works under `torch.no_grad()` and `torch.inference_mode()`; a field whose
+    output carries no graph to its input is taken as constant (divergence 0)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise TypeError(f"`x` must be a floating-point tensor of shape (B, *D), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if probes is not None and (not isinstance(probes, Tensor) or probes.dtype != x.dtype or probes.device != x.device):
+        raise TypeError(f"`probes` must be a tensor of x's dtype {x.dtype} and device {x.device}")
     B = x.shape[0]
     if probes is not None and (probes.ndim != x.ndim + 1 or probes.shape[1:] != x.shape or probes.shape[0] < 1):
         raise ValueError(f"`probes` must have shape (n_probes, *x.shape) = (n, {', '.join(map(str, x.shape))}), got {tuple(probes.shape)}")
-    with torch.enable_grad():                        # also under torch.no_grad() / inference code
-        y = x.detach().requires_grad_(True)
+    with torch.inference_mode(False), torch.enable_grad():   # also under torch.no_grad() / torch.inference_mode()
+        y = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)   # inference tensors cannot enter autograd
+        if probes is not None and probes.is_inference():
+            probes = probes.clone()
         f = field(y)
         if not isinstance(f, Tensor) or f.shape != x.shape:
             got = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
@@ -72,6 +81,8 @@ def hutchinson_probes(
 ) -> Tensor:                                   # probes $v$ with $\mathbb{E}[vv^\top] = I$, shape `shape`
     "Random probe vectors for Hutchinson's trace estimator (eq. `eq-lik-hutchinson`)."
     _choice("noise", noise, _NOISES)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
@@ -82,13 +93,8 @@ def hutchinson_probes(
     return (2 * bits - 1).to(dtype or torch.get_default_dtype())
 
 # %% ../nbs/10_likelihood.ipynb #c03f5707
-_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-
-
-def _positive_number(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
+_ADAPTIVE = ADAPTIVE_METHODS
+_positive_number = _tolerance   # the tolerance check shared with `probability_flow` and `ode_sample`
 
 
 def _check_data(x) -> Tensor:
@@ -100,6 +106,8 @@ def _check_data(x) -> Tensor:
                          "map integer data to the model's scale with `dequantize` first")
     if x.ndim < 2 or x.numel() == 0:
         raise ValueError(f"`x` must have shape (B, *D) with B >= 1 and D >= 1, got {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError("`x` is on the meta device: it holds no values")
     if not torch.isfinite(x).all():
         raise ValueError("`x` contains NaN or inf")
     return x
@@ -114,13 +122,15 @@ def log_likelihood(
     trace: str = "exact",       # 'exact' (D backward passes per evaluation) or 'hutchinson' (`n_probes` passes)
     noise: str = "rademacher",  # Hutchinson probes: 'rademacher' or 'gaussian'
     n_probes: int = 1,          # Hutchinson probes per sample, fixed for the whole solve, averaged
-    method: str = "dopri5",     # any torchdiffeq method; fixed-step ones need options={"step_size": ...}
-    rtol: float = 1e-5, atol: float = 1e-5,   # tolerances of adaptive methods
+    method: str = "dopri5",     # a torchdiffeq method; fixed-step ones need options={"step_size": ...}
+    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
     options: dict | None = None,              # more torchdiffeq options (step_t and first_step are set for adaptive methods)
     prior_logp: Callable | None = None,       # $z \mapsto \log\pi(z)$, shape (B,); default `sde.prior_logp`
     generator: torch.Generator | None = None, # draws the Hutchinson probes; on x's device
-) -> tuple[Tensor, int]:        # $\hat\ell(x)$ of eq. `eq-lik-logp` in nats, shape (B,), x's dtype and device; the NFE
-    "$\\log\\pi(x(T)) + \\int_\\epsilon^T\\nabla\\cdot\\tilde f\\,\\mathrm{d}t$ along the probability-flow ODE (eqs. `eq-lik-augmented`, `eq-lik-logp`): the model's $\\log p_\\epsilon(x)$, reported as $\\log p_0(x)$."
+) -> tuple[Tensor, int]:        # $\hat\ell(x)$ of eq. `eq-lik-logp` in nats, shape (B,), x's dtype (float32 for float16/bfloat16 x) and device; the NFE
+    """$\\log\\pi(x(T)) + \\int_\\epsilon^T\\nabla\\cdot\\tilde f\\,\\mathrm{d}t$ along the probability-flow ODE (eqs. `eq-lik-augmented`,
+    `eq-lik-logp`): the model's $\\log p_\\epsilon(x)$, reported as $\\log p_0(x)$. Autograd is enabled inside (also under
+    `torch.no_grad()` and `torch.inference_mode()`); a score whose output carries no graph to x raises."""
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if not callable(score_fn):
@@ -132,43 +142,60 @@ def log_likelihood(
     _choice("noise", noise, _NOISES)
     if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral) or n_probes < 1:
         raise ValueError(f"`n_probes` must be an integer >= 1, got {n_probes!r}")
-    rtol, atol = _positive_number("rtol", rtol), _positive_number("atol", atol)
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"`prior_logp` must be callable, got {type(prior_logp).__name__}")
+    with torch.inference_mode(False):   # inference tensors cannot enter autograd: clone x, create everything else normally
+        x = (x.clone() if x.is_inference() else x).detach().to(_work_dtype(x.dtype))   # float16/bfloat16 data: float32
+        grid = torch.tensor([float(eps), sde.T], dtype=x.dtype, device=x.device)
+        rtol, atol, opts = _ode_setup(method, rtol, atol, options, grid[-1:], sde.T - float(eps))
+        return _log_likelihood(sde, score_fn, x, grid, trace, noise, int(n_probes), method, rtol, atol, opts,
+                               prior_logp, generator)
 
-    B, eps = x.shape[0], float(eps)
+
+def _no_graph_error() -> ValueError:
+    return ValueError("`score_fn` returned a tensor with no autograd graph to x, so the divergence of the probability-flow "
+                      "field cannot be computed (it would be silently dropped): do not detach x or wrap the score in "
+                      "torch.no_grad()/torch.inference_mode() inside `score_fn` (log_likelihood enables autograd itself)")
+
+
+def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol, atol, opts, prior_logp, generator):
+    "The solve of `log_likelihood`, with validated arguments, outside inference mode."
+    B = x.shape[0]
     probes = None
     if trace == "hutchinson":   # one probe set per sample for the whole solve: the integrand stays smooth in t
-        probes = hutchinson_probes((int(n_probes), *x.shape), noise, generator=generator, dtype=x.dtype, device=x.device)
-    rsde, nfe = sde.reverse(score_fn, probability_flow=True), 0
+        probes = hutchinson_probes((n_probes, *x.shape), noise, generator=generator, dtype=x.dtype, device=x.device)
 
-    def field(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        nonlocal nfe
-        nfe += 1
-        dx, dl = divergence(lambda y: rsde.drift(y, t.expand(B)), state[0], probes)   # (dx/dt, dl/dt)
-        if not (torch.isfinite(dx).all() and torch.isfinite(dl).all()):   # the solver syncs every step anyway
-            raise ValueError(f"the probability-flow field or its divergence is NaN or inf at t = {t.item():.4g}: check `score_fn`")
-        return dx, dl
+    def pf_drift(y: Tensor, t: Tensor) -> Tensor:   # $\tilde f = f - \frac12 g^2 s$, with the score checked
+        s = _checked_score(score_fn, y, t)
+        if not s.requires_grad:   # metadata, no host synchronisation
+            raise _no_graph_error()
+        f, g = sde.sde(y, t)
+        return f - 0.5 * g**2 * s
 
-    grid = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
-    opts = dict(options or {})
-    if method in _ADAPTIVE:
-        opts.setdefault("step_t", grid[-1:])                  # land exactly on T, never step past it
-        opts.setdefault("first_step", 1e-2 * (sde.T - eps))  # no trial evaluation outside [eps, T]
-    state = (x.detach(), torch.zeros(B, dtype=x.dtype, device=x.device))
-    with sde.unchecked():       # every time stays inside [eps, T]: skip the per-call range check (a host sync)
-        xs, ells = odeint(field, state, grid, method=method, rtol=rtol, atol=atol, options=opts)
+    def augmented(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:   # (dx/dt, dl/dt)
+        return divergence(lambda y: pf_drift(y, t.expand(B)), state[0], probes)
+
+    field = _WatchedField(augmented)
+    state = (x, torch.zeros(B, dtype=x.dtype, device=x.device))
+    try:
+        with sde.unchecked():   # every time stays inside [eps, T]: skip the per-call range check (a host sync)
+            xs, ells = _solve(field, state, grid, method, rtol, atol, opts, "the probability-flow field or its divergence")
+    except RuntimeError as err:
+        if "nference tensor" in str(err):   # e.g. parameters created under torch.inference_mode()
+            raise ValueError(f"`score_fn` uses tensors created under torch.inference_mode(), which autograd cannot "
+                             f"differentiate through; create them outside it (or clone them): {err}") from None
+        raise
     z = xs[-1]
     log_prior = (sde.prior_logp if prior_logp is None else prior_logp)(z)
     if not isinstance(log_prior, Tensor) or log_prior.shape != (B,):
         got = tuple(log_prior.shape) if isinstance(log_prior, Tensor) else type(log_prior).__name__
         raise ValueError(f"`prior_logp` must return a tensor of shape (B,) = ({B},), got {got}")
-    logp = log_prior + ells[-1]
+    logp = (log_prior + ells[-1]).to(x.dtype)
     if not torch.isfinite(logp).all():
-        raise ValueError("the log-likelihood is NaN or inf: the score returned non-finite values or the ODE solve diverged")
-    return logp, nfe
+        raise NonFiniteError("the log-likelihood is NaN or inf: the score returned non-finite values or the ODE solve diverged")
+    return logp.detach(), field.nfe
 
 # %% ../nbs/10_likelihood.ipynb #eba10461
 def _check_bins(n_bins, data_range) -> tuple[int, float, float]:

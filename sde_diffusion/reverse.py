@@ -5,6 +5,8 @@
 # %% ../nbs/05_reverse.ipynb #1be5a070
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -16,9 +18,87 @@ from .sde import SDE
 from .solvers import euler_maruyama
 
 # %% auto #0
-__all__ = ['reversed_clock', 'sample_reverse_sde', 'probability_flow']
+__all__ = ['ADAPTIVE_METHODS', 'FIXED_STEP_METHODS', 'NonFiniteError', 'reversed_clock', 'sample_reverse_sde', 'probability_flow']
 
 # %% ../nbs/05_reverse.ipynb #4e7e69a1
+class NonFiniteError(FloatingPointError, ValueError):
+    "NaN or inf appeared in a solve: a `FloatingPointError`, as the package's other loops raise, and a `ValueError` (bad input)."
+
+
+def _checked_score(score_fn: Callable, x: Tensor, t: Tensor) -> Tensor:
+    "`score_fn(x, t)`, checked on every call: a tensor of x's shape, dtype and device (metadata only, no host synchronisation)."
+    s = score_fn(x, t)
+    if not isinstance(s, Tensor):
+        raise TypeError(f"`score_fn` must return a tensor of the shape of x {tuple(x.shape)}, got {type(s).__name__}")
+    if s.shape != x.shape:
+        raise ValueError(f"`score_fn` must return a tensor of the shape of x {tuple(x.shape)}, got {tuple(s.shape)}")
+    if s.dtype != x.dtype:
+        raise TypeError(f"`score_fn` must return x's dtype {x.dtype}, got {s.dtype}")
+    if s.device != x.device:
+        raise ValueError(f"`score_fn` must return a tensor on x's device {x.device}, got {s.device}")
+    return s
+
+
+def _grad_mode(enable_grad):
+    "torch.no_grad() for a sampler's loop, or torch.enable_grad() when the caller wants gradients through it."
+    if not isinstance(enable_grad, bool):
+        raise TypeError(f"`enable_grad` must be True or False, got {enable_grad!r}")
+    if enable_grad and torch.is_inference_mode_enabled():
+        raise ValueError("`enable_grad` is True, but no graph can be recorded under torch.inference_mode()")
+    return torch.enable_grad() if enable_grad else torch.no_grad()
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)   # samples in these dtypes are computed in float32
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _check_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError, ValueError):
+        raise ValueError(f"`device` must name a torch device, got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError("`device` 'meta' holds no values: samples need a real device")
+    return device
+
+
+def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tensor, torch.dtype]:
+    "The prior draw or the given `x_T`, checked, in the working dtype (float32 for float16/bfloat16); and the samples' dtype."
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating-point torch.dtype (float64, float32, float16, bfloat16), got {dtype!r}")
+    device = _check_device(device)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+    if x_T is None:
+        if shape is None:
+            raise ValueError("give `shape` or `x_T`")
+        out_dtype = dtype or torch.get_default_dtype()
+        x = sde.prior_sampling(shape, generator=generator, dtype=_work_dtype(out_dtype), device=device)
+    else:
+        if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
+            got = x_T.dtype if isinstance(x_T, Tensor) and not x_T.is_floating_point() else type(x_T).__name__
+            raise TypeError(f"`x_T` must be a floating-point tensor of shape (B, *D), got {got}")
+        if x_T.device.type == "meta":
+            raise ValueError("`x_T` is on the meta device: it holds no values")
+        if shape is not None:
+            want = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
+            if want != tuple(x_T.shape):
+                raise ValueError(f"`x_T` has shape {tuple(x_T.shape)} but `shape` is {shape!r}")
+        if dtype is not None and x_T.dtype != dtype:
+            raise ValueError(f"`x_T` has dtype {x_T.dtype} but `dtype` is {dtype}: give one of them, or make them agree")
+        if device is not None and (x_T.device.type != device.type or device.index is not None and x_T.device != device):
+            raise ValueError(f"`x_T` is on {x_T.device} but `device` is {device}: give one of them, or make them agree")
+        out_dtype, x = x_T.dtype, x_T.to(_work_dtype(x_T.dtype))
+    if generator is not None and torch.device(generator.device).type != x.device.type:
+        raise ValueError(f"`generator` is on {generator.device} but the samples are on {x.device}")
+    return x, out_dtype
+
+
 def reversed_clock(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t) \approx \nabla_x \log p_t(x)$: x (B, *D), t (B,) -> (B, *D)
@@ -39,28 +119,107 @@ def reversed_clock(
 def sample_reverse_sde(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$, as above
-    shape,                    # shape of the batch of samples, (B, *D)
+    shape=None,               # shape of the batch of samples, (B, *D); may be left out when `x_T` is given
     *,
     steps: int = 1000,        # Euler–Maruyama steps from $t = T$ to $t = \epsilon$
     eps: float = 1e-3,        # stop at $t = \epsilon$, where the score is still well behaved
     generator: torch.Generator | None = None,   # drives the prior draw and the Brownian increments
-    dtype=None, device=None,                     # of the samples
+    dtype=None, device=None,                     # of the samples (float16/bfloat16 samples are computed in float32)
     x_T: Tensor | None = None,                   # start here instead of drawing from the prior
     return_path: bool = False,                   # all steps+1 states, shape (steps+1, B, *D), time running T -> eps
+    enable_grad: bool = False,                   # record an autograd graph through the loop (default: torch.no_grad())
 ) -> Tensor:
     "Samples of $p_\\epsilon$: Euler–Maruyama on the reverse-time SDE (eq. `eq-rev-sde`) from the prior."
-    if not (0.0 <= eps < sde.T):
+    if not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 <= eps < sde.T):
         raise ValueError(f"`eps` must lie in [0, T) = [0, {sde.T}), got {eps!r}")
-    if x_T is None:
-        x_T = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    elif tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"`x_T` has shape {tuple(x_T.shape)} but `shape` is {tuple(shape)}")
-    s = time_grid(0.0, sde.T - eps, steps, dtype=x_T.dtype, device=x_T.device)   # validated once, inside [0, T]
-    drift, diffusion = reversed_clock(sde, score_fn)
-    with sde.unchecked():   # no per-step host synchronisation for the range check of t
-        return euler_maruyama(drift, diffusion, x_T, s, generator=generator, return_path=return_path)
+    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    s = time_grid(0.0, sde.T - eps, steps, dtype=x.dtype, device=x.device)   # validated once, inside [0, T]
+    drift, diffusion = reversed_clock(sde, lambda y, t: _checked_score(score_fn, y, t))
+    with _grad_mode(enable_grad), sde.unchecked():   # no per-step host synchronisation for the range check of t
+        try:
+            out = euler_maruyama(drift, diffusion, x, s, generator=generator, return_path=return_path)
+        except FloatingPointError as err:
+            raise NonFiniteError(f"{err}; here `drift` and `diffusion` come from `score_fn`: check it") from None
+    out = out.to(out_dtype)
+    if out_dtype != x.dtype and not torch.isfinite(out).all():   # once, after the loop
+        raise NonFiniteError(f"the samples overflow `dtype` {out_dtype}; sample in float32")
+    return out
 
 # %% ../nbs/05_reverse.ipynb #21943bc4
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_STEP_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+
+
+def _tolerance(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _ode_setup(method, rtol, atol, options, t_end: Tensor, span: float) -> tuple[float, float, dict]:
+    "Validated tolerances and torchdiffeq options: adaptive methods land on `t_end` and start with a given step; fixed-step ones need a step."
+    if method not in ADAPTIVE_METHODS + FIXED_STEP_METHODS:
+        raise ValueError(f"`method` must be one of {ADAPTIVE_METHODS + FIXED_STEP_METHODS}, got {method!r}")
+    rtol, atol = _tolerance("rtol", rtol), _tolerance("atol", atol)
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"`options` must be a dict of torchdiffeq options or None, got {type(options).__name__}")
+    opts = dict(options or {})
+    if method in ADAPTIVE_METHODS:
+        opts.setdefault("step_t", t_end)          # land exactly on the final time, never step past it
+        opts.setdefault("first_step", 1e-2 * span)  # no trial evaluation outside the interval
+    elif "grid_constructor" not in opts:
+        if "step_size" not in opts:   # torchdiffeq would take ONE step over the whole interval, silently
+            raise ValueError(f"the fixed-step method {method!r} needs `options`={{'step_size': ...}} "
+                             "(without it torchdiffeq takes a single step over the whole interval)")
+        _tolerance("options['step_size']", opts["step_size"])
+    return rtol, atol, opts
+
+
+class _WatchedField:
+    "An ODE field that counts its evaluations and keeps, on the device, the first time it returned NaN/inf (no host sync)."
+
+    def __init__(self, fn: Callable):
+        self.fn, self.nfe, self.t_last, self.t_bad = fn, 0, None, None
+
+    def __call__(self, t: Tensor, y):
+        out = self.fn(t, y)
+        self.nfe += 1
+        self.t_last = t.detach()
+        parts = out if isinstance(out, tuple) else (out,)
+        ok = torch.stack([torch.isfinite(p.detach()).all() for p in parts]).all()
+        bad_t = torch.where(ok, torch.full_like(self.t_last, math.nan), self.t_last)
+        self.t_bad = bad_t if self.t_bad is None else torch.where(torch.isnan(self.t_bad), bad_t, self.t_bad)
+        return out
+
+    def first_bad_time(self) -> float | None:
+        "The first time at which the field was NaN/inf, or None; one host synchronisation."
+        if self.t_bad is None:
+            return None
+        v = float(self.t_bad)
+        return None if math.isnan(v) else v
+
+
+def _solve(field: _WatchedField, y0, grid: Tensor, method: str, rtol: float, atol: float, opts: dict, what: str):
+    "`odeint`, with NaN/inf in the field and a step-size underflow reported as errors that name their cause and time."
+    try:
+        out = odeint(field, y0, grid, method=method, rtol=rtol, atol=atol, options=opts)
+    except AssertionError as err:   # torchdiffeq: "underflow in dt ..." when the error control cannot be met
+        bad = field.first_bad_time()
+        if bad is not None:
+            raise NonFiniteError(f"{what} became NaN or inf at t = {bad:.4g} ({method}); check `score_fn`") from None
+        t = float(field.t_last) if field.t_last is not None else float("nan")
+        raise ValueError(f"{what} could not meet `rtol` = {rtol:g}, `atol` = {atol:g} near t = {t:.4g} ({method}: {err}); "
+                         "loosen the tolerances or check `score_fn`") from None
+    bad = field.first_bad_time()
+    if bad is not None:
+        raise NonFiniteError(f"{what} became NaN or inf at t = {bad:.4g} ({method}); check `score_fn` or use smaller steps")
+    return out
+
+
 def probability_flow(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$, as above
@@ -69,27 +228,32 @@ def probability_flow(
     t1: float,                # end time
     *,
     ts=None,                  # optional increasing or decreasing times from t0 to t1 to return states at
-    method: str = "dopri5",   # any torchdiffeq method; fixed-step ones take options={"step_size": ...}
-    rtol: float = 1e-5, atol: float = 1e-5,
+    method: str = "dopri5",   # a torchdiffeq method: adaptive ones use rtol/atol, fixed-step ones need options={"step_size": ...}
+    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
     options: dict | None = None,
-) -> tuple[Tensor, int]:      # states at t1 (or at every time of `ts`, shape (len(ts), B, *D)), and the NFE
+    enable_grad: bool = False,   # record an autograd graph through the solve (default: torch.no_grad())
+) -> tuple[Tensor, int]:      # states at t1 (or at every time of `ts`, shape (len(ts), B, *D)), x's dtype, and the NFE
     "Integrate the probability-flow ODE (eq. `eq-rev-pf-ode`) from `t0` to `t1` with torchdiffeq; return states and NFE."
+    if not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise TypeError(f"`x` must be a floating-point tensor of shape (B, *D), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError("`x` is on the meta device: it holds no values")
     for name, v in (("t0", t0), ("t1", t1)):
-        if not (0.0 <= float(v) <= sde.T):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 <= float(v) <= sde.T):
             raise ValueError(f"`{name}` must lie in [0, T] = [0, {sde.T}], got {v!r}")
     if float(t0) == float(t1):
         raise ValueError("`t0` and `t1` must differ")
-    rsde, nfe, B = sde.reverse(score_fn, probability_flow=True), 0, x.shape[0]
-
-    def field(t: Tensor, y: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
-        return rsde.drift(y, t.expand(B))
-
-    grid = torch.as_tensor([t0, t1] if ts is None else ts, dtype=x.dtype, device=x.device)
-    opts = dict(options or {})
-    if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"):
-        opts.setdefault("step_t", grid[-1:])                        # land exactly on t1, never step past it
-        opts.setdefault("first_step", 1e-2 * abs(float(t1) - float(t0)))  # no trial evaluation outside [0, T]
-    out = odeint(field, x, grid, method=method, rtol=rtol, atol=atol, options=opts)
-    return (out[-1] if ts is None else out), nfe
+    out_dtype, B = x.dtype, x.shape[0]
+    y0 = x.to(_work_dtype(x.dtype))   # float16/bfloat16 states are integrated in float32
+    grid = torch.as_tensor([t0, t1] if ts is None else ts, dtype=y0.dtype, device=y0.device)
+    rtol, atol, opts = _ode_setup(method, rtol, atol, options, grid[-1:], abs(float(t1) - float(t0)))
+    rsde = sde.reverse(lambda y, t: _checked_score(score_fn, y, t), probability_flow=True)
+    field = _WatchedField(lambda t, y: rsde.drift(y, t.expand(B)))
+    with _grad_mode(enable_grad):
+        out = _solve(field, y0, grid, method, rtol, atol, opts, "the probability-flow ODE")
+    out = out.to(out_dtype)
+    return (out[-1] if ts is None else out), field.nfe

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .reverse import probability_flow
+from .reverse import (NonFiniteError, _checked_score, _grad_mode, _initial_state, _ode_setup, _tolerance,
+                                   probability_flow)
 from .sde import SDE
 from .solvers import batch_broadcast
 
@@ -42,7 +43,8 @@ def _randn_like(x: Tensor, generator) -> Tensor:
 
 
 class ScoreCounter:
-    "Wrap `score_fn`: count its evaluations (the NFE) and check the shape of its first output."
+    """Wrap `score_fn`: count its evaluations (the NFE) and check every output: a tensor of x's shape, dtype and device
+    (metadata only, so no host synchronisation)."""
 
     def __init__(self, score_fn: Callable):   # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)
         if not callable(score_fn):
@@ -50,10 +52,7 @@ class ScoreCounter:
         self.score_fn, self.nfe = score_fn, 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        s = self.score_fn(x, t)
-        if self.nfe == 0 and (not isinstance(s, Tensor) or s.shape != x.shape):
-            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-            raise ValueError(f"`score_fn` must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
+        s = _checked_score(self.score_fn, x, t)
         self.nfe += 1
         return s
 
@@ -322,16 +321,31 @@ class Corrector:
 
 
 class Langevin(Corrector):
-    "Langevin MCMC with the step size set by a signal-to-noise ratio (eq. `eq-langevin-snr`)."
+    """Langevin MCMC with the step size set by a signal-to-noise ratio (eq. `eq-langevin-snr`). By default (Song et al.'s
+    convention) the norms are averaged over the batch, so one sample's step depends on the *other* samples; with
+    `per_sample=True` each sample's step uses its own norms and its trajectory depends on nothing else in the batch."""
+
+    def __init__(self, snr: float = 0.16, n_steps: int = 1,
+                 per_sample: bool = False):   # $\delta$ from each sample's own $\lVert z\rVert/\lVert s\rVert$, not batch means
+        super().__init__(snr, n_steps)
+        if not isinstance(per_sample, bool):
+            raise TypeError(f"`per_sample` must be True or False, got {per_sample!r}")
+        self.per_sample = per_sample
 
     def apply(self, c, score, x, t, generator=None):
         for _ in range(self.n_steps):
             grad, z = score(x, t), _randn_like(x, generator)
-            ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
+            B = x.shape[0]
+            z_norm, grad_norm = z.reshape(B, -1).norm(dim=1), grad.reshape(B, -1).norm(dim=1)   # shape (B,), any rank
+            ratio = batch_broadcast(z_norm / grad_norm, x) if self.per_sample else z_norm.mean() / grad_norm.mean()
             delta = 2 * c["kappa"] * (self.snr * ratio) ** 2
             mean = x + delta * grad
             x = mean + (2 * delta).sqrt() * z
         return x, mean
+
+    def __repr__(self):
+        extra = ", per_sample=True" if self.per_sample else ""
+        return f"{type(self).__name__}(snr={self.snr!r}, n_steps={self.n_steps!r}{extra})"
 
 
 class AnnealedLangevin(Corrector):
@@ -369,18 +383,9 @@ def _make(kind, table: dict, name: str, base: type, **kw):
 
 
 def _start(sde: SDE, shape, generator, dtype, device, x_T) -> Tensor:
-    "The prior draw, or the given start `x_T`, checked."
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give `shape` or `x_T`")
-        x_T = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    elif not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
-        raise TypeError(f"`x_T` must be a floating-point tensor of shape (B, *D), got {type(x_T).__name__}")
-    elif shape is not None and tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"`x_T` has shape {tuple(x_T.shape)} but `shape` is {tuple(shape)}")
-    if generator is not None and torch.device(generator.device).type != x_T.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are on {x_T.device}")
-    return x_T
+    "The prior draw, or the given start `x_T`, checked, in the samples' dtype (see `_initial_state` for the working dtype)."
+    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    return x.to(out_dtype)
 
 
 def _first_nonfinite(sums: Tensor) -> int:
@@ -396,6 +401,15 @@ def _rows(table: dict) -> list[dict]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
+def _checked_project(project: Callable, x: Tensor, t: Tensor) -> Tensor:
+    "`project(x, t)`, checked on every call like the score: a tensor of x's shape, dtype and device."
+    y = project(x, t)
+    if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:
+        got = f"{tuple(y.shape)}, {y.dtype}, {y.device}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"`project` must return a tensor of x's shape, dtype and device ({tuple(x.shape)}, {x.dtype}, {x.device}), got {got}")
+    return y
+
+
 def tweedie_denoise(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)
@@ -404,12 +418,12 @@ def tweedie_denoise(
 ) -> Tensor:                  # $\hat x_0 = \mathbb{E}[x_0 \mid x_t]$, shape of `x`
     "Tweedie's formula (eq. `eq-tweedie`): the posterior mean of $x_0$ given $x_t$; one score evaluation."
     alpha, sigma = _kernel(sde, x, t)
-    return (x + sigma**2 * score_fn(x, t)) / alpha
+    return (x + sigma**2 * _checked_score(score_fn, x, t)) / alpha
 
 
 def sample(
     sde: SDE,                 # the forward SDE
-    score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)
+    score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D), x's dtype and device
     shape=None,               # (B, *D) of the samples; may be left out when `x_T` is given
     *,
     predictor="reverse_diffusion",   # a name in `PREDICTORS`, a `Predictor` subclass or an instance
@@ -421,11 +435,12 @@ def sample(
     spacing: str = "uniform", # the time grid: "uniform", "logsnr" or "edm" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
-    dtype=None, device=None,  # of the samples (default: torch's default dtype, the generator's device or the CPU)
-    x_T: Tensor | None = None,   # start here instead of drawing from the prior
+    dtype=None, device=None,  # of the samples (default: torch's default dtype, the generator's device or the CPU); float16/bfloat16 are computed in float32
+    x_T: Tensor | None = None,   # start here instead of drawing from the prior; its dtype and device must agree with `dtype`, `device`
     progress: bool = False,   # a tqdm bar over the steps
     return_path: bool = False,   # samples: the states at $t_0, \dots, t_N$ (and the denoised one), (N + 1 [+ 1], B, *D)
     project: Callable | None = None,   # x <- project(x, t) after the prior draw, each corrector call and each predictor step
+    enable_grad: bool = False,   # record an autograd graph through every step (memory grows with `steps`); default torch.no_grad()
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     "Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE."
     if not isinstance(sde, SDE):
@@ -433,42 +448,59 @@ def sample(
     pred = _make(predictor, PREDICTORS, "predictor", Predictor)
     corr = None if corrector is None else _make(corrector, CORRECTORS, "corrector", Corrector, **(
         {"snr": snr, "n_steps": corrector_steps} if isinstance(corrector, (str, type)) else {}))
-    x = _start(sde, shape, generator, dtype, device, x_T)
+    if project is not None and not callable(project):
+        raise TypeError(f"`project` must be callable or None, got {type(project).__name__}")
     grid = sampling_times(sde, steps, eps, spacing, dtype=torch.float64)   # validated once, on the CPU
+    grad_mode = _grad_mode(enable_grad)
+    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)   # float32 for float16/bfloat16 samples
     with sde.unchecked():   # every step's coefficients at once, in float64, as plain numbers for the loop
         rows = _rows(pred.coefficients(sde, grid[:-1], grid[1:]))
-        corr_rows = None if corr is None else _rows(corr.coefficients(sde, grid[:-1]))
+        corr_table = None if corr is None else corr.coefficients(sde, grid[:-1])
+    if corr_table is not None and "kappa" in corr_table and not bool((corr_table["kappa"] > 0).all()):   # CPU, once
+        raise ValueError(f"the corrector's factor kappa = 1 - beta(t)/N is not positive on this grid: the SDE's `N` = "
+                         f"{sde.N} must exceed beta(t) (up to {float(sde.beta(grid[:1])):.4g}); Song et al.'s convention")
+    corr_rows = None if corr is None else _rows(corr_table)
     ts = grid.to(dtype=x.dtype, device=x.device)
     score, B = ScoreCounter(score_fn), x.shape[0]
+    move = None if project is None else (lambda y, t: _checked_project(project, y, t))
     pred.reset(steps)
-    sums = torch.zeros(steps + 1, dtype=torch.float64, device=x.device)   # NaN/inf in a step shows in its sum
-    with sde.unchecked():   # no host synchronisation inside the loop
-        if project is not None:
-            x = project(x, ts[0].expand(B))
+    # NaN/inf shows in a sum: [0] the start, [1 + k] step k, [steps + 1] the denoised samples, [steps + 2] the output dtype
+    sums = torch.zeros(steps + 3, dtype=torch.float64, device=x.device)
+    with grad_mode, sde.unchecked():   # no graph unless asked for; no host synchronisation inside the loop
+        if move is not None:
+            x = move(x, ts[0].expand(B))
+        sums[0] = x.detach().sum(dtype=torch.float64)
         path = [x] if return_path else None
         for k in tqdm(range(steps), disable=not progress, desc=type(pred).__name__):
             t, t_next = ts[k].expand(B), ts[k + 1].expand(B)
             if corr is not None:
                 x, _ = corr.apply(corr_rows[k], score, x, t, generator)
-                if project is not None:
-                    x = project(x, t)
+                if move is not None:
+                    x = move(x, t)
             x, _ = pred.apply(rows[k], score, x, t, t_next, generator)
-            if project is not None:
-                x = project(x, t_next)
-            sums[k] = x.sum(dtype=torch.float64)
+            if move is not None:
+                x = move(x, t_next)
+            sums[k + 1] = x.detach().sum(dtype=torch.float64)
             if return_path:
                 path.append(x)
         if denoise:
             x = tweedie_denoise(sde, score, x, ts[-1].expand(B))
-            sums[steps] = x.sum(dtype=torch.float64)
+            sums[steps + 1] = x.detach().sum(dtype=torch.float64)
             if return_path:
                 path.append(x)
+        out = (torch.stack(path) if return_path else x).to(out_dtype)
+        sums[steps + 2] = out.detach().sum(dtype=torch.float64)
     k = _first_nonfinite(sums)   # the one host synchronisation, after the loop
-    if k >= 0:
+    if k == 0:
+        raise NonFiniteError("`x_T` contains NaN or inf" + (" (after `project`)" if project is not None else ""))
+    if k > 0:
+        k -= 1
+        if k == steps + 1:
+            raise NonFiniteError(f"the samples are finite in {x.dtype} but overflow `dtype` {out_dtype}")
         where = ("the final denoising step" if k == steps else
                  f"step {k} of {steps} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g})")
-        raise FloatingPointError(f"sampling became NaN/inf at {where}; check `score_fn` or use more steps")
-    return SamplerOutput(torch.stack(path) if return_path else x, score.nfe)
+        raise NonFiniteError(f"sampling became NaN/inf at {where}; check `score_fn` or use more steps")
+    return SamplerOutput(out, score.nfe)
 
 # %% ../nbs/09_sampling.ipynb #b3176db1
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "euler", "midpoint", "rk4", "heun3")
@@ -477,17 +509,18 @@ _FIXED_STEP = ("euler", "midpoint", "rk4", "heun3")
 
 def ode_sample(
     sde: SDE,                 # the forward SDE
-    score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)
+    score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D), x's dtype and device
     shape=None,               # (B, *D) of the samples; may be left out when `x_T` is given
     *,
     method: str = "dopri5",   # a torchdiffeq method: adaptive ones use `rtol`/`atol`, fixed-step ones `steps`
-    rtol: float = 1e-5, atol: float = 1e-5,
+    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
     steps: int | None = None, # number of uniform steps of a fixed-step method
     eps: float = 1e-3,        # integrate from $T$ down to $\epsilon$
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw
-    dtype=None, device=None,  # of the samples
-    x_T: Tensor | None = None,   # start here instead of drawing from the prior
+    dtype=None, device=None,  # of the samples; float16/bfloat16 are computed in float32
+    x_T: Tensor | None = None,   # start here instead of drawing from the prior; must agree with `dtype`, `device`
+    enable_grad: bool = False,   # record an autograd graph through the solve; default torch.no_grad()
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     "Samples from the probability-flow ODE (eq. `eq-rev-pf-ode`) integrated by torchdiffeq from $T$ to $\\epsilon$."
     if not isinstance(sde, SDE):
@@ -501,12 +534,19 @@ def ode_sample(
         options = {"step_size": (sde.T - eps) / _check_steps(steps)}
     elif steps is not None:
         raise ValueError(f"`steps` is for fixed-step methods; {method!r} is adaptive: set `rtol` and `atol`")
-    x = _start(sde, shape, generator, dtype, device, x_T)
+    rtol, atol = _tolerance("rtol", rtol), _tolerance("atol", atol)   # the same check as `log_likelihood`
+    grad_mode = _grad_mode(enable_grad)
+    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
     score = ScoreCounter(score_fn)
-    with sde.unchecked():
-        x, _ = probability_flow(sde, score, x, sde.T, eps, method=method, rtol=rtol, atol=atol, options=options)
+    with grad_mode, sde.unchecked():
+        if not torch.isfinite(x).all():   # once, before the solve: the error names the start, not the score
+            raise ValueError("`x_T` contains NaN or inf")
+        x, _ = probability_flow(sde, score, x, sde.T, eps, method=method, rtol=rtol, atol=atol, options=options,
+                                enable_grad=enable_grad)
         if denoise:
             x = tweedie_denoise(sde, score, x, torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device))
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"the probability-flow ODE ({method}) gave NaN/inf after {score.nfe} score evaluations")
-    return SamplerOutput(x, score.nfe)
+        out = x.to(out_dtype)
+    if not torch.isfinite(out).all():
+        what = "overflow `dtype` " + str(out_dtype) if torch.isfinite(x).all() else "became NaN/inf"
+        raise NonFiniteError(f"the probability-flow ODE ({method}) samples {what} after {score.nfe} score evaluations; check `score_fn`")
+    return SamplerOutput(out, score.nfe)

@@ -235,3 +235,147 @@ def test_registries():
     assert set(PREDICTORS) == {"euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "heun", "dpm_solver_2m"}
     assert set(CORRECTORS) == {"langevin", "annealed_langevin"}
     assert "DDIM(eta=0.5)" in repr(DDIM(0.5))
+
+
+# ---------------------------------------------------------------- silent wrong answers (reliability issue, part 2)
+def _late(k, bad):
+    "A score (-x) that misbehaves from its k-th call on: `bad(x)` is what it returns then."
+    calls = [0]
+
+    def score(x, t):
+        calls[0] += 1
+        return -x if calls[0] < k else bad(x)
+    return score
+
+
+@pytest.mark.parametrize("bad,err", [(lambda x: -x[:1], ValueError), (lambda x: -x.double(), TypeError),
+                                     (lambda x: torch.zeros(x.shape, dtype=torch.long), TypeError),
+                                     (lambda x: -x[..., :1], ValueError)],
+                         ids=["batch-1", "float64", "int", "broadcastable"])
+def test_score_output_is_checked_on_every_call(bad, err):
+    "A score that goes wrong at its 3rd call (after two good ones) is refused, not broadcast or promoted silently."
+    with pytest.raises(err, match="`score_fn`"):
+        sample(VPSDE(), _late(3, bad), (5, 2), steps=6, dtype=torch.float32)
+    with pytest.raises(err, match="`score_fn`"):
+        ode_sample(VPSDE(), _late(3, bad), (5, 2), method="euler", steps=6, dtype=torch.float32)
+    with pytest.raises(err, match="`score_fn`"):
+        sample(VPSDE(), _late(3, bad), (5, 2), steps=6, corrector=Langevin(0.1, per_sample=True), dtype=torch.float32)
+
+
+def test_samplers_build_no_graph_unless_asked():
+    "A score with trainable parameters: no graph by default; with enable_grad the gradient matches finite differences."
+    w = torch.nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+    net = torch.nn.Linear(2, 2).double()
+    x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for out in (sample(VPSDE(), lambda x, t: net(x) - x, x_T=x_T, steps=20).samples,
+                ode_sample(VPSDE(), lambda x, t: net(x) - x, x_T=x_T).samples,
+                sample(VPSDE(), lambda x, t: net(x) - x, x_T=x_T, steps=20, corrector="langevin").samples):
+        assert out.grad_fn is None and not out.requires_grad
+    # gradient through a deterministic sampler (DDIM, eta = 0), d/dw of the mean of the samples, vs central differences
+    run = lambda w_, **kw: sample(VPSDE(), lambda x, t: -w_ * x, x_T=x_T, predictor="ddim", steps=20, **kw).samples.mean()
+    (g,) = torch.autograd.grad(run(w, enable_grad=True), w)
+    h = 1e-5
+    fd = (run(torch.tensor(1.3 + h, dtype=torch.float64)) - run(torch.tensor(1.3 - h, dtype=torch.float64))) / (2 * h)
+    assert abs(g.item() - fd.item()) < 1e-7 * (1 + abs(fd.item())), (g, fd)   # central differences: O(h^2) ~ 1e-10
+    with torch.inference_mode(), pytest.raises(ValueError, match="`enable_grad`"):
+        sample(VPSDE(), lambda x, t: -x, (4, 2), steps=2, enable_grad=True)
+    with pytest.raises(TypeError, match="`enable_grad`"):
+        sample(VPSDE(), lambda x, t: -x, (4, 2), steps=2, enable_grad="yes")
+
+
+def test_x_T_that_contradicts_dtype_or_device_is_refused():
+    x_T = torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="`x_T`.*`dtype`"):
+        sample(VPSDE(), lambda x, t: -x, x_T=x_T, dtype=torch.float64, steps=2)
+    with pytest.raises(ValueError, match="`x_T`.*`device`"):
+        sample(VPSDE(), lambda x, t: -x, x_T=x_T, device="cuda", steps=2)
+    with pytest.raises(ValueError, match="`x_T`.*`dtype`"):
+        ode_sample(VPSDE(), lambda x, t: -x, x_T=x_T, dtype=torch.float64)
+    # agreeing arguments are fine
+    assert sample(VPSDE(), lambda x, t: -x, x_T=x_T, dtype=torch.float32, device="cpu", steps=2).samples.dtype == torch.float32
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), dtype=torch.long, steps=2), TypeError, "`dtype`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), dtype=torch.complex64, steps=2), TypeError, "`dtype`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), dtype="float32", steps=2), TypeError, "`dtype`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), device="meta", steps=2), ValueError, "`device`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), device="meta"), ValueError, "`device`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, x_T=torch.zeros(4, 2, device="meta"), steps=2), ValueError, "`x_T`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, x_T=torch.zeros(4, 2, dtype=torch.long), steps=2), TypeError, "`x_T`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), generator=3, steps=2), TypeError, "`generator`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), project="clip", steps=2), TypeError, "`project`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), project=lambda x, t: x[:1], steps=2), ValueError, "`project`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, x_T=torch.full((4, 2), math.nan), steps=2), ValueError, "`x_T`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, x_T=torch.full((4, 2), math.nan)), ValueError, "`x_T`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), rtol=-1.0), ValueError, "`rtol`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), rtol=0.0, atol=0.0), ValueError, "`rtol`"),
+    (lambda: ode_sample(VPSDE(), lambda x, t: -x, (4, 2), atol=math.inf), ValueError, "`atol`"),
+    (lambda: Langevin(per_sample=1), TypeError, "`per_sample`"),
+])
+def test_unsupported_inputs_are_named(call, err, match):
+    "Integer/complex dtypes, the meta device, NaN starts and bad tolerances: a named error, never a raw torch error."
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_nan_score_in_an_adaptive_ode_solve_names_score_and_time():
+    "torchdiffeq would raise `AssertionError: underflow in dt`; we name the score and the time where it first went bad."
+    sde = VPSDE()
+    bad = lambda x, t: torch.where((t < 0.5)[:, None], torch.nan, -x)
+    with pytest.raises(ValueError, match=r"`score_fn`") as info:
+        ode_sample(sde, bad, (8, 2), dtype=torch.float64)
+    assert isinstance(info.value, FloatingPointError)   # NonFiniteError is both
+    t_bad = float(str(info.value).split("t = ")[1].split(" ")[0])
+    assert 0.0 < t_bad < 0.5
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_half_precision_samples_are_float32_samples_rounded(low):
+    "float16/bfloat16 samples run in float32 with a float32 score: exactly the float32 run, rounded once at the end."
+    sde, score = VPSDE(), RING.score_fn(VPSDE())
+    for kw in (dict(predictor="euler_maruyama", corrector="langevin"), dict(predictor="dpm_solver_2m")):
+        ref = sample(sde, score, (200, 2), steps=30, generator=torch.Generator().manual_seed(1), dtype=torch.float32, **kw)
+        out = sample(sde, score, (200, 2), steps=30, generator=torch.Generator().manual_seed(1), dtype=low, **kw)
+        assert out.samples.dtype == low and torch.equal(out.samples, ref.samples.to(low)) and out.nfe == ref.nfe
+    ref = ode_sample(sde, score, (200, 2), generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    out = ode_sample(sde, score, (200, 2), generator=torch.Generator().manual_seed(2), dtype=low)
+    assert out.samples.dtype == low and torch.equal(out.samples, ref.samples.to(low))
+    # a given low-precision x_T is upcast once; the path comes back in the samples' dtype
+    x_T = sde.prior_sampling((50, 2), generator=torch.Generator().manual_seed(3)).to(low)
+    path = sample(sde, score, x_T=x_T, steps=5, return_path=True).samples
+    assert path.dtype == low and path.shape == (7, 50, 2) and torch.equal(path[0], x_T)
+
+
+def test_overflow_of_the_samples_dtype_is_reported():
+    "VE samples at sigma_max = 1e6 fit float32 but not float16 (max 65504): an error, not inf."
+    sde = VESDE(sigma_max=1e6)
+    with pytest.raises(ValueError, match="`dtype`"):
+        sample(sde, lambda x, t: torch.zeros_like(x), (20, 2), steps=3, denoise=False, dtype=torch.float16,
+               generator=torch.Generator().manual_seed(0))
+
+
+def test_langevin_per_sample_step_ignores_other_samples():
+    """Song et al.'s corrector averages the norms over the batch: changing other rows of x_T moves row 0. With
+    per_sample=True row 0's trajectory is bit-exact whatever the other rows are (same generator, same noise)."""
+    sde, score = VPSDE(), RING64.score_fn(VPSDE())
+    x_T = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T2 = x_T.clone()
+    x_T2[1:] = 3 * x_T[1:].flip(0)
+    run = lambda x, corr: sample(sde, score, x_T=x, steps=40, corrector=corr,
+                                 generator=torch.Generator().manual_seed(1)).samples
+    a, b = run(x_T, Langevin(0.16, per_sample=True)), run(x_T2, Langevin(0.16, per_sample=True))
+    assert torch.equal(a[0], b[0])
+    a, b = run(x_T, "langevin"), run(x_T2, "langevin")
+    assert (a[0] - b[0]).abs().max() > 1e-3   # the batch convention: far above float64 rounding
+    # one step by hand, both conventions: delta = 2 kappa (r |z| / |s|)^2 with batch means or per-sample norms
+    t = torch.full((64,), 0.3, dtype=torch.float64)
+    z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    s = score(x_T, t)
+    kappa = 1 - sde.beta(t[:1]).item() / sde.N
+    for per_sample, ratio in ((False, z.norm(dim=1).mean() / s.norm(dim=1).mean()), (True, (z.norm(dim=1) / s.norm(dim=1))[:, None])):
+        delta = 2 * kappa * (0.16 * ratio) ** 2
+        got, mean = Langevin(0.16, per_sample=per_sample).step(sde, score, x_T, t, torch.Generator().manual_seed(2))
+        torch.testing.assert_close(mean, x_T + delta * s, rtol=0, atol=1e-13)
+        torch.testing.assert_close(got, x_T + delta * s + (2 * delta).sqrt() * z, rtol=0, atol=1e-13)
+    assert "per_sample=True" in repr(Langevin(per_sample=True))
