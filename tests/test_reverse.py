@@ -98,3 +98,37 @@ def test_errors():
         probability_flow(sde, score, torch.zeros(4, 2), 0.5, 0.5)
     with pytest.raises(ValueError, match="`score_fn` must return a tensor of the shape of x"):
         sample_reverse_sde(sde, lambda x, t: x[:, :1], (4, 2), steps=3)
+
+
+# ---------------------------------------------------------------- silent wrong answers (reliability issue, part 2)
+def test_reverse_samplers_build_no_graph_and_check_every_score_call():
+    net = torch.nn.Linear(2, 2)
+    sde, score = VPSDE(), (lambda x, t: net(x) - x)
+    out = sample_reverse_sde(sde, score, (16, 2), steps=10, generator=torch.Generator().manual_seed(0))
+    assert out.grad_fn is None and not out.requires_grad
+    x, _ = probability_flow(sde, score, out, 1e-3, 1.0, rtol=1e-3, atol=1e-3)
+    assert x.grad_fn is None
+    assert sample_reverse_sde(sde, score, (16, 2), steps=3, enable_grad=True).requires_grad
+    calls = [0]
+
+    def late(x, t):   # float64 from the 3rd call on: it would promote the float32 state silently
+        calls[0] += 1
+        return -x if calls[0] < 3 else -x.double()
+    with pytest.raises(TypeError, match="`score_fn`"):
+        sample_reverse_sde(sde, late, (4, 2), steps=5)
+    with pytest.raises(ValueError, match="`x_T`.*`dtype`"):
+        sample_reverse_sde(sde, lambda x, t: -x, x_T=torch.zeros(4, 2), dtype=torch.float64, steps=2)
+
+
+def test_probability_flow_refuses_one_step_and_names_nan_and_tolerances():
+    sde, x = VPSDE(), torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="`options`"):   # torchdiffeq would take ONE rk4 step over [0, 1]
+        probability_flow(sde, lambda x, t: -x, x, 1.0, 1e-3, method="rk4")
+    for tol in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="`rtol`"):
+            probability_flow(sde, lambda x, t: -x, x, 1.0, 1e-3, rtol=tol)
+    bad = lambda x, t: torch.where((t < 0.3)[:, None], torch.nan, -x)
+    with pytest.raises(ValueError, match="`score_fn`") as info:   # not torchdiffeq's AssertionError: underflow in dt
+        probability_flow(sde, bad, x, 1.0, 1e-3)
+    assert isinstance(info.value, FloatingPointError)
+    assert 0.0 < float(str(info.value).split("t = ")[1].split(" ")[0]) < 0.3   # the first time the field was NaN
