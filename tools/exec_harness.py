@@ -129,10 +129,11 @@ def main() -> int:
             wall = time.monotonic() - t0
             n_lost = len(lost)
             lost.clear()
-            rows.append({"i": i, "notebook": nb.name, "seconds": wall, "error": err, "lost_wakeups": n_lost})
+            rows.append({"i": i, "notebook": nb.name, "seconds": wall, "error": err, "lost_wakeups": n_lost,
+                         "loadavg_1min": os.getloadavg()[0]})
             (a.logdir / f"{i:04d}_{nb.stem}.log").write_text("\n".join(
                 f"{t:9.3f} {d} {typ:24s} {mid} parent={par} {st}" for t, d, typ, mid, par, st in _LOG))
-            print(f"[{i + 1}/{len(plan)}] {nb.name}: {wall:.1f} s" + (f", {n_lost} lost wake-ups recovered" if n_lost else "")
+            print(f"[{i + 1}/{len(plan)}] {nb.name}: {wall:.1f} s (load {os.getloadavg()[0]:.1f})" + (f", {n_lost} lost wake-ups recovered" if n_lost else "")
                   + (f"  ERROR {err}" if err else ""), flush=True)
     finally:
         for proc in load:
@@ -147,7 +148,8 @@ def main() -> int:
     errors = [r for r in rows if r["error"]]
     summary = {"executor": a.executor, "fixed": a.fixed, "load": a.load,
                "lost_wakeups_recovered": sum(r["lost_wakeups"] for r in rows), "executions": len(rows), "stalls": len(stalls),
-               "errors": len(errors), "rows": rows, "python": sys.version.split()[0]}
+               "errors": len(errors), "rows": rows,
+               "mean_loadavg_1min": sum(r["loadavg_1min"] for r in rows) / max(len(rows), 1), "python": sys.version.split()[0]}
     (a.out or a.logdir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{len(rows)} executions ({a.executor} executor{', fixed' if a.fixed else ''}, load {a.load}): "
           f"{len(stalls)} stalls, {len(errors)} errors, {summary['lost_wakeups_recovered']} lost wake-ups recovered")
