@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 # %% auto #0
@@ -48,6 +51,21 @@ def _int_list(text):
     return values
 
 
+def _png(text):
+    "The file `sample` writes: a PNG, so its name must say so."
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"the image is written as PNG: the name must end in .png, got {text!r}")
+    return path
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    "Shows the defaults, except None (an option whose default depends on others says so in its help)."
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _json_dict(text):
     try:
         d = json.loads(text)
@@ -66,22 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,sample}")
 
     t = sub.add_parser("train", help="train a score network by denoising score matching",
-                       description="Train a score network; writes OUT/ckpt.pt, OUT/config.json and OUT/losses.csv.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Train a score network; writes OUT/ckpt.pt, OUT/config.json and OUT/losses.csv. "
+                                   "Ctrl-C or SIGTERM saves the step reached and exits with status 130.",
+                       formatter_class=_HelpFormatter)
     t.add_argument("--data", required=True, choices=DATA, help="digits (8x8 images) or a 2-D distribution")
     t.add_argument("--out", required=True, type=Path, help="output folder")
     t.add_argument("--sde", default="vp", choices=("vp", "subvp", "ve"), help="forward SDE")
     t.add_argument("--sde-kwargs", type=_json_dict, default={}, help='SDE parameters as JSON, e.g. \'{"sigma_max": 10}\'')
     t.add_argument("--model", choices=("mlp", "unet"), help="network (default: mlp for 2-D data, unet for digits)")
-    t.add_argument("--hidden", type=pos_int, default=128, help="mlp: width of the hidden layers")
-    t.add_argument("--depth", type=pos_int, default=3, help="mlp: number of hidden layers")
-    t.add_argument("--channels", type=_int_list, default=[32, 64], help="unet: channels per level")
+    t.add_argument("--hidden", type=pos_int, help="mlp: width of the hidden layers (default: 128)")
+    t.add_argument("--depth", type=pos_int, help="mlp: number of hidden layers (default: 3)")
+    t.add_argument("--channels", type=_int_list, help="unet: channels per level (default: 32,64)")
     t.add_argument("--embed-dim", type=pos_int, help="size of the time embedding (default: the network's)")
     t.add_argument("--fourier-scale", type=pos_float, help="std of the Fourier frequencies of t (default: the network's)")
-    t.add_argument("--dropout", type=_number(float, 0, hi=1), default=0.0, help="unet: dropout probability")
+    t.add_argument("--dropout", type=_number(float, 0, hi=1), help="unet: dropout probability (default: 0)")
     t.add_argument("--conditional", action="store_true", help="digits: class-conditional U-Net (labels, with a null class)")
     t.add_argument("--model-kwargs", type=_json_dict, default={}, help="more network arguments as JSON")
-    t.add_argument("--size", type=_number(int, 8), default=8, help="digits: image side (>= 8, upsampled)")
+    t.add_argument("--size", type=_number(int, 8), help="digits: image side, >= 8, upsampled (default: 8)")
     t.add_argument("--steps", type=_number(int, 0), default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=pos_int, default=256, help="global batch size")
     t.add_argument("--lr", type=pos_float, default=2e-3, help="AdamW learning rate")
@@ -98,21 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", type=_number(int, 0), default=500, help="checkpoint every so many steps (0: at the end)")
     t.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT/ckpt.pt instead of refusing")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt (a new run if there is none)")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing OUT/ckpt.pt instead of refusing")
+    t.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue even if the training data differ from those the checkpoint was "
+                        "trained on (their fingerprint, stored in it)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, command_parser=t)
 
     s = sub.add_parser("sample", help="sample from a trained checkpoint",
                        description="Draw samples from a checkpoint; writes an image grid (digits) or a scatter plot (2-D).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     s.add_argument("--ckpt", required=True, type=Path, help="OUT/ckpt.pt of a `train` run, or its folder OUT")
-    s.add_argument("--out", required=True, type=Path, help="the PNG to write")
+    s.add_argument("--out", required=True, type=_png, help="the PNG to write (name ending in .png)")
     s.add_argument("--n", type=pos_int, default=64, help="number of samples")
     s.add_argument("--steps", type=pos_int, default=500, help="predictor steps")
     s.add_argument("--predictor", default="reverse_diffusion", choices=PREDICTOR_NAMES)
     s.add_argument("--corrector", default="none", choices=CORRECTOR_NAMES)
-    s.add_argument("--snr", type=pos_float, default=0.16, help="corrector signal-to-noise ratio")
+    s.add_argument("--snr", type=pos_float, help="the corrector's signal-to-noise ratio (default: 0.16)")
     s.add_argument("--eps", type=pos_float, default=1e-3, help="last sampling time")
     s.add_argument("--label", type=_number(int, 0), help="conditional models: the class to sample (default: none)")
     s.add_argument("--raw", action="store_true", help="use the raw weights instead of their EMA")
@@ -120,8 +143,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda if available)")
     s.add_argument("--save-samples", type=Path, help="also save the samples as a tensor file (torch.save)")
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    s.set_defaults(func=_sample)
+    s.set_defaults(func=_sample, command_parser=s)
     return p
+
+
+_DEFAULTS = {"hidden": 128, "depth": 3, "channels": [32, 64], "dropout": 0.0, "size": 8, "snr": 0.16}
+_OPTION_KWARG = {"hidden": "hidden", "depth": "depth", "channels": "channels", "dropout": "dropout",
+                 "embed_dim": "embed_dim", "fourier_scale": "fourier_scale", "conditional": "num_classes"}
+
+
+def _option(args, name):
+    "The value of option `name`: the one given, else its default."
+    v = getattr(args, name)
+    return _DEFAULTS[name] if v is None else v
+
+
+def _conflict(args) -> str | None:
+    "The first option given that does not apply with the others, worded as argparse words its errors; None if all apply."
+    if args.command == "sample":
+        if args.snr is not None and args.corrector == "none":
+            return "argument --snr: sets the step of a corrector; add --corrector langevin (or annealed_langevin)"
+        return None
+    try:
+        model = _model_kind(args)
+    except ValueError as e:
+        return str(e)
+    if args.data != "digits" and args.size is not None:
+        return f"argument --size: applies to --data digits only, not {args.data}"
+    for name, owner in (("hidden", "mlp"), ("depth", "mlp"), ("channels", "unet"), ("dropout", "unet")):
+        if getattr(args, name) is not None and model != owner:
+            return f"argument --{name}: applies to --model {owner} only; this run uses {model}"
+    for name, key in _OPTION_KWARG.items():
+        if getattr(args, name) not in (None, False) and key in args.model_kwargs:
+            return f"argument --model-kwargs: {key!r} is also set by --{name.replace('_', '-')}; give it once"
+    if args.amp and args.dtype != "float32":
+        return f"argument --amp: mixed precision lowers float32 compute; it needs --dtype float32, not {args.dtype}"
+    if args.allow_data_change and not args.resume:
+        return "argument --allow-data-change: applies to --resume only"
+    return None
 
 # %% ../nbs/A6_cli.ipynb #64eb4c34
 def _device(name: str):
@@ -141,7 +200,7 @@ def _training_data(args, device):
     "What `train` gets for --data: (images, labels) or images, or a sampler of 2-D points."
     if args.data == "digits":
         from sde_diffusion.data import load_digits
-        x, y = load_digits("train", size=args.size, device=device)
+        x, y = load_digits("train", size=_option(args, "size"), device=device)
         return (x, y) if args.conditional else x
     from sde_diffusion.toy import grid_of_gaussians, make_2d_dataset, ring_of_gaussians
     if args.data == "ring":
@@ -169,9 +228,9 @@ def _config(args):
     from sde_diffusion.training import TrainConfig
     model = _model_kind(args)
     if model == "mlp":
-        kw = {"hidden": args.hidden, "depth": args.depth}
+        kw = {"hidden": _option(args, "hidden"), "depth": _option(args, "depth")}
     else:
-        kw = {"channels": args.channels, "dropout": args.dropout}
+        kw = {"channels": _option(args, "channels"), "dropout": _option(args, "dropout")}
         if args.conditional:
             kw["num_classes"] = 10
     for name in ("embed_dim", "fourier_scale"):
@@ -188,16 +247,38 @@ def _config(args):
 def _train(args) -> int:
     _model_kind(args)
     import os
-    from sde_diffusion.training import CKPT_NAME, train
+    from sde_diffusion.training import CKPT_NAME, CheckpointExistsError, DataChangedError, TrainingInterrupted, train
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"argument --out: {str(args.out)!r} is a file; give the folder to write the run into")
     device = _device(args.device)
     config = _config(args)
-    result = train(config, _training_data(args, device), device=device, ckpt_dir=args.out, resume=args.resume,
-                   overwrite=args.overwrite, progress=args.progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        tail = result.losses[-min(100, len(result.losses)):]
-        last = f"; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}" if tail else ""
-        print(f"trained {result.steps} steps in {result.seconds:.1f} s{last}")
-        print(f"wrote {args.out / CKPT_NAME}, {args.out / 'config.json'}, {args.out / 'losses.csv'}")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        result = train(config, _training_data(args, device), device=device, ckpt_dir=args.out, resume=args.resume,
+                       overwrite=args.overwrite, allow_data_change=args.allow_data_change, progress=args.progress)
+    except CheckpointExistsError as e:     # the library's message names its arguments; these are the options
+        raise FileExistsError(f"{str(e.path)!r} exists: add --resume to continue that run, or --overwrite to "
+                              "replace it") from None
+    except DataChangedError as e:
+        raise ValueError(f"{e.detail}; add --allow-data-change to continue on these data") from None
+    except TrainingInterrupted as e:
+        if rank0:
+            print(f"python -m sde_diffusion train: interrupted by {e.signal_name} at step {e.step}: saved "
+                  f"{args.out / CKPT_NAME}; continue with --resume", file=sys.stderr)
+        return 130
+    if not rank0:
+        return 0
+    if result.resumed_from is not None and not result.written:
+        print(f"nothing to do: {args.out / CKPT_NAME} is at step {result.steps}, not below --steps {args.steps}; "
+              "nothing written")
+        return 0
+    if args.resume and result.resumed_from is None:
+        print(f"nothing to resume in {args.out}: started a new run")
+    tail = result.losses[-min(100, len(result.losses)):]
+    last = f"; mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}" if tail else ""
+    since = f" (from step {result.resumed_from} to {result.steps})" if result.resumed_from is not None else ""
+    print(f"trained {result.steps - (result.resumed_from or 0)} steps{since} in {result.seconds:.1f} s{last}")
+    print("wrote " + ", ".join(map(str, result.written)))
     return 0
 
 # %% ../nbs/A6_cli.ipynb #2f6480e9
@@ -213,11 +294,24 @@ def _scatter(points, path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _writable(option: str, path: Path) -> None:
+    "Refuse, before any work, a file that cannot be written: a folder, or one whose folder cannot be created."
+    if path.is_dir():
+        raise ValueError(f"argument {option}: {str(path)!r} is a folder; give the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"argument {option}: cannot create the folder {str(path.parent)!r}: {e.strerror or e}") from None
+
+
 def _sample(args) -> int:
     import torch
     from sde_diffusion.data import save_image_grid
     from sde_diffusion.sampling import sample
     from sde_diffusion.training import CKPT_NAME, DTYPES, load_trained
+    _writable("--out", args.out)
+    if args.save_samples is not None:
+        _writable("--save-samples", args.save_samples)
     device = _device(args.device)
     path = args.ckpt / CKPT_NAME if args.ckpt.is_dir() else args.ckpt
     trained = load_trained(path, ema=not args.raw, device=device)
@@ -235,28 +329,60 @@ def _sample(args) -> int:
     generator = torch.Generator(device).manual_seed(args.seed)
     with torch.inference_mode():
         x, nfe = sample(trained.sde, score_fn, (args.n, *config.data_shape), predictor=args.predictor,
-                        corrector=None if args.corrector == "none" else args.corrector, snr=args.snr, steps=args.steps,
+                        corrector=None if args.corrector == "none" else args.corrector, snr=_option(args, "snr"),
+                        steps=args.steps,
                         eps=args.eps, generator=generator, dtype=DTYPES[config.dtype], device=device,
                         progress=args.progress)
     x = x.cpu()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     if len(config.data_shape) == 3:
         save_image_grid(x.clamp(-1, 1), args.out, nrow=math.ceil(math.sqrt(args.n)), zoom=max(1, 64 // config.data_shape[-1]))
     else:
         _scatter(x, args.out, f"{args.n} samples, {config.data}, {config.sde.upper()} SDE, {args.predictor}, {nfe} NFE")
+    also = ""
     if args.save_samples is not None:
         torch.save(x, args.save_samples)
-    print(f"wrote {args.out} ({args.n} samples, {nfe} score evaluations, step {trained.step} of training)")
+        also = f" and {args.save_samples}"
+    print(f"wrote {args.out}{also} ({args.n} samples, {nfe} score evaluations, step {trained.step} of training)")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    "Within: SIGTERM raises KeyboardInterrupt as SIGINT does (main thread only), so both end a command the same way."
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def main(
     argv: list[str] | None = None,   # the arguments after `python -m sde_diffusion` (default: sys.argv[1:])
-) -> int:                            # the exit status: 0 done, 1 an error in the run (argparse exits with 2 itself)
+) -> int:                            # the exit status: 0 done, 1 an error in the run, 130 interrupted (2: usage, argparse's)
     "The command line: `python -m sde_diffusion {train,sample} ...`."
     args = build_parser().parse_args(argv)
+    problem = _conflict(args)
+    if problem is not None:
+        args.command_parser.error(problem)     # usage, one error line, exit status 2: as argparse's own errors
+    prefix = f"python -m sde_diffusion {args.command}"
     try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"python -m sde_diffusion {args.command}: error: {e}", file=sys.stderr)
+        with _sigterm_interrupts():
+            return args.func(args)
+    except KeyboardInterrupt as e:             # `train` handles its own (it saves first); this is anything else
+        kept = f"not saved (the last checkpoint in {args.out}, if any, is kept)" if args.command == "train" else "nothing written"
+        print(f"{prefix}: interrupted{f' by {e}' if str(e) else ''}; {kept}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        print(f"{prefix}: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":     # torch.OutOfMemoryError; anything else is a bug: its traceback
+            raise
+        print(f"{prefix}: error: out of memory on the device; use a smaller --batch-size or --n", file=sys.stderr)
         return 1

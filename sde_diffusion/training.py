@@ -15,6 +15,8 @@ import json
 import math
 import numbers
 import os
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +35,9 @@ from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 # %% auto #0
 __all__ = ['SDES', 'MODELS', 'DTYPES', 'RESUMABLE_KEYS', 'CKPT_FORMAT', 'CKPT_VERSION', 'CKPT_NAME', 'TrainConfig', 'config_diff',
-           'build_sde', 'build_model', 'EMA', 'shard', 'save_checkpoint', 'load_checkpoint', 'check_resumable',
-           'TrainResult', 'learning_rate', 'train', 'Trained', 'load_trained']
+           'build_sde', 'build_model', 'EMA', 'shard', 'save_checkpoint', 'load_checkpoint', 'CheckpointExistsError',
+           'DataChangedError', 'check_resumable', 'TrainResult', 'TrainingInterrupted', 'learning_rate', 'train',
+           'Trained', 'load_trained']
 
 # %% ../nbs/11_training.ipynb #c8fb2185
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -316,6 +319,22 @@ def _check_xy(x, y, what: str) -> tuple[Tensor, Tensor | None]:
     return x, y
 
 
+def _digest(h, value) -> None:
+    "Feed `value` into the hash `h`: a tensor's dtype, shape and bytes (copied to the CPU), a tuple item by item, else its repr."
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _digest(h, v)
+    else:
+        h.update(f"{value!r};".encode())
+
+
+_PROBE = 64    # draws of a sampler, with a fixed seed, that identify it
+
+
 class _TensorData:
     "A dataset in memory: each step draws B indices with replacement from the training generator."
     kind = "tensor"
@@ -328,6 +347,12 @@ class _TensorData:
         rows = shard(B, rank, world)
         idx = torch.randint(self.x.shape[0], (B,), generator=g)[rows].to(self.device)
         return self.x[idx], None if self.y is None else self.y[idx], B, rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the data: a SHA-256 of every sample and label (read back from the device once)."
+        h = hashlib.sha256()
+        _digest(h, (self.x, self.y))
+        return {"kind": self.kind, "n": int(self.x.shape[0]), "shape": list(self.shape), "sha256": h.hexdigest()}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind}
@@ -352,6 +377,12 @@ class _SamplerData(_TensorData):
             raise ValueError(f"`data`(n, generator) returned {x.shape[0]} samples for n = {B}")
         rows = shard(B, rank, world)
         return x[rows], None if y is None else y[rows], B, rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the sampler: a SHA-256 of `_PROBE` draws from a generator seeded with 0."
+        h = hashlib.sha256()
+        _digest(h, _unpack(self.fn(_PROBE, generator=torch.Generator().manual_seed(0)), "`data`(n, generator)"))
+        return {"kind": self.kind, "n": None, "shape": list(self.shape), "sha256": h.hexdigest()}
 
 
 class _LoaderData:
@@ -407,6 +438,21 @@ class _LoaderData:
             return x, y, b * world, slice(rank * b, (rank + 1) * b)
         rows = shard(x.shape[0], rank, world)
         return x[rows], None if y is None else y[rows], x.shape[0], rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the loader: its batch size, its dataset's length and a SHA-256 of 16 evenly spaced items."
+        ds, h = self.loader.dataset, hashlib.sha256()
+        try:
+            n = len(ds)
+        except TypeError:                  # an iterable-style dataset: its first item only
+            n = None
+        items = [0] if n is None else sorted({round(i * (n - 1) / 15) for i in range(16)}) if n else []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)           # items drawn with random augmentations: the same draws every time
+            for i in items:
+                _digest(h, _first(ds) if i == 0 else ds[i])
+        return {"kind": self.kind, "n": n, "shape": list(self.shape), "batch_size": self.loader.batch_size,
+                "sha256": h.hexdigest()}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "epoch": self.epoch, "batch": self.batch, "gen_state": self.gen_state}
@@ -474,10 +520,13 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    with open(path, "rb") as f:          # a file the system cannot read (permissions, I/O) raises its own OSError
+        f.read(1)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupted?): {type(e).__name__}: {e}") from None
+    except Exception as e:               # torch's own text would advise weights_only=False: not for a damaged file
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint: truncated, corrupted, or not written by "
+                         f"sde_diffusion ({type(e).__name__} while unpickling)") from None
     if not isinstance(blob, dict) or blob.get("format") != CKPT_FORMAT:
         raise ValueError(f"{str(path)!r} is not an sde_diffusion training checkpoint (no {CKPT_FORMAT!r} format tag)")
     if not isinstance(blob.get("version"), int) or blob["version"] > CKPT_VERSION:
@@ -489,13 +538,37 @@ def load_checkpoint(
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{str(path)!r}: the payload does not load: {type(e).__name__}: {e}") from None
+        raise ValueError(f"{str(path)!r}: the payload does not load ({type(e).__name__}): "
+                         "it holds objects other than tensors and plain values") from None
     if isinstance(state, dict) and isinstance(state.get("config"), dict):
         state["config"] = TrainConfig.from_dict(state["config"])
         losses = state.get("losses")
         if isinstance(state.get("step"), int) and isinstance(losses, list) and len(losses) != state["step"]:
             raise ValueError(f"{str(path)!r} is inconsistent: step {state['step']} but {len(losses)} logged losses")
     return state
+
+
+class CheckpointExistsError(FileExistsError):
+    "`train` found a checkpoint in `ckpt_dir` and was asked neither to resume it nor to overwrite it."
+
+    def __init__(self, path):
+        self.path = Path(path)
+        super().__init__(f"{str(path)!r} exists: pass resume=True to continue it, or overwrite=True to replace it")
+
+
+def _describe(fp: dict) -> str:
+    n = f"{fp.get('n')} samples" if fp.get("n") is not None else "samples"
+    return f"{fp.get('kind')}: {n} of shape {tuple(fp.get('shape') or ())}, sha256 {str(fp.get('sha256'))[:12]}"
+
+
+class DataChangedError(ValueError):
+    "The data given to resume a run are not those its checkpoint was trained on (their fingerprints differ)."
+
+    def __init__(self, path, saved: dict, new: dict):
+        self.path, self.saved, self.new = Path(path), saved, new
+        self.detail = (f"cannot resume from {str(path)!r}: the training data differ from the checkpoint's "
+                       f"({_describe(saved)} != {_describe(new)})")
+        super().__init__(f"{self.detail}; pass allow_data_change=True to continue on them")
 
 
 def check_resumable(
@@ -520,6 +593,42 @@ class TrainResult:
     steps: int                   # optimizer steps done in all, including those of a resumed run
     config: TrainConfig          # the config, with `data_shape` filled in
     seconds: float = 0.0         # wall time of this call
+    resumed_from: int | None = None   # the step of the checkpoint this call continued (None: a new run)
+    written: tuple = ()          # the files this call wrote (rank 0): config.json, ckpt.pt, losses.csv, or none
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "`train` stopped on SIGINT or SIGTERM, after writing the checkpoint of the last finished step."
+
+    def __init__(self, signal_name: str, step: int, path: Path | None):
+        self.signal_name, self.step, self.path = signal_name, step, path
+        saved = f"saved {str(path)!r}" if path is not None else "saved by process 0"
+        super().__init__(f"{signal_name} at step {step}: {saved}")
+
+
+class _StopOnSignal:
+    "While active (main thread only): SIGINT and SIGTERM set `received` to the signal's name; a second one raises at once."
+    signals = ("SIGINT", "SIGTERM")
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received, self._saved = None, {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}: stopped without saving")
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if self.enabled:
+            for name in self.signals:
+                sig = getattr(signal, name)
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def learning_rate(
@@ -588,12 +697,15 @@ def train(
     ckpt_dir=None,                   # write ckpt.pt, config.json, losses.csv here (rank 0 only)
     resume: bool = False,            # continue from ckpt_dir/ckpt.pt if it exists
     overwrite: bool = False,         # without `resume`, replace an existing checkpoint instead of refusing
+    allow_data_change: bool = False, # resume even if `data` is not what the checkpoint was trained on (fingerprint)
     progress: bool = False,          # a tqdm bar (rank 0)
     callback: Callable | None = None,  # callback(step, mean loss since the last log, model, ema) every `log_every` steps
 ) -> TrainResult:
     "Train a score network with denoising score matching (eq. `eq-train-objective`): AdamW, clipping, EMA, checkpoints, DDP."
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
+    if resume and overwrite:
+        raise ValueError("`resume` and `overwrite` exclude each other: continue the checkpoint, or replace it")
     t_start = time.perf_counter()
     source = _data_source(data, config.seed)
     if config.data_shape is not None and tuple(config.data_shape) != source.shape:
@@ -630,15 +742,22 @@ def train(
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         g = torch.Generator().manual_seed(config.seed + 1)    # every draw of training: batches, labels, t, z
-        losses, start = [], 0
+        losses, start, resumed_from, written = [], 0, None, []
 
         path = None if ckpt_dir is None else Path(ckpt_dir) / CKPT_NAME
+        fingerprint = None if path is None else source.fingerprint()
         if path is not None and path.exists():
             if resume:
                 if path.with_name(path.name + ".tmp").exists():
                     warnings.warn(f"ignoring {str(path) + '.tmp'!r}, left by an interrupted write; resuming from {str(path)!r}")
                 state = load_checkpoint(path, map_location="cpu")    # generator states must stay on the CPU
                 check_resumable(path, state["config"], config)
+                saved_fp = state.get("data_fingerprint")
+                if saved_fp is None:
+                    warnings.warn(f"{str(path)!r} holds no fingerprint of its training data (an older checkpoint): "
+                                  "cannot check that `data` is the same")
+                elif saved_fp != fingerprint and not allow_data_change:
+                    raise DataChangedError(path, saved_fp, fingerprint)
                 model.load_state_dict(state["model"])
                 ema.load_state_dict(state["ema"])
                 opt.load_state_dict(state["optimizer"])
@@ -646,12 +765,15 @@ def train(
                 source.load_state_dict(state["data"])
                 _set_rng_state(g, state["rng"], device)
                 losses, start = list(state["losses"]), int(state["step"])
+                resumed_from = start
             elif not overwrite:
-                raise FileExistsError(f"{str(path)!r} exists: pass resume=True to continue it, or overwrite=True to replace it")
-        if path is not None and rank == 0:
+                raise CheckpointExistsError(path)
+        work = resumed_from is None or start < config.steps    # a resumed run already at `steps`: nothing to write
+        if path is not None and rank == 0 and work:
             path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(config.to_dict(), indent=2) + "\n"
             _atomic_write(path.with_name("config.json"), lambda f: f.write(text.encode()))
+            written.append(path.with_name("config.json"))
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
         contexts = [sde] + ([model.sde] if getattr(model, "sde", None) not in (None, sde) else [])
@@ -669,21 +791,27 @@ def train(
                 "config": config.to_dict(), "step": step, "losses": losses,
                 "model": _module(model).state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "data": source.state_dict(), "rng": _rng_state(g, device)})
+                "data": source.state_dict(), "data_fingerprint": fingerprint, "rng": _rng_state(g, device)})
             rows = "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses))
             _atomic_write(path.with_name("losses.csv"), lambda f: f.write(("step,loss\n" + rows).encode()))
+            written.extend(p for p in (path, path.with_name("losses.csv")) if p not in written)
 
-        pending = []
+        pending, stop_all = [], [False]
 
         def flush(step):
-            "Read the pending losses back (the one host synchronisation), averaged over processes."
+            "Read the pending losses back (the one host synchronisation), averaged over processes; agree on a stop."
             if not pending:
                 return
             vals = torch.stack(pending).double()
-            if world > 1:
+            if world > 1:    # one more number in the same reduction: did any process receive SIGINT / SIGTERM?
+                flag = torch.full((1,), float(stop.received is not None), dtype=vals.dtype, device=vals.device)
+                vals = torch.cat([vals, flag])
                 dist.all_reduce(vals)
                 vals /= world
-            vals = vals.tolist()
+                *vals, anyone = vals.tolist()
+                stop_all[0] = anyone > 0
+            else:
+                vals = vals.tolist()
             pending.clear()
             if not all(map(math.isfinite, vals)):
                 k = step - len(vals) + next(i for i, v in enumerate(vals) if not math.isfinite(v))
@@ -696,6 +824,8 @@ def train(
 
         bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not progress or rank != 0, desc="train")
         with contextlib.ExitStack() as stack:
+            # with a checkpoint to write, SIGINT / SIGTERM end the step in progress, save it, raise TrainingInterrupted
+            stop = stack.enter_context(_StopOnSignal(path is not None))
             for s in contexts:
                 stack.enter_context(s.unchecked())    # t is drawn in [eps, T]: no per-call range checks (host syncs)
             for step in range(start, config.steps):
@@ -731,18 +861,25 @@ def train(
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
                     flush(done)
+                # one process: a Python flag, checked every step; several: agreed on in `flush`, at logging steps
+                if done != config.steps and (stop.received is not None if world == 1 else stop_all[0]):
+                    flush(done)
+                    save(done)
+                    raise TrainingInterrupted(stop.received or "a signal to another process", done,
+                                              path if rank == 0 else None)
                 if config.ckpt_every and done % config.ckpt_every == 0 and done != config.steps:
                     flush(done)
                     save(done)
-        flush(config.steps)
-        steps_done = max(start, config.steps)
-        if path is not None and start < config.steps:
-            save(steps_done)
+            flush(config.steps)
+            steps_done = max(start, config.steps)
+            if path is not None and work:     # a signal now waits for the last checkpoint, then is ignored
+                save(steps_done)
     finally:
         if bar is not None:
             bar.close()
     model = _module(model)
-    return TrainResult(model, ema.averaged_model(model), ema, losses, steps_done, config, time.perf_counter() - t_start)
+    return TrainResult(model, ema.averaged_model(model), ema, losses, steps_done, config, time.perf_counter() - t_start,
+                       resumed_from, tuple(written))
 
 
 class Trained(NamedTuple):
@@ -761,6 +898,9 @@ def load_trained(
 ) -> Trained:
     "Rebuild the network of a checkpoint with `build_model(config)` and load its (EMA) parameters."
     state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), TrainConfig) or \
+            not all(k in state for k in ("model", "ema", "step")):
+        raise ValueError(f"{str(path)!r} is a checkpoint but not one of `train` (no config, model, ema or step in it)")
     config = state["config"]
     model = build_model(config)
     model.load_state_dict(state["model"])

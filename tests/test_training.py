@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+import signal
+import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -293,14 +295,103 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# A test's processes must not outlive it, even when it is killed outright (SIGKILL: no finally, no atexit). Linux's
+# PR_SET_PDEATHSIG makes the kernel send a signal to a process when its parent dies. torchrun gets it from
+# `_torchrun` (set between fork and exec); each worker, which torchrun starts in a session of its own, sets it at the
+# top of its script (`_DIE_WITH_PARENT`). Each checks afterwards that its parent had not died already.
+_PR_SET_PDEATHSIG = 1
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):   # SIGKILL when torchrun dies; exit now if it died before this line
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            alive = b"torch.distributed.run" in f.read()
+    except OSError:
+        alive = False
+    if not alive:
+        os._exit(1)
+"""
+
+
+def _die_with(parent: int):
+    "A `preexec_fn`: the child gets SIGKILL when process `parent` (the caller) dies (Linux; elsewhere nothing)."
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:          # the parent died between fork and prctl
+            os._exit(1)
+    return preexec
+
+
+def _torchrun(script, args, timeout):
+    "Run `script` (which starts with `_DIE_WITH_PARENT`) under torchrun with 2 processes, all tied to this process."
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), *map(str, args)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    "Whether process `pid` exists and is not a zombie (Linux /proc)."
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG (Linux)")
+def test_ddp_workers_die_with_the_test_process(tmp_path):
+    "SIGKILL (no cleanup runs) a process that launched torchrun as the DDP test does: torchrun and its workers go too."
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DIE_WITH_PARENT + textwrap.dedent("""
+        import os, sys, time
+        tmp = os.path.join(sys.argv[1], f"worker{os.environ['RANK']}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()} {os.getppid()}")
+        os.replace(tmp, tmp[:-4])
+        time.sleep(300)
+    """))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_training import _torchrun
+        _torchrun({str(worker)!r}, [{str(tmp_path)!r}], timeout=300)
+    """))
+    parent = subprocess.Popen([sys.executable, str(launcher)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = []
+    try:
+        files = [tmp_path / f"worker{r}" for r in (0, 1)]
+        deadline = time.monotonic() + 120
+        while not all(f.exists() for f in files):
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        pids = [int(v) for f in files for v in f.read_text().split()]       # worker, torchrun, worker, torchrun
+        assert pids[1] == pids[3] and _alive(pids[1]) and pids[1] != parent.pid
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, pids)), f"still running 5 s after their parent was killed: {[p for p in pids if _alive(p)]}"
+    finally:
+        parent.kill()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_ddp_two_processes_equal_one_process(tmp_path):
     "torchrun with 2 gloo processes, global batch 64 split 32 + 32, equals one process on the same global batches."
     script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(_DDP_SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    script.write_text(_DIE_WITH_PARENT + textwrap.dedent(_DDP_SCRIPT))
+    proc = _torchrun(script, [tmp_path], timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     for dtype, tol in (("float32", 1e-6), ("float64", 1e-13)):
@@ -332,3 +423,94 @@ def test_cuda_amp_and_resume(tmp_path):
     b = _resumed(plain, lambda: x, tmp_path)
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------- faults: signals, data, nothing to do
+
+def test_sigint_saves_the_step_reached_and_resumes_exactly(tmp_path):
+    "A SIGINT at step 20 (no periodic checkpoints) writes the checkpoint of step 20; resuming from it is bit-exact."
+    import signal
+    config = dataclasses.replace(TINY, ckpt_every=0)
+    straight = train(config, RING.sample)
+
+    def interrupt(step, loss, model, ema):
+        if step == 20:
+            os.kill(os.getpid(), signal.SIGINT)        # as Ctrl-C would: the handler runs right after this call
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(config, RING.sample, ckpt_dir=tmp_path, callback=interrupt)
+    assert getattr(info.value, "step", None) == 20 and getattr(info.value, "signal_name", None) == "SIGINT"
+    assert load_checkpoint(tmp_path / CKPT_NAME)["step"] == 20
+    assert not (tmp_path / (CKPT_NAME + ".tmp")).exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the handler is put back
+    resumed = train(config, RING.sample, ckpt_dir=tmp_path, resume=True)
+    assert _same(straight.model, resumed.model) and _same(straight.ema_model, resumed.ema_model)
+    assert straight.losses == resumed.losses
+
+
+def test_resume_with_nothing_to_do_writes_nothing(tmp_path):
+    train(TINY, RING.sample, ckpt_dir=tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = train(dataclasses.replace(TINY, steps=30), RING.sample, ckpt_dir=tmp_path, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before      # config.json still says 40 steps
+    assert getattr(again, "written", None) == () and getattr(again, "resumed_from", None) == 40
+    fresh = train(dataclasses.replace(TINY, steps=5), RING.sample, ckpt_dir=tmp_path / "new", resume=True)
+    assert fresh.resumed_from is None and [p.name for p in fresh.written] == ["config.json", CKPT_NAME, "losses.csv"]
+
+
+def test_zero_steps_still_writes_the_checkpoint_it_reports(tmp_path):
+    res = train(dataclasses.replace(TINY, steps=0), RING.sample, ckpt_dir=tmp_path)
+    assert load_checkpoint(tmp_path / CKPT_NAME)["step"] == 0 and CKPT_NAME in [p.name for p in res.written]
+    assert _same(load_trained(tmp_path / CKPT_NAME, ema=False).model, res.model)
+
+
+def _ring_tensor(seed):
+    return RING.sample(200, generator=torch.Generator().manual_seed(seed))
+
+
+def _loader_of(seed):
+    return DataLoader(TensorDataset(_ring_tensor(seed)), batch_size=32, shuffle=True,
+                      generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "sampler", "loader"])
+def test_resume_refuses_changed_data(kind, tmp_path):
+    "The checkpoint stores a fingerprint of the data; resuming on other data is refused unless allowed explicitly."
+    from sde_diffusion.toy import grid_of_gaussians
+    old, new = {"tensor": (lambda: _ring_tensor(0), lambda: _ring_tensor(1)),
+                "sampler": (lambda: RING.sample, lambda: grid_of_gaussians().sample),
+                "loader": (lambda: _loader_of(0), lambda: _loader_of(1))}[kind]
+    train(dataclasses.replace(TINY, steps=10), old(), ckpt_dir=tmp_path)
+    path = tmp_path / CKPT_NAME
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="allow_data_change") as info:
+        train(dataclasses.replace(TINY, steps=20), new(), ckpt_dir=tmp_path, resume=True)
+    assert str(path) in str(info.value) and "data" in str(info.value)
+    assert path.read_bytes() == good
+    train(dataclasses.replace(TINY, steps=15), old(), ckpt_dir=tmp_path, resume=True)       # the same data: fine
+    res = train(dataclasses.replace(TINY, steps=20), new(), ckpt_dir=tmp_path, resume=True, allow_data_change=True)
+    assert res.steps == 20 and load_checkpoint(path)["step"] == 20
+
+
+def test_checkpoint_without_data_fingerprint_resumes_with_a_warning(tmp_path):
+    train(dataclasses.replace(TINY, steps=10), RING.sample, ckpt_dir=tmp_path)
+    state = load_checkpoint(tmp_path / CKPT_NAME)
+    state["config"] = state["config"].to_dict()
+    state.pop("data_fingerprint", None)                # as written before fingerprints existed
+    save_checkpoint(tmp_path / CKPT_NAME, state)
+    with pytest.warns(UserWarning, match="fingerprint"):
+        train(dataclasses.replace(TINY, steps=20), RING.sample, ckpt_dir=tmp_path, resume=True)
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path):
+    with pytest.raises(ValueError, match="`resume`.*`overwrite`"):
+        train(TINY, RING.sample, ckpt_dir=tmp_path, resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("content", [b"\x00" * 4096, b"PK\x03\x04" + b"\x00" * 200, b"\x80\x02garbage"])
+def test_unreadable_checkpoint_message_does_not_suggest_unsafe_loading(tmp_path, content):
+    path = tmp_path / CKPT_NAME
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "weights_only" not in str(info.value) and "\n" not in str(info.value)
