@@ -167,14 +167,22 @@ def run_notebooks(paths: list[Path], record: Path, timeout: int, seed_offset: in
 
 
 def run_tests(tests: Path, record: Path, seed_offset: int, pytest_args: list[str]) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="margins_tests_"))
-    dest = tmp / "tests"
+    dest = ROOT / "_margins_tests"            # a sibling of tests/, so paths relative to a test file still resolve
+    shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(tests, dest)
     for f in dest.glob("test_*.py"):
-        f.write_text(RECORDER + "\n" + rewrite_source(f.read_text(), f.stem, seed_offset))
+        tree = ast.parse(rewrite_source(f.read_text(), f.stem, seed_offset))
+        i = 0                                  # the recorder goes after the docstring and `from __future__` imports
+        while i < len(tree.body) and (
+                (isinstance(tree.body[i], ast.ImportFrom) and tree.body[i].module == "__future__")
+                or (i == 0 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant))):
+            i += 1
+        tree.body[i:i] = ast.parse(RECORDER).body
+        f.write_text(ast.unparse(tree))
     env = dict(os.environ, **{RECORD_ENV: str(record)})
     r = subprocess.run([sys.executable, "-m", "pytest", str(dest), "-q", "-p", "no:cacheprovider",
                         "--assert=plain", *pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
+    shutil.rmtree(dest, ignore_errors=True)
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-300:]
     print(tail)
     failed = [l for l in r.stdout.splitlines() if l.startswith("FAILED")]
