@@ -51,6 +51,7 @@ def ddpm_schedule(
     "DDPM's schedule for `sde`'s discretization $\\beta_i = \\beta(t)/N$, computed in float64, returned in `dtype` on `device`."
     if not isinstance(sde, VPSDE):
         raise TypeError(f"`sde` must be a VPSDE (DDPM discretizes the VP SDE), got {type(sde).__name__}")
+    _check_float_dtype(dtype)
     betas = sde.discrete_betas(torch.float64)
     log_alphas = torch.log1p(-betas)
     log_ab = log_alphas.cumsum(0)
@@ -64,6 +65,12 @@ def ddpm_schedule(
         posterior_mean_coef2=(0.5 * log_alphas).exp() * one_minus_ab_prev / one_minus_ab,
     )
     return fields.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def _check_float_dtype(dtype) -> None:
+    "None or a floating-point dtype (an integer schedule would truncate every coefficient to 0 or 1)."
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating-point dtype, got {dtype!r}")
 
 
 def _as_schedule(schedule, like: Tensor) -> DDPMSchedule:
@@ -136,7 +143,11 @@ def ddpm_timesteps_to_t(
     "The continuous time whose VP kernel equals DDPM's marginal $q(x_{i+1} \\mid x_0)$, by matching $\\bar\\alpha$."
     if not isinstance(sde, VPSDE):
         raise TypeError(f"`sde` must be a VPSDE, got {type(sde).__name__}")
-    idx = torch.as_tensor(i)
+    _check_float_dtype(dtype)
+    try:
+        idx = torch.as_tensor(i)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"`i` must be an int, a sequence of ints or an integer tensor, got {type(i).__name__}") from None
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
         raise ValueError(f"`i` must hold integer step indices, got dtype {idx.dtype}")
     if idx.numel() and (idx.min() < 0 or idx.max() > sde.N - 1):
@@ -146,12 +157,25 @@ def ddpm_timesteps_to_t(
     return t.to(dtype=dtype or torch.get_default_dtype(), device=idx.device)
 
 # %% ../nbs/08_ddpm.ipynb #ed816279
+def _check_sigma(sigma, positive: bool):
+    "A number is checked (finite, > 0 or >= 0); a tensor only for its dtype (its values would need a host synchronisation)."
+    if isinstance(sigma, Tensor):
+        if sigma.dtype == torch.bool or sigma.is_complex():
+            raise TypeError(f"`sigma` must be a real tensor, got dtype {sigma.dtype}")
+        return sigma
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(f"`sigma` must be a number or a tensor of shape (B,), got {sigma!r}")
+    if not math.isfinite(sigma) or sigma < 0 or (positive and sigma == 0):
+        raise ValueError(f"`sigma` must be finite and {'> 0' if positive else '>= 0'}, got {sigma!r}")
+    return sigma
+
+
 def eps_from_score(
     score: Tensor,   # $s(x, t) \approx \nabla_x\log p_t(x)$, shape (B, *D)
     sigma,           # $\sigma(t) = \sqrt{1 - \bar\alpha}$: a number or shape (B,)
 ) -> Tensor:         # $\hat\epsilon = -\sigma s$ (eq. `eq-ddpm-eps-score`), shape of `score`
     "The noise prediction equivalent to a score: $\\hat\\epsilon = -\\sigma s$."
-    return -batch_broadcast(sigma, score) * score
+    return -batch_broadcast(_check_sigma(sigma, positive=False), score) * score
 
 
 def score_from_eps(
@@ -159,7 +183,7 @@ def score_from_eps(
     sigma,           # $\sigma(t) = \sqrt{1 - \bar\alpha} > 0$: a number or shape (B,)
 ) -> Tensor:         # $s = -\hat\epsilon/\sigma$, shape of `eps`
     "The score equivalent to a noise prediction: $s = -\\hat\\epsilon/\\sigma$."
-    return -eps / batch_broadcast(sigma, eps)
+    return -eps / batch_broadcast(_check_sigma(sigma, positive=True), eps)
 
 # %% ../nbs/08_ddpm.ipynb #09829442
 _VARIANCES = ("fixed_small", "fixed_large")

@@ -37,7 +37,23 @@ def ve_sigma_to_t(
     "The time at which our VE kernel's standard deviation $\\sqrt{\\sigma(t)^2 - \\sigma_{\\min}^2}$ equals `sigma`."
     if not isinstance(sde, VESDE):
         raise TypeError(f"`sde` must be a VESDE, got {type(sde).__name__}")
-    return torch.log1p((sigma / sde.sigma_min) ** 2) / (2 * sde.log_ratio)
+    if isinstance(sigma, bool) or (isinstance(sigma, Tensor) and (sigma.dtype == torch.bool or sigma.is_complex())):
+        raise TypeError(f"`sigma` must hold real noise levels, got {sigma!r}")
+    if not isinstance(sigma, Tensor):
+        if not isinstance(sigma, numbers.Real):
+            raise TypeError(f"`sigma` must be a tensor or a number, got {type(sigma).__name__}")
+        sigma = torch.tensor(float(sigma), dtype=torch.get_default_dtype())
+    elif not sigma.is_floating_point():
+        sigma = sigma.to(torch.get_default_dtype())
+    if sde.check_args and sigma.device.type != "meta" and not bool(((sigma >= 0) & torch.isfinite(sigma)).all()):
+        raise ValueError("`sigma` must be finite and >= 0")      # one host synchronisation; skipped in `sde.unchecked()`
+    return _sigma_to_t(sde, sigma)
+
+
+def _sigma_to_t(sde: VESDE, sigma: Tensor) -> Tensor:
+    "Eq. `eq-smld-time-map` without checks; float32 inside for half precision, where $(\\sigma/\\sigma_{\\min})^2$ overflows."
+    s = sigma.float() if sigma.dtype in (torch.float16, torch.bfloat16) else sigma
+    return (torch.log1p((s / sde.sigma_min) ** 2) / (2 * sde.log_ratio)).to(sigma.dtype)
 
 
 def noise_conditional_score(
@@ -49,7 +65,7 @@ def noise_conditional_score(
         raise TypeError(f"`sde` must be a VESDE, got {type(sde).__name__}")
 
     def score(x: Tensor, sigma: Tensor) -> Tensor:
-        t = ve_sigma_to_t(sde, sigma)
+        t = _sigma_to_t(sde, sigma)       # no host synchronisation per call: `score_fn` checks its times itself
         # levels in (sigma_VE(T), sigma_max] (a relative 2e-8 wide) go to T; larger ones stay > T for score_fn to reject
         return score_fn(x, torch.where(sigma <= sde.sigma_max, t.clamp(max=sde.T), t))
 

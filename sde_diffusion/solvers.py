@@ -39,18 +39,31 @@ def _as_t(t, x: Tensor) -> Tensor:
 
 
 def _positive(name, value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def _finite(name, value):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _elapsed(t, x: Tensor | None = None) -> Tensor:
+    "Time since the start for a closed form: a number or tensor, finite and >= 0 (one host synchronisation; none on meta)."
+    if isinstance(t, bool) or (isinstance(t, Tensor) and (t.dtype == torch.bool or t.is_complex())):
+        raise TypeError(f"`t` must be a real time or tensor of times, got {t!r}")
+    t = _as_t(t, x) if x is not None else (torch.as_tensor(t, dtype=torch.get_default_dtype()) if not isinstance(t, Tensor) else t)
+    if t.device.type != "meta" and not bool(((t >= 0) & torch.isfinite(t)).all()):
+        raise ValueError("`t` must be finite and >= 0: the closed forms hold for t >= 0 from X_0 at time 0")
+    return t
 
 
 class OrnsteinUhlenbeck:
     "Ornstein–Uhlenbeck process $\\mathrm{d}X = \\theta(\\mu - X)\\,\\mathrm{d}t + \\sigma\\,\\mathrm{d}W$ (eq. `eq-ou-solution`)."
     def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 1.0):
-        self.theta, self.sigma = _positive("theta", theta), _positive("sigma", sigma)
-        if not math.isfinite(mu):
-            raise ValueError(f"`mu` must be finite, got {mu!r}")
-        self.mu = float(mu)
+        self.theta, self.sigma, self.mu = _positive("theta", theta), _positive("sigma", sigma), _finite("mu", mu)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         "$f(x, t) = \\theta(\\mu - x)$"
@@ -66,17 +79,19 @@ class OrnsteinUhlenbeck:
 
     def mean(self, x0: Tensor, t) -> Tensor:
         "$\\mathbb{E}[X_t \\mid X_0 = x_0]$"
-        t = _as_t(t, x0)
+        t = _elapsed(t, x0)
         return self.mu + (x0 - self.mu) * torch.exp(-self.theta * t)
 
     def variance(self, t) -> Tensor:
         "$\\operatorname{Var}[X_t \\mid X_0]$"
-        t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not isinstance(t, Tensor) else t
+        t = _elapsed(t)
         return self.sigma**2 / (2 * self.theta) * (-torch.expm1(-2 * self.theta * t))
 
     def sample(self, x0: Tensor, t, generator: torch.Generator | None = None) -> Tensor:
         "Exact draw of $X_t$ given $X_0 = x_0$."
-        t = _as_t(t, x0)
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            raise TypeError(f"`x0` must be a floating-point tensor, got {x0.dtype if isinstance(x0, Tensor) else type(x0).__name__}")
+        t = _elapsed(t, x0)
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         return self.mean(x0, t) + self.variance(t).sqrt() * z
 
@@ -84,9 +99,7 @@ class OrnsteinUhlenbeck:
 class GeometricBrownianMotion:
     "Geometric Brownian motion $\\mathrm{d}X = \\mu X\\,\\mathrm{d}t + \\sigma X\\,\\mathrm{d}W$ (eq. `eq-gbm-log`)."
     def __init__(self, mu: float = 1.0, sigma: float = 1.0):
-        if not math.isfinite(mu):
-            raise ValueError(f"`mu` must be finite, got {mu!r}")
-        self.mu, self.sigma = float(mu), _positive("sigma", sigma)
+        self.mu, self.sigma = _finite("mu", mu), _positive("sigma", sigma)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         "$f(x, t) = \\mu x$"
@@ -102,16 +115,16 @@ class GeometricBrownianMotion:
 
     def solution(self, x0: Tensor, t, W_t: Tensor) -> Tensor:
         "Exact $X_t$ on the path whose Brownian motion is at $W_t$ at time $t$."
-        t = _as_t(t, x0)
+        t = _elapsed(t, x0)
         return x0 * torch.exp((self.mu - 0.5 * self.sigma**2) * t + self.sigma * W_t)
 
     def mean(self, x0: Tensor, t) -> Tensor:
         "$\\mathbb{E}[X_t \\mid X_0 = x_0] = x_0 e^{\\mu t}$"
-        return x0 * torch.exp(self.mu * _as_t(t, x0))
+        return x0 * torch.exp(self.mu * _elapsed(t, x0))
 
     def variance(self, x0: Tensor, t) -> Tensor:
         "$\\operatorname{Var}[X_t \\mid X_0 = x_0] = x_0^2 e^{2\\mu t}(e^{\\sigma^2 t} - 1)$"
-        t = _as_t(t, x0)
+        t = _elapsed(t, x0)
         return x0**2 * torch.exp(2 * self.mu * t) * torch.expm1(self.sigma**2 * t)
 
 # %% ../nbs/02_solvers.ipynb #eabfcb6c
@@ -121,6 +134,8 @@ def _prepare(x0, ts, dW, generator):
         raise TypeError(f"`x0` must be a floating-point tensor, got {type(x0).__name__}")
     if x0.ndim < 1:
         raise ValueError("`x0` must have a batch dimension: shape (B, *D)")
+    if x0.device.type == "meta":
+        raise ValueError("`x0` is on the meta device: the solvers check the values of the path (NaN/inf), which meta tensors lack")
     if not torch.isfinite(x0).all():
         raise ValueError("`x0` contains NaN or inf")
     ts = check_time_grid(torch.as_tensor(ts, dtype=x0.dtype, device=x0.device))

@@ -278,3 +278,23 @@ def test_nonfinite_values_raise_naming_the_step():
         return torch.where(batch_broadcast(t < t_bad, x).bool(), torch.full_like(x, float("nan")), -x)
     with pytest.raises(FloatingPointError, match=r"DDPM sampling became NaN/inf at step i = 40 \(t = "):
         ddpm_sample(breaks_late, (8, 2), sde, generator=torch.Generator().manual_seed(0))
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_integer_dtypes_and_bad_indices_and_sigmas_are_named():
+    "An int64 schedule truncated every coefficient (betas all 0) and int64 times were all 0; '3' and sigma='0.5' failed in torch."
+    from sde_diffusion.ddpm import ddpm_schedule, ddpm_timesteps_to_t, eps_from_score, score_from_eps
+    from sde_diffusion.sde import VPSDE
+    sde = VPSDE()
+    with pytest.raises(TypeError, match="`dtype`"):
+        ddpm_schedule(sde, torch.int64)
+    with pytest.raises(TypeError, match="`dtype`"):
+        ddpm_timesteps_to_t(sde, 10, torch.int64)
+    for i in ("3", None):
+        with pytest.raises((TypeError, ValueError), match="`i`"):
+            ddpm_timesteps_to_t(sde, i)
+    s = torch.ones(2, 3)
+    for sigma, err in (("0.5", TypeError), (True, TypeError), (0.0, ValueError), (float("nan"), ValueError), (-1.0, ValueError)):
+        with pytest.raises(err, match="`sigma`"):
+            score_from_eps(s, sigma)
+    assert torch.equal(eps_from_score(s, 0.0), torch.zeros_like(s))    # sigma = 0: eps = 0 is well defined

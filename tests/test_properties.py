@@ -568,3 +568,163 @@ def test_energy_distance_gaussian_1d(m1, s1, m2, s2):
         return
     assert math.isfinite(e) and e >= -1e-12 * (1 + abs(m1) + s1 + abs(m2) + s2), e
     assert abs(metrics.energy_distance_gaussian_1d(m1, s1, m1, s1)) <= 1e-12 * (1 + s1)
+
+
+# ----------------------------------------------------------------------------------------------------- solvers
+from sde_diffusion.solvers import GeometricBrownianMotion, OrnsteinUhlenbeck, batch_broadcast, euler_maruyama, milstein  # noqa: E402
+
+
+@given(theta=WILD_NUMBERS, mu=WILD_NUMBERS, sigma=WILD_NUMBERS, t=st.sampled_from([0.0, 0.5, 2.0, -1.0, math.nan, math.inf]))
+def test_ou_and_gbm_parameters_and_moments(theta, mu, sigma, t):
+    "OU/GBM: finite numbers (positive theta, sigma), no bools, else named; moments at t >= 0 finite, variance >= 0; t < 0 named."
+    ou = call(lambda: OrnsteinUhlenbeck(theta, mu, sigma), "theta", "mu", "sigma")
+    gbm = call(lambda: GeometricBrownianMotion(mu, sigma), "mu", "sigma")
+    for p in (ou, gbm):
+        if p is not None:
+            assert not any(isinstance(v, bool) for v in (theta, mu, sigma) if p is ou or v is not theta)
+    x0 = torch.tensor([[0.5], [-1.0]], dtype=F64)
+    if ou is not None and abs(ou.mu) < 1e30 and ou.sigma < 1e30 and ou.theta < 1e30:
+        v = call(lambda: ou.variance(torch.tensor(t, dtype=F64)), "t")
+        if v is not None:
+            assert math.isfinite(t) and t >= 0 and torch.isfinite(v) and v >= 0
+            ref = ou.sigma**2 / (2 * ou.theta) * -math.expm1(-2 * ou.theta * t)
+            assert abs(v.item() - ref) <= 1e-14 * abs(ref) + 1e-300
+            m = ou.mean(x0, t)
+            assert m.shape == x0.shape and torch.isfinite(m).all()
+
+
+@given(shape=shapes(), dtype=st.sampled_from(DTYPES), device=st.sampled_from(DEVICES), steps=st.integers(1, 5),
+       method=st.sampled_from(["em", "milstein"]), seed=st.integers(0, 2**16),
+       ts_kind=st.sampled_from(["ok", "ok", "decreasing", "nan", "single", "2d"]))
+def test_solvers_on_ou(shape, dtype, device, steps, method, seed, ts_kind):
+    """euler_maruyama / milstein on the OU process with given increments: shape, dtype of x0, finite, equal to the
+    explicit recursion x + theta(mu - x) dt + sigma dW (Milstein adds nothing for additive noise); bad input named."""
+    ou = OrnsteinUhlenbeck(1.5, 0.3, 0.7)
+    x0 = randn(shape, dtype, seed, device=device)
+    ts = {"ok": torch.linspace(0, 1, steps + 1), "decreasing": torch.linspace(1, 0, steps + 1),
+          "nan": torch.full((steps + 1,), math.nan), "single": torch.zeros(1), "2d": torch.zeros(2, 2)}[ts_kind]
+    ts = ts.to(dtype if dtype.is_floating_point else torch.float32)
+    solver = euler_maruyama if method == "em" else milstein
+    out = call(lambda: solver(ou.drift, ou.diffusion, x0, ts, generator=torch.Generator().manual_seed(seed)), "x0", "ts")
+    if out is None:
+        assert ts_kind != "ok" or not dtype.is_floating_point or device == "meta", (ts_kind, dtype, device)
+        return
+    assert ts_kind == "ok" and dtype.is_floating_point and device == "cpu"
+    assert out.shape == shape and out.dtype == dtype and torch.isfinite(out).all()
+    if dtype == F64:
+        dW = torch.randn((steps, *shape), generator=torch.Generator().manual_seed(seed), dtype=F64)
+        got = solver(ou.drift, ou.diffusion, x0, ts, dW=dW)
+        x = x0
+        for k in range(steps):
+            x = x + 1.5 * (0.3 - x) * (ts[k + 1] - ts[k]) + 0.7 * dW[k]
+        torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
+
+
+@given(B=st.integers(1, 4), rank=st.integers(1, 4), dtype=st.sampled_from(FLOATS), v_kind=st.sampled_from(["scalar", "batch", "wrong"]))
+def test_batch_broadcast(B, rank, dtype, v_kind):
+    "batch_broadcast: a scalar stays (), per-sample values become (B, 1, ..., 1) in x's dtype; a wrong shape is a ValueError."
+    x = torch.zeros((B,) + (2,) * (rank - 1), dtype=dtype)
+    v = {"scalar": 2.0, "batch": torch.arange(B, dtype=F64), "wrong": torch.arange(B + 1, dtype=F64)}[v_kind]
+    try:
+        out = batch_broadcast(v, x)
+    except ValueError:
+        assert v_kind == "wrong"
+        return
+    assert out.dtype == dtype and (out.shape == () if v_kind == "scalar" else out.shape == (B,) + (1,) * (rank - 1))
+    assert (out * torch.ones_like(x)).shape == x.shape
+
+
+# -------------------------------------------------------------------------------------------------------- DDPM
+from sde_diffusion import ddpm  # noqa: E402
+
+
+@given(beta_min=st.floats(1e-3, 1), width=st.floats(0, 30), N=st.integers(1, 3000), dtype=st.sampled_from(DTYPES + [None]))
+def test_ddpm_schedule_invariants(beta_min, width, N, dtype):
+    """ddpm_schedule: every field finite in the asked floating dtype (an integer dtype is named); betas in (0, 1);
+    alpha_bar decreasing in (0, 1]; sqrt_ab^2 + sqrt(1 - ab)^2 = 1; 0 <= posterior variance <= beta."""
+    sde = VPSDE(beta_min, beta_min + width, N)
+    s = call(lambda: ddpm.ddpm_schedule(sde, dtype), "N", "dtype")
+    if s is None:
+        assert sde.beta_max >= N or dtype is not None and not dtype.is_floating_point
+        return
+    dt = dtype or torch.get_default_dtype()
+    assert all(v.dtype == dt and v.shape == (N,) and torch.isfinite(v).all() for v in s)
+    e = eps_of(dt)
+    b, ab = s.betas.double(), s.alphas_cumprod.double()
+    assert (b > 0).all() and (b < 1).all() and (ab > 0).all() and (ab <= 1).all() and (ab.diff() <= e).all()
+    assert ((s.sqrt_alphas_cumprod.double() ** 2 + s.sqrt_one_minus_alphas_cumprod.double() ** 2 - 1).abs() <= 4 * e).all()
+    assert (s.posterior_variance.double() >= 0).all() and (s.posterior_variance.double() <= b * (1 + 4 * e)).all()
+
+
+@given(N=st.integers(21, 2000), i=st.one_of(st.integers(-2, 2001), st.sampled_from([True, 1.0, "3", None])),
+       dtype=st.sampled_from(DTYPES + [None]))
+def test_ddpm_timesteps_to_t_matches_alpha_bar(N, i, dtype):
+    "ddpm_timesteps_to_t: alpha(t)^2 = alpha_bar_i for 0 <= i < N, t in (0, T + 1%]; bad indices and integer dtypes named."
+    sde = VPSDE(N=N)
+    t = call(lambda: ddpm.ddpm_timesteps_to_t(sde, i, dtype), "i", "dtype")
+    if t is None:
+        assert isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < N or dtype is not None and not dtype.is_floating_point
+        return
+    assert t.dtype == (dtype or torch.get_default_dtype()) and t.shape == ()
+    t64 = ddpm.ddpm_timesteps_to_t(sde, i, F64)
+    assert 0 < t64 <= 1.01
+    ab = ddpm.ddpm_schedule(sde, F64).alphas_cumprod[i]
+    torch.testing.assert_close(torch.exp(2 * sde.log_mean_coeff(t64)), ab, rtol=1e-12, atol=0)
+
+
+@given(B=st.integers(1, 4), rank=st.integers(1, 4), dtype=st.sampled_from(FLOATS),
+       sigma=st.one_of(st.floats(1e-3, 1), st.sampled_from([0.0, -0.5, math.nan, math.inf, True, "0.5"])))
+def test_eps_score_round_trip(B, rank, dtype, sigma):
+    "score_from_eps(eps_from_score(s, sigma), sigma) = s to rounding for sigma in (0, 1]; sigma <= 0, NaN, inf, bools named."
+    s = randn((B,) + (2,) * (rank - 1), dtype)
+    e = call(lambda: ddpm.eps_from_score(s, sigma), "sigma")
+    back = call(lambda: ddpm.score_from_eps(e, sigma), "sigma") if e is not None else None
+    if e is None or back is None:
+        assert not (isinstance(sigma, float) and 0 < sigma < math.inf)
+        return
+    assert isinstance(sigma, float) and 0 < sigma < math.inf
+    assert e.dtype == back.dtype == dtype
+    torch.testing.assert_close(back, s, rtol=4 * eps_of(dtype), atol=0)
+
+
+# -------------------------------------------------------------------------------------------------------- SMLD
+from sde_diffusion import smld  # noqa: E402
+
+
+@given(sde=st.sampled_from([VESDE(), VESDE(0.05, 5.0), VESDE(1e-3, 1e3)]), dtype=st.sampled_from(DTYPES),
+       sigma=st.one_of(st.floats(1e-3, 50), st.sampled_from([0.0, -1.0, math.nan, math.inf, True])),
+       as_tensor=st.booleans())
+def test_ve_sigma_to_t_inverts_the_kernel(sde, dtype, sigma, as_tensor):
+    "ve_sigma_to_t: the VE kernel std at t(sigma) is sigma (float64: 1e-12 relative); negative/NaN/inf/bool levels named."
+    assume(not as_tensor or dtype.is_floating_point or math.isfinite(float(sigma)))   # an int64 tensor cannot hold NaN
+    s = torch.tensor([sigma], dtype=dtype) if as_tensor else sigma
+    t = call(lambda: smld.ve_sigma_to_t(sde, s), "sigma")
+    valid = (as_tensor or isinstance(sigma, float)) and 0 <= float(sigma) < math.inf   # a tensor built from True holds 1
+    if t is None:
+        assert not valid, sigma
+        return
+    assert valid, sigma
+    assert torch.isfinite(t).all() and (t >= 0).all()
+    if dtype == F64 or not as_tensor:
+        t64 = smld.ve_sigma_to_t(sde, torch.tensor([float(sigma)], dtype=F64))
+        assume(t64.item() <= 1)
+        torch.testing.assert_close(sde.marginal_coeffs(t64)[1], torch.tensor([float(sigma)], dtype=F64), rtol=1e-12, atol=1e-300)
+
+
+@given(L=st.integers(1, 4), shape=shapes(max_rank=3), dtype=st.sampled_from(DTYPES), sampler=st.sampled_from(["annealed", "reverse"]),
+       sigmas_kind=st.sampled_from(["ok", "ok", "increasing", "negative", "nan", "2d"]), seed=st.integers(0, 2**16))
+def test_smld_samplers_shapes_and_errors(L, shape, dtype, sampler, sigmas_kind, seed):
+    "annealed_langevin / smld_reverse_diffusion from a shape: samples of that shape and dtype, finite; bad levels and dtypes named."
+    sig = torch.logspace(1, -1, L)
+    sigmas = {"ok": sig, "increasing": sig.flip(0) if L > 1 else -sig, "negative": -sig, "nan": sig * math.nan,
+              "2d": sig[None]}[sigmas_kind]
+    score = lambda x, s: -x / (1 + s.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+    gen = torch.Generator().manual_seed(seed)
+    run = (lambda: smld.annealed_langevin(score, sigmas, shape, n_steps_each=2, step_lr=1e-2, generator=gen, dtype=dtype)) \
+        if sampler == "annealed" else (lambda: smld.smld_reverse_diffusion(score, sigmas, shape, generator=gen, dtype=dtype))
+    x = call(run, "sigmas", "dtype", "x")
+    if x is None:
+        assert sigmas_kind != "ok" or not dtype.is_floating_point, (sigmas_kind, dtype)
+        return
+    assert sigmas_kind == "ok" and dtype.is_floating_point
+    assert x.shape == shape and x.dtype == dtype and torch.isfinite(x).all()

@@ -187,3 +187,19 @@ def test_nonfinite_values_raise_naming_the_step():
 def test_generator_on_the_wrong_device():
     with pytest.raises(ValueError, match="`generator` is on cpu"):
         smld_reverse_diffusion(gaussian_ncsn_score(1.0), [2.0, 1.0], torch.zeros(4, 2, device="cuda"), generator=torch.Generator())
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_ve_sigma_to_t_numbers_half_precision_and_bad_levels():
+    "A python float failed inside torch (log1p of a float); float16 (3/0.01)^2 overflowed to t = inf; -1 gave t(1) silently."
+    from sde_diffusion.sde import VESDE
+    from sde_diffusion.smld import ve_sigma_to_t
+    sde = VESDE()
+    ref = ve_sigma_to_t(sde, torch.tensor(3.0, dtype=torch.float64))
+    torch.testing.assert_close(ve_sigma_to_t(sde, 3.0).double(), ref, rtol=1e-6, atol=0)
+    th = ve_sigma_to_t(sde, torch.tensor([3.0], dtype=torch.float16))
+    assert th.dtype == torch.float16
+    torch.testing.assert_close(th.double(), ref.reshape(1), rtol=torch.finfo(torch.float16).eps, atol=0)
+    for bad, err in ((-1.0, ValueError), (float("nan"), ValueError), (True, TypeError), ("1", TypeError)):
+        with pytest.raises(err, match="`sigma`"):
+            ve_sigma_to_t(sde, bad)

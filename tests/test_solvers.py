@@ -163,3 +163,20 @@ def test_ou_exact_moments_match_simulation():
     m, v = ou.mean(x0[:1], 0.7).item(), ou.variance(torch.tensor(0.7, dtype=torch.float64)).item()
     assert abs(xt.mean().item() - m) < 4 * math.sqrt(v / M)
     assert abs(xt.var().item() - v) < 4 * v * math.sqrt(2 / (M - 1))
+
+
+# ------------------------------------------------------------------ regressions found by tests/test_properties.py
+def test_closed_forms_reject_negative_times_and_bool_parameters():
+    "OU variance at t < 0 was negative (its sample NaN); theta=True was taken as 1.0; meta x0 failed inside torch."
+    from sde_diffusion.solvers import GeometricBrownianMotion, OrnsteinUhlenbeck, euler_maruyama
+    ou, x0 = OrnsteinUhlenbeck(), torch.zeros(3, 1)
+    for fn in (lambda: ou.variance(-1.0), lambda: ou.mean(x0, -0.5), lambda: ou.sample(x0, float("nan")),
+               lambda: GeometricBrownianMotion().variance(x0 + 1, -1.0)):
+        with pytest.raises(ValueError, match="`t`"):
+            fn()
+    with pytest.raises(ValueError, match="`theta`"):
+        OrnsteinUhlenbeck(theta=True)
+    with pytest.raises(ValueError, match="`mu`"):
+        GeometricBrownianMotion(mu="1")
+    with pytest.raises(ValueError, match="`x0`"):
+        euler_maruyama(ou.drift, ou.diffusion, torch.zeros(2, 1, device="meta"), [0.0, 1.0])
