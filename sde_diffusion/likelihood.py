@@ -83,6 +83,8 @@ def hutchinson_probes(
     _choice("noise", noise, _NOISES)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
@@ -142,6 +144,8 @@ def log_likelihood(
     _choice("noise", noise, _NOISES)
     if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral) or n_probes < 1:
         raise ValueError(f"`n_probes` must be an integer >= 1, got {n_probes!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
     if prior_logp is not None and not callable(prior_logp):
@@ -189,9 +193,9 @@ def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol
         raise
     z = xs[-1]
     log_prior = (sde.prior_logp if prior_logp is None else prior_logp)(z)
-    if not isinstance(log_prior, Tensor) or log_prior.shape != (B,):
-        got = tuple(log_prior.shape) if isinstance(log_prior, Tensor) else type(log_prior).__name__
-        raise ValueError(f"`prior_logp` must return a tensor of shape (B,) = ({B},), got {got}")
+    if not isinstance(log_prior, Tensor) or log_prior.shape != (B,) or not log_prior.is_floating_point():
+        got = f"{tuple(log_prior.shape)}, {log_prior.dtype}" if isinstance(log_prior, Tensor) else type(log_prior).__name__
+        raise ValueError(f"`prior_logp` must return a floating-point tensor of shape (B,) = ({B},), got {got}")
     logp = (log_prior + ells[-1]).to(x.dtype)
     if not torch.isfinite(logp).all():
         raise NonFiniteError("the log-likelihood is NaN or inf: the score returned non-finite values or the ODE solve diverged")
@@ -224,8 +228,10 @@ def dequantize(
     if not isinstance(x, Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"`x` must be an integer tensor of levels in {{0, ..., {n_bins - 1}}}, got {got}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"`dtype` must be a floating dtype, got {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}")
+    if x.device.type == "meta":
+        raise ValueError("`x` is on the meta device: it holds no values")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) > n_bins - 1):
         raise ValueError(f"`x` must take values in {{0, ..., {n_bins - 1}}}, got values in [{int(x.min())}, {int(x.max())}]")
     if generator is not None and torch.device(generator.device).type != x.device.type:
@@ -247,6 +253,8 @@ def quantize(
     n_bins, lo, hi = _check_bins(n_bins, data_range)
     if not isinstance(y, Tensor) or not y.is_floating_point():
         raise ValueError(f"`y` must be a floating-point tensor, got {y.dtype if isinstance(y, Tensor) else type(y).__name__}")
+    if y.device.type != "meta" and torch.isnan(y).any():   # NaN has no bin (`.long()` would make it -2**63, then 0)
+        raise ValueError("`y` contains NaN")
     a = (hi - lo) / n_bins
     k = torch.floor((y - lo) / a)
     k = k - (lo + a * k > y).to(k.dtype) + (lo + a * (k + 1) <= y).to(k.dtype)   # exact bin despite rounding
@@ -276,5 +284,7 @@ def bits_per_dim(
         raise ValueError(f"`shape` must be x.shape = (B, *D) or the number of dimensions D, got {shape!r}")
     if D < 1:
         raise ValueError(f"`shape` must give at least one dimension per sample, got D = {D}")
+    if logp.device.type != "meta" and not torch.isfinite(logp).all():
+        raise ValueError("`logp` contains NaN or inf: no bits/dim to report")
     log2_a = math.log2((hi - lo) / n_bins)
     return -logp / (D * math.log(2)) - log2_a

@@ -64,6 +64,9 @@ def _check_device(device) -> torch.device | None:
         raise ValueError(f"`device` must name a torch device, got {device!r}") from None
     if device.type == "meta":
         raise ValueError("`device` 'meta' holds no values: samples need a real device")
+    backend = getattr(torch, device.type, None)   # torch.cuda, torch.xpu, ...: a clear error instead of a driver's
+    if device.type != "cpu" and callable(getattr(backend, "is_available", None)) and not backend.is_available():
+        raise ValueError(f"`device` {str(device)!r} is not available on this machine")
     return device
 
 
@@ -85,6 +88,8 @@ def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tens
             raise TypeError(f"`x_T` must be a floating-point tensor of shape (B, *D), got {got}")
         if x_T.device.type == "meta":
             raise ValueError("`x_T` is on the meta device: it holds no values")
+        if x_T.numel() == 0:
+            raise ValueError(f"`x_T` must hold at least one value, got shape {tuple(x_T.shape)}")
         if shape is not None:
             want = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else None
             if want != tuple(x_T.shape):
@@ -169,6 +174,8 @@ def _ode_setup(method, rtol, atol, options, t_end: Tensor, span: float) -> tuple
         raise TypeError(f"`options` must be a dict of torchdiffeq options or None, got {type(options).__name__}")
     opts = dict(options or {})
     if method in ADAPTIVE_METHODS:
+        if "first_step" in opts:
+            _tolerance("options['first_step']", opts["first_step"])
         opts.setdefault("step_t", t_end)          # land exactly on the final time, never step past it
         opts.setdefault("first_step", 1e-2 * span)  # no trial evaluation outside the interval
     elif "grid_constructor" not in opts:

@@ -102,6 +102,8 @@ def sampling_times(
         raise ValueError(f"`spacing` must be one of {SPACINGS}, got {spacing!r}")
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0:
         raise ValueError(f"`rho` must be a positive number, got {rho!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
     u, T = torch.linspace(0, 1, steps + 1, dtype=torch.float64), sde.T
     if spacing == "uniform":
         ts = T + (eps - T) * u
@@ -417,6 +419,10 @@ def tweedie_denoise(
     t: Tensor,                # times, shape (B,)
 ) -> Tensor:                  # $\hat x_0 = \mathbb{E}[x_0 \mid x_t]$, shape of `x`
     "Tweedie's formula (eq. `eq-tweedie`): the posterior mean of $x_0$ given $x_t$; one score evaluation."
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+        raise TypeError(f"`x` must be a floating-point tensor of shape (B, *D), got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(t, Tensor) or t.shape != x.shape[:1]:
+        raise ValueError(f"`t` must be a tensor of shape (B,) = ({x.shape[0]},), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
     alpha, sigma = _kernel(sde, x, t)
     return (x + sigma**2 * _checked_score(score_fn, x, t)) / alpha
 

@@ -330,3 +330,21 @@ def test_half_precision_data_is_computed_in_float32(low):
     assert got.dtype == torch.float32 and torch.equal(got, ref)
     with pytest.raises(ValueError, match="`x`"):
         log_likelihood(sde, gauss.score_fn(sde), torch.zeros(4, 2, device="meta"))
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: quantize(torch.tensor([[math.nan, 0.0]])), ValueError, "`y`"),       # was bin 0 (via -2**63), silently
+    (lambda: bits_per_dim(torch.tensor([-math.inf]), 4), ValueError, "`logp`"),   # was inf bits/dim
+    (lambda: dequantize(torch.tensor([[1, 2]]), dtype="float32"), ValueError, "`dtype`"),
+    (lambda: dequantize(torch.zeros(2, 2, dtype=torch.long, device="meta")), ValueError, "`x`"),
+    (lambda: hutchinson_probes((1, 2, 2), "gaussian", dtype=torch.long), TypeError, "`dtype`"),
+    (lambda: log_likelihood(VPSDE(), lambda x, t: -x, torch.zeros(2, 2), generator=3), TypeError, "`generator`"),
+    (lambda: log_likelihood(VPSDE(), lambda x, t: -x, torch.zeros(2, 2), options={"first_step": -1.0}), ValueError,
+     "first_step"),
+    (lambda: log_likelihood(VPSDE(), lambda x, t: -x, torch.zeros(2, 2), prior_logp=lambda z: torch.zeros(2, dtype=torch.long)),
+     ValueError, "`prior_logp`"),
+    (lambda: divergence(lambda y: y, torch.zeros(2, 2, dtype=torch.long)), TypeError, "`x`"),
+])
+def test_more_bad_inputs_are_named(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
