@@ -189,14 +189,25 @@ def test_resume_on_changed_data_names_the_option(tmp_path, capsys):
     assert status == 0 and load_checkpoint(out / CKPT_NAME)["step"] == 4
 
 
-def test_interrupted_sample_is_one_line(ring_run, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("fault,status,needle", [("ctrl-c", 130, "interrupted"), ("oom", 1, "out of memory")])
+def test_sample_faults_are_one_line(fault, status, needle, ring_run, tmp_path, capsys, monkeypatch):
+    import torch
     import sde_diffusion.sampling
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(sde_diffusion.sampling, "sample", interrupted)
-    status, out, err = run_main(["sample", "--ckpt", ring_run, *SAMPLE_FAST, "--out", tmp_path / "x.png"], capsys)
-    assert status == 130 and len(err) == 1 and "interrupted" in err[0], err
+    def failing(*args, **kwargs):
+        raise KeyboardInterrupt if fault == "ctrl-c" else torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+    monkeypatch.setattr(sde_diffusion.sampling, "sample", failing)
+    got, out, err = run_main(["sample", "--ckpt", ring_run, *SAMPLE_FAST, "--out", tmp_path / "x.png"], capsys)
+    assert got == status and len(err) == 1 and needle in err[0], (got, err)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_from_a_checkpoint_train_did_not_write(tmp_path, capsys):
+    from sde_diffusion.training import save_checkpoint
+    import torch
+    save_checkpoint(tmp_path / "other.pt", {"weights": torch.zeros(3)})
+    status, out, err = run_main(["sample", "--ckpt", tmp_path / "other.pt", "--out", tmp_path / "x.png"], capsys)
+    assert status == 1 and len(err) == 1 and "other.pt" in err[0], err
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

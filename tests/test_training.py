@@ -286,6 +286,19 @@ for dtype in ("float32", "float64"):
     results[dtype] = {"model": res.model.state_dict(), "losses": res.losses}
 if int(os.environ["RANK"]) == 0:
     torch.save(results, os.path.join(out, "ddp.pt"))
+# a SIGINT to process 1 alone, at step 10: the processes agree on it at the next logging step, 15, and stop there
+import signal
+from sde_diffusion.training import TrainingInterrupted
+rank = int(os.environ["RANK"])
+def ctrl_c(step, loss, model, ema):
+    if step == 10 and rank == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+try:
+    train(TrainConfig(model_kwargs=dict(hidden=8, depth=1), batch_size=8, steps=40, log_every=5, seed=7),
+          ring_of_gaussians().sample, ckpt_dir=os.path.join(out, "stop"), callback=ctrl_c)
+except TrainingInterrupted as e:
+    with open(os.path.join(out, f"stopped{rank}"), "w") as f:
+        f.write(f"{e.step} {e.signal_name}")
 """
 
 
@@ -408,6 +421,9 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         saved = load_checkpoint(tmp_path / dtype / CKPT_NAME)
         assert saved["step"] == 30 and all(torch.equal(saved["model"][k], a[k]) for k in a)
         assert not (tmp_path / dtype / (CKPT_NAME + ".tmp")).exists()
+    assert (tmp_path / "stopped0").read_text() == "15 a signal to another process"
+    assert (tmp_path / "stopped1").read_text() == "15 SIGINT"
+    assert load_checkpoint(tmp_path / "stop" / CKPT_NAME)["step"] == 15
 
 
 # ------------------------------------------------------------------------------------------------------------ CUDA
@@ -514,3 +530,9 @@ def test_unreadable_checkpoint_message_does_not_suggest_unsafe_loading(tmp_path,
     with pytest.raises(ValueError) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_trained_refuses_a_checkpoint_that_train_did_not_write(tmp_path):
+    save_checkpoint(tmp_path / "other.pt", {"weights": torch.zeros(3)})
+    with pytest.raises(ValueError, match="other.pt.*not one of `train`"):
+        load_trained(tmp_path / "other.pt")
