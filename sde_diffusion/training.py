@@ -753,10 +753,10 @@ def train(
                 state = load_checkpoint(path, map_location="cpu")    # generator states must stay on the CPU
                 check_resumable(path, state["config"], config)
                 saved_fp = state.get("data_fingerprint")
-                if saved_fp is None:
+                if saved_fp is None and int(state["step"]) < config.steps:   # (nothing to do: the data go unused)
                     warnings.warn(f"{str(path)!r} holds no fingerprint of its training data (an older checkpoint): "
                                   "cannot check that `data` is the same")
-                elif saved_fp != fingerprint and not allow_data_change:
+                elif saved_fp is not None and saved_fp != fingerprint and not allow_data_change:
                     raise DataChangedError(path, saved_fp, fingerprint)
                 model.load_state_dict(state["model"])
                 ema.load_state_dict(state["ema"])

@@ -514,8 +514,12 @@ def test_checkpoint_without_data_fingerprint_resumes_with_a_warning(tmp_path):
     state["config"] = state["config"].to_dict()
     state.pop("data_fingerprint", None)                # as written before fingerprints existed
     save_checkpoint(tmp_path / CKPT_NAME, state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # nothing to do: the data go unused, no warning
+        train(dataclasses.replace(TINY, steps=10), RING.sample, ckpt_dir=tmp_path, resume=True)
     with pytest.warns(UserWarning, match="fingerprint"):
         train(dataclasses.replace(TINY, steps=20), RING.sample, ckpt_dir=tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / CKPT_NAME)["data_fingerprint"]["kind"] == "sampler"   # stored from now on
 
 
 def test_resume_and_overwrite_exclude_each_other(tmp_path):
