@@ -291,7 +291,7 @@ def _scatter(points, path: Path, title: str) -> None:
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
 
 
 def _writable(option: str, path: Path) -> None:
@@ -309,10 +309,10 @@ def _sample(args) -> int:
     from sde_diffusion.data import save_image_grid
     from sde_diffusion.sampling import sample
     from sde_diffusion.training import CKPT_NAME, DTYPES, load_trained
+    device = _device(args.device)
     _writable("--out", args.out)
     if args.save_samples is not None:
         _writable("--save-samples", args.save_samples)
-    device = _device(args.device)
     path = args.ckpt / CKPT_NAME if args.ckpt.is_dir() else args.ckpt
     trained = load_trained(path, ema=not args.raw, device=device)
     config, model = trained.config, trained.model
@@ -330,8 +330,7 @@ def _sample(args) -> int:
     with torch.inference_mode():
         x, nfe = sample(trained.sde, score_fn, (args.n, *config.data_shape), predictor=args.predictor,
                         corrector=None if args.corrector == "none" else args.corrector, snr=_option(args, "snr"),
-                        steps=args.steps,
-                        eps=args.eps, generator=generator, dtype=DTYPES[config.dtype], device=device,
+                        steps=args.steps, eps=args.eps, generator=generator, dtype=DTYPES[config.dtype], device=device,
                         progress=args.progress)
     x = x.cpu()
     if len(config.data_shape) == 3:

@@ -616,7 +616,7 @@ class _StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}: stopped without saving")
+            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")   # no waiting for the checkpoint
         self.received = signal.Signals(signum).name
 
     def __enter__(self):

@@ -464,6 +464,20 @@ def test_sigint_saves_the_step_reached_and_resumes_exactly(tmp_path):
     assert straight.losses == resumed.losses
 
 
+def test_second_sigint_stops_at_once_keeping_the_last_checkpoint(tmp_path):
+    import signal
+
+    def impatient(step, loss, model, ema):
+        if step == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)        # the second one raises here, in the middle of step 20's logging
+
+    with pytest.raises(KeyboardInterrupt, match="a second SIGINT") as info:
+        train(dataclasses.replace(TINY, ckpt_every=10), RING.sample, ckpt_dir=tmp_path, callback=impatient)
+    assert not hasattr(info.value, "step") and load_checkpoint(tmp_path / CKPT_NAME)["step"] == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_resume_with_nothing_to_do_writes_nothing(tmp_path):
     train(TINY, RING.sample, ckpt_dir=tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
