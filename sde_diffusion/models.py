@@ -76,6 +76,8 @@ class GaussianFourierProjection(nn.Module):
         device = None if generator is None else generator.device
         self.embed_dim, self.scale = embed_dim, scale
         self.register_buffer("W", scale * torch.randn(embed_dim // 2, generator=generator, device=device))
+        if self.W.device.type != "meta" and not bool(torch.isfinite(self.W).all()):
+            raise ValueError(f"`scale` = {scale:g} overflows the frequencies W in {self.W.dtype}")
 
     def forward(
         self,

@@ -179,6 +179,8 @@ def _gaussian_prior_sample(shape, scale: float, generator, dtype, device) -> Ten
         raise ValueError(f"`shape` must be a tuple (B, *D) of positive integers, got {shape!r}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"`dtype` must be a floating-point dtype for Gaussian samples, got {dtype!r}")
+    if 16 * scale > torch.finfo(dtype or torch.get_default_dtype()).max:      # P(|z| > 16) ~ 1e-57
+        raise ValueError(f"`dtype` {dtype or torch.get_default_dtype()} cannot hold samples of N(0, {scale:g}^2 I): use a wider dtype")
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:

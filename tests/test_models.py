@@ -371,3 +371,11 @@ def test_meta_models_with_an_sde_give_shapes():
                    (UNet(1, channels=(4, 8), groups=4, embed_dim=8, sde=VESDE()), torch.empty(2, 1, 7, 5, device="meta"))):
         out = net.to("meta")(x, torch.empty(x.shape[0], device="meta"))
         assert out.shape == x.shape and out.device.type == "meta"
+
+
+def test_fourier_scale_that_overflows_is_named():
+    "scale = 1e300: W = scale * N(0, 1) is inf in float32 and the features NaN; now the `scale` is named (thorough profile)."
+    with pytest.raises(ValueError, match="`scale`"):
+        GaussianFourierProjection(8, 1e300, seed=0)
+    phi = GaussianFourierProjection(8, 1e30, seed=0)(torch.rand(3))
+    torch.testing.assert_close(phi[:, :4] ** 2 + phi[:, 4:] ** 2, torch.ones(3, 4))

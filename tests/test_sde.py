@@ -427,3 +427,10 @@ def test_half_precision_prior_logp_does_not_overflow():
     ref = sde.prior_logp(z.double())
     assert lp.dtype == torch.float16 and torch.isfinite(lp).all()
     torch.testing.assert_close(lp.double(), ref, rtol=torch.finfo(torch.float16).eps, atol=0)
+
+
+def test_prior_too_wide_for_the_dtype_is_a_named_error():
+    "VESDE(sigma_max=3e5) in float16: the N(0, sigma_max^2) draws overflowed to inf; now the `dtype` is named (thorough profile)."
+    with pytest.raises(ValueError, match="`dtype`"):
+        VESDE(sigma_min=7.0, sigma_max=3e5).prior_sampling((2, 3), dtype=torch.float16)
+    assert torch.isfinite(VESDE(sigma_max=3e5).prior_sampling((2, 3), dtype=torch.float32)).all()
