@@ -1,0 +1,388 @@
+"""Every coefficient of the chapter-9 samplers, pinned by a closed form at parameter values where the plausible wrong
+formulas differ: DDIM at 0 < eta < 1 (eta vs eta^2), DPM-Solver++(2M) on grids with unequal log-SNR steps (r vs 1/r),
+correctors with snr != 1 (snr vs snr^2) and their stationary variances (sqrt(delta) vs sqrt(2 delta), a no-op).
+
+Exact tests recompute a step by hand in float64 from the chapter's equations, with the kernel coefficients written out
+independently of the package (VP: alpha = e^{-B/2}, sigma^2 = 1 - e^{-B}; sub-VP: sigma = 1 - e^{-B}; VE: alpha = 1,
+sigma^2 = sigma_min^2 (r^{2t} - 1)), and replay the package's Gaussian draws from a second generator with the same seed,
+so a noise coefficient is compared exactly, not statistically. Tolerances: float64 rounding (rtol 1e-12). Statistical
+tests compare with 5 standard errors. Found by mutation testing: see tools/mutate.py and bench/MUTATION.md."""
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.sampling import (DDIM, AncestralSampling, AnnealedLangevin, DPMSolver2M, EulerMaruyama, Heun,
+                                    Langevin, ReverseDiffusion, sample, sampling_times, tweedie_denoise)
+from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
+
+F64 = torch.float64
+SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
+RTOL = 1e-12          # float64: a few dozen roundings of numbers of order 1
+B, D = 5, 3
+
+
+# ------------------------------------------------------------------ the chapter's closed forms, written out by hand
+def _B(sde, t):
+    "Integrated rate B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 of VP / sub-VP."
+    return sde.beta_min * t + 0.5 * (sde.beta_max - sde.beta_min) * t * t
+
+
+def kernel(name, t):
+    "alpha(t), sigma(t) of x_t = alpha x_0 + sigma z, as Python floats."
+    sde = SDES[name]
+    if name == "ve":
+        r = sde.sigma_max / sde.sigma_min
+        return 1.0, sde.sigma_min * math.sqrt(r ** (2 * t) - 1)
+    Bt = _B(sde, t)
+    alpha = math.exp(-Bt / 2)
+    return alpha, (math.sqrt(1 - math.exp(-Bt)) if name == "vp" else 1 - math.exp(-Bt))
+
+
+def drift_diffusion(name, t):
+    "f(x, t)/x and g(t)^2 of the forward SDE."
+    sde = SDES[name]
+    if name == "ve":
+        s = sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
+        return 0.0, s * s * 2 * math.log(sde.sigma_max / sde.sigma_min)
+    beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+    return -0.5 * beta, beta * (1.0 if name == "vp" else 1 - math.exp(-2 * _B(sde, t)))
+
+
+def score(x, t):
+    "A deterministic, nonlinear, time-dependent stand-in for the score (its value is all a step uses)."
+    tt = t.reshape(-1, *([1] * (x.ndim - 1)))
+    return -(x - 0.3) / (1 + tt**2) + 0.2 * torch.sin(3 * x) * tt
+
+
+def x_start(seed=0):
+    return torch.randn(B, D, generator=torch.Generator().manual_seed(seed), dtype=F64) * 1.7 + 0.2
+
+
+def replay(seed, n=1):
+    "The standard normals the package draws from `torch.Generator().manual_seed(seed)`, in order."
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, D, generator=g, dtype=F64) for _ in range(n)]
+
+
+def tb(t):
+    return torch.full((B,), t, dtype=F64)
+
+
+def close(got, want, rtol=RTOL):
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+
+
+STEP = (0.62, 0.37)   # t -> t_next, an arbitrary step of a grid (not a grid point of anything special)
+
+
+# ------------------------------------------------------------------ DDIM: the noise fraction is eta^2 of the posterior
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("eta", [0.3, 0.7])
+def test_ddim_step_at_intermediate_eta(name, eta):
+    """DDIM (Song et al. 2021, eq. 12): x' = alpha' x0_hat + sqrt(sigma'^2 - c^2) eps_hat + c z with
+    c^2 = eta^2 * (posterior variance) = eta^2 v sigma'^2 / sigma^2. At eta in {0, 1} eta = eta^2: only here can a
+    noise fraction eta instead of eta^2 be seen. Mean and noise compared exactly (the noise replayed)."""
+    t, tn = STEP
+    al, si = kernel(name, t)
+    aln, sin_ = kernel(name, tn)
+    a = al / aln
+    v = si**2 - a**2 * sin_**2
+    c2 = eta**2 * v * sin_**2 / si**2
+    x = x_start()
+    s = score(x, tb(t))
+    x0, eps_hat = (x + si**2 * s) / al, -si * s
+    mean = aln * x0 + math.sqrt(sin_**2 - c2) * eps_hat
+    (z,) = replay(7)
+    got, got_mean = DDIM(eta).step(SDES[name], score, x, tb(t), tb(tn), torch.Generator().manual_seed(7))
+    close(got_mean, mean)
+    close(got, mean + math.sqrt(c2) * z)
+    # the noise is exactly eta times the ancestral (posterior) step's noise: variance fraction eta^2
+    anc, anc_mean = AncestralSampling("posterior").step(SDES[name], score, x, tb(t), tb(tn), torch.Generator().manual_seed(7))
+    close(got - got_mean, eta * (anc - anc_mean))
+
+
+# ------------------------------------------------------------------ DPM-Solver++(2M) on unequal log-SNR steps
+def dpm2m_by_hand(name, ts, x, lower_order_final):
+    """Lu et al. (2022), DPM-Solver++(2M): lambda = log(alpha/sigma), h_i = lambda_i - lambda_{i-1},
+    x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i, D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2},
+    r_i = h_{i-1}/h_i; D_1 = x0_0 (first order), and the last step first order when asked (runs of < 15 steps)."""
+    n = len(ts) - 1
+    lam = [math.log(kernel(name, t)[0] / kernel(name, t)[1]) for t in ts]
+    x0_prev, h_prev = None, None
+    for i in range(1, n + 1):
+        (al, si), (aln, sin_) = kernel(name, ts[i - 1]), kernel(name, ts[i])
+        h = lam[i] - lam[i - 1]
+        x0 = (x + si**2 * score(x, tb(ts[i - 1]))) / al
+        if x0_prev is None or (i == n and lower_order_final and n < 15):
+            Dm = x0
+        else:
+            r = h_prev / h
+            Dm = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x = sin_ / si * x - aln * math.expm1(-h) * Dm
+        x0_prev, h_prev = x0, h
+    return x
+
+
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("spacing", ["uniform", "edm"])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_dpm_solver_2m_on_unequal_log_snr_steps(name, spacing, lower_order_final):
+    """On the log-SNR grid r = 1 and 1/r = r: a step ratio inverted is invisible there. On the uniform and EDM grids
+    the log-SNR steps differ (checked), and four steps by hand match the package's to float64 rounding."""
+    ts = sampling_times(SDES[name], 4, spacing=spacing, dtype=F64).tolist()
+    lam = [math.log(kernel(name, t)[0] / kernel(name, t)[1]) for t in ts]
+    h = [lam[i + 1] - lam[i] for i in range(4)]
+    assert max(h) / min(h) > 1.2          # the grid really has unequal steps
+    x = x_start(1)
+    want = dpm2m_by_hand(name, ts, x, lower_order_final)
+    pred = DPMSolver2M(lower_order_final)
+    pred.reset(4)
+    y = x
+    for k in range(4):
+        y, _ = pred.step(SDES[name], score, y, tb(ts[k]), tb(ts[k + 1]))
+    close(y, want, 1e-11)
+    # the same through `sample` (coefficients precomputed for the grid), without the final denoising
+    out = sample(SDES[name], score, x_T=x, predictor=DPMSolver2M(lower_order_final), steps=4, spacing=spacing,
+                 denoise=False)
+    close(out.samples, want, 1e-11)
+
+
+# ------------------------------------------------------------------ every other predictor, one step by hand
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("pf", [False, True])
+def test_euler_maruyama_step(name, pf):
+    "Eq. `eq-sampling-em`: x' = x - f h + w g^2 s h + g sqrt(h) z, w = 1 (SDE) or 1/2 with no noise (probability flow)."
+    t, tn = STEP
+    h = t - tn
+    f, g2 = drift_diffusion(name, t)
+    x = x_start()
+    mean = x - f * x * h + (0.5 if pf else 1.0) * g2 * h * score(x, tb(t))
+    (z,) = replay(3)
+    got, got_mean = EulerMaruyama(pf).step(SDES[name], score, x, tb(t), tb(tn), torch.Generator().manual_seed(3))
+    close(got_mean, mean)
+    close(got, mean if pf else mean + math.sqrt(g2 * h) * z)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("pf", [False, True])
+def test_reverse_diffusion_step(name, pf):
+    """Eq. `eq-sampling-rd` with the exact transition x_t = a x_{t'} + sqrt(v) z: x' = x - (a - 1) x + v s + sqrt(v) z;
+    the deterministic variant weighs v s by 1/2 and draws nothing."""
+    t, tn = STEP
+    (al, si), (aln, sin_) = kernel(name, t), kernel(name, tn)
+    a = al / aln
+    v = si**2 - a**2 * sin_**2
+    x = x_start()
+    mean = (2 - a) * x + (0.5 if pf else 1.0) * v * score(x, tb(t))
+    (z,) = replay(4)
+    got, got_mean = ReverseDiffusion(pf).step(SDES[name], score, x, tb(t), tb(tn), torch.Generator().manual_seed(4))
+    close(got_mean, mean)
+    close(got, mean if pf else mean + math.sqrt(v) * z)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("variance", ["posterior", "transition"])
+def test_ancestral_step(name, variance):
+    """Eq. `eq-sampling-ancestral`: the forward posterior q(x_{t'} | x_t, x0_hat) has mean (x + v s)/a (Tweedie) and
+    variance v sigma'^2/sigma^2; the "transition" variant uses v. The two differ by sigma'^2/sigma^2 != 1."""
+    t, tn = STEP
+    (al, si), (aln, sin_) = kernel(name, t), kernel(name, tn)
+    a = al / aln
+    v = si**2 - a**2 * sin_**2
+    x = x_start()
+    mean = (x + v * score(x, tb(t))) / a
+    omega = v * sin_**2 / si**2 if variance == "posterior" else v
+    # the posterior mean written the textbook way: alpha' x0_hat weighted by v/sigma^2 plus x_t weighted by a sigma'^2/sigma^2
+    x0 = (x + si**2 * score(x, tb(t))) / al
+    close(mean, aln * v / si**2 * x0 + a * sin_**2 / si**2 * x)
+    (z,) = replay(5)
+    got, got_mean = AncestralSampling(variance).step(SDES[name], score, x, tb(t), tb(tn), torch.Generator().manual_seed(5))
+    close(got_mean, mean)
+    close(got, mean + math.sqrt(omega) * z)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_heun_step(name):
+    """Eq. `eq-heun`: in y = x/alpha, tau = sigma/alpha the probability-flow ODE is dy/dtau = eps_hat = -sigma s;
+    Heun: an Euler step to tau', then the trapezoid of the two slopes."""
+    t, tn = STEP
+    (al, si), (aln, sin_) = kernel(name, t), kernel(name, tn)
+    x = x_start()
+    y, dtau = x / al, sin_ / aln - si / al
+    d = -si * score(x, tb(t))
+    d2 = -sin_ * score(aln * (y + dtau * d), tb(tn))
+    want = aln * (y + dtau * (d + d2) / 2)
+    got, got_mean = Heun().step(SDES[name], score, x, tb(t), tb(tn))
+    close(got, want)
+    close(got_mean, want)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_tweedie_denoise(name):
+    "Eq. `eq-tweedie`: x0_hat = (x + sigma^2 s)/alpha, at a time where alpha != 1 (VP) and sigma != 1."
+    t = 0.3
+    al, si = kernel(name, t)
+    x = x_start()
+    close(tweedie_denoise(SDES[name], score, x, tb(t)), (x + si**2 * score(x, tb(t))) / al)
+
+
+# ------------------------------------------------------------------ correctors: one step exactly
+def kappa(name, t):
+    "Song et al.'s factor 1 - beta(t)/N (VP-type), 1 for VE."
+    sde = SDES[name]
+    return 1.0 if name == "ve" else 1 - (sde.beta_min + t * (sde.beta_max - sde.beta_min)) / sde.N
+
+
+@pytest.mark.parametrize("name", ["vp", "ve"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_langevin_steps_exactly(name, per_sample):
+    """Eq. `eq-langevin-snr`: delta = 2 kappa (r ||z|| / ||s||)^2 (norms per sample, or each averaged over the batch),
+    x <- x + delta s + sqrt(2 delta) z; two steps (n_steps = 2) at snr r = 0.37, where r and r^2 differ, replayed.
+    A corrector that does nothing, or one with r, sqrt(delta) or no kappa, fails here."""
+    t, snr = 0.55, 0.37
+    x = x_start(2)
+    want = x
+    for z in replay(9, 2):
+        s = score(want, tb(t))
+        zn, sn = z.norm(dim=1), s.norm(dim=1)
+        ratio = (zn / sn)[:, None] if per_sample else zn.mean() / sn.mean()
+        delta = 2 * kappa(name, t) * (snr * ratio) ** 2
+        mean = want + delta * s
+        want = mean + (2 * delta) ** 0.5 * z
+    got, got_mean = Langevin(snr, n_steps=2, per_sample=per_sample).step(
+        SDES[name], score, x, tb(t), torch.Generator().manual_seed(9))
+    close(got_mean, mean)
+    close(got, want)
+    assert (got - x).abs().min() > 1e-3    # every coordinate moved
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_annealed_langevin_steps_exactly(name):
+    """NCSN's annealed Langevin: delta = 2 kappa (r sigma(t))^2, x <- x + delta s + sqrt(2 delta) z (Song & Ermon 2019,
+    Alg. 1 with alpha_i = eps sigma_i^2 / sigma_L^2); three steps replayed at r = 0.37."""
+    t, snr = 0.55, 0.37
+    _, si = kernel(name, t)
+    delta = 2 * kappa(name, t) * (snr * si) ** 2
+    x = x_start(2)
+    want = x
+    for z in replay(9, 3):
+        mean = want + delta * score(want, tb(t))
+        want = mean + math.sqrt(2 * delta) * z
+    got, got_mean = AnnealedLangevin(snr, n_steps=3).step(SDES[name], score, x, tb(t), torch.Generator().manual_seed(9))
+    close(got_mean, mean)
+    close(got, want)
+
+
+# ------------------------------------------------------------------ correctors: stationary variance on Gaussian data
+VE = SDES["ve"]
+S0 = 0.5                      # data N(0, S0^2 I): p_t = N(0, (S0^2 + sigma(t)^2) I) under VE, score -x / S^2
+T_C = 0.82                    # sigma_VE(T_C) ~ 0.99 with the default sigma_min, sigma_max
+
+
+def gaussian_chain(corrector, n=4000, d=8, seed=0):
+    "Run `corrector` at T_C from exact samples of p_t; return the final samples and S^2."
+    S2 = S0**2 + kernel("ve", T_C)[1] ** 2
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=F64) * math.sqrt(S2)
+    t = torch.full((n,), T_C, dtype=F64)
+    out, _ = corrector.step(VE, lambda y, t: -y / S2, x, t, g)
+    return x, out, S2
+
+
+def within(est, want, se, k=5.0):
+    assert abs(est - want) <= k * se, f"{est:.5f} vs {want:.5f} (se {se:.2g})"
+
+
+def test_annealed_langevin_stationary_variance():
+    """With the exact score of N(0, S^2) and a fixed step delta, x <- (1 - delta/S^2) x + sqrt(2 delta) z is an AR(1)
+    chain with stationary variance 2 delta / (1 - (1 - delta/S^2)^2) = S^2 / (1 - delta/(2 S^2)): Langevin's O(delta)
+    bias, the same for every sample. After 60 steps (contraction (1 - delta/S^2)^120 < 1e-15) the sample variance of
+    32,000 independent coordinates matches it within 5 standard errors (se = V sqrt(2/n)). Noise sqrt(delta) would give
+    half of it; no move at all, S^2."""
+    snr = 0.4
+    delta = 2 * (snr * kernel("ve", T_C)[1]) ** 2
+    x, out, S2 = gaussian_chain(AnnealedLangevin(snr, n_steps=60))
+    V = S2 / (1 - delta / (2 * S2))
+    assert delta / S2 > 0.2 and V / S2 > 1.1          # the bias is large enough to tell the formulas apart
+    within(float(out.var()), V, V * math.sqrt(2 / out.numel()))
+
+
+def test_langevin_stationary_variance():
+    """The batch-mean step delta = 2 (r mean||z|| / mean||s||)^2 with s = -x/S^2 and x ~ N(0, V I) is 2 r^2 S^4 / V (the
+    chi factors of ||z|| and ||x|| cancel); the AR(1) fixed point V = S^2/(1 - delta/(2 S^2)) then solves to
+    V = S^2 (1 + r^2). The snr not squared would give S^2 (1 + r): at r = 0.5, 1.25 S^2 vs 1.5 S^2."""
+    snr = 0.5
+    x, out, S2 = gaussian_chain(Langevin(snr, n_steps=40))
+    V = S2 * (1 + snr**2)
+    within(float(out.var()), V, V * math.sqrt(2 / out.numel()) + V * 2 / out.shape[0])   # + O(1/B) for the random delta
+
+
+@pytest.mark.parametrize("corrector", [AnnealedLangevin(0.3), Langevin(0.3), Langevin(0.3, per_sample=True)],
+                         ids=["annealed", "langevin", "per_sample"])
+def test_correctors_move_samples_by_the_expected_amount(corrector):
+    """"The corrector keeps exact samples in place" holds for a no-op too. From exact samples of N(0, S^2 I_d) one step
+    moves each coordinate by delta s + sqrt(2 delta) z, of mean square delta^2/S^2 + 2 delta (the cross term has mean
+    0), with delta = 2 r^2 sigma^2 (annealed) or 2 r^2 S^2 (Langevin, batch means: E||z|| / E||s|| = S^2/S).
+    Per sample, delta_i = 2 r^2 S^2 Z/X with Z = ||z_i||^2, X = ||x_i||^2/S^2 independent chi^2_d, and the mean square
+    is exactly (delta^2/S^2 + 2 delta)(d + 2)/(d - 2) (E Z^2 = d(d + 2), E 1/X = 1/(d - 2)). Tolerance: 5 se of the
+    mean over samples, plus for the batch-mean delta its own relative fluctuation ~2/sqrt(B d)."""
+    x, out, S2 = gaussian_chain(corrector)
+    n, d = x.shape
+    per_sample = getattr(corrector, "per_sample", False)
+    delta = 2 * corrector.snr**2 * (kernel("ve", T_C)[1] ** 2 if isinstance(corrector, AnnealedLangevin) else S2)
+    want = (delta**2 / S2 + 2 * delta) * ((d + 2) / (d - 2) if per_sample else 1.0)
+    sq = ((out - x) ** 2).mean(dim=1)
+    se = float(sq.std()) / math.sqrt(n)
+    if isinstance(corrector, Langevin) and not per_sample:
+        se = math.hypot(se, want * 2 / math.sqrt(n * d))
+    within(float(sq.mean()), want, se)
+
+
+# ------------------------------------------------------------------ the predictor-corrector loop, two steps by hand
+def test_pc_loop_order_and_grid_by_hand():
+    """`sample` with x_T, no denoising, on a 2-step EDM grid: corrector at t_k, then the predictor from t_k to t_{k+1};
+    noise drawn in that order from one generator. Every number recomputed by hand (VP, reverse diffusion, annealed)."""
+    name, snr = "vp", 0.2
+    ts = sampling_times(SDES[name], 2, spacing="edm", dtype=F64).tolist()
+    x = x_start(4)
+    zs = replay(11, 4)
+    want = x
+    for k in range(2):
+        t, tn = ts[k], ts[k + 1]
+        delta = 2 * kappa(name, t) * (snr * kernel(name, t)[1]) ** 2
+        want = want + delta * score(want, tb(t)) + math.sqrt(2 * delta) * zs[2 * k]
+        (al, si), (aln, sin_) = kernel(name, t), kernel(name, tn)
+        a = al / aln
+        v = si**2 - a**2 * sin_**2
+        want = (2 - a) * want + v * score(want, tb(t)) + math.sqrt(v) * zs[2 * k + 1]
+    out = sample(SDES[name], score, x_T=x, predictor="reverse_diffusion", corrector="annealed_langevin", snr=snr,
+                 steps=2, spacing="edm", denoise=False, generator=torch.Generator().manual_seed(11))
+    close(out.samples, want, 1e-11)
+    assert out.nfe == 4
+    # and with the final denoising: one more score evaluation, Tweedie at eps
+    out = sample(SDES[name], score, x_T=x, predictor="reverse_diffusion", corrector="annealed_langevin", snr=snr,
+                 steps=2, spacing="edm", generator=torch.Generator().manual_seed(11))
+    al, si = kernel(name, ts[-1])
+    close(out.samples, (want + si**2 * score(want, tb(ts[-1]))) / al, 1e-11)
+    assert out.nfe == 5
+
+
+# ------------------------------------------------------------------ the time grids
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("rho", [7.0, 3.0])
+def test_sampling_time_grids_by_hand(name, rho):
+    """Eq. `eq-spacings`: "uniform" is linear in t from T to eps; "logsnr" linear in lambda = log(alpha/sigma); "edm"
+    linear in tau^(1/rho), tau = sigma/alpha = e^{-lambda}. Compared through the hand-written kernel (the bisection
+    inverts lambda(t) to float64 rounding, so lambda matches to ~1e-13)."""
+    sde, eps, n = SDES[name], 1e-3, 6
+    u = [i / n for i in range(n + 1)]
+    ts = sampling_times(sde, n, eps, "uniform", dtype=F64).tolist()
+    assert ts == pytest.approx([sde.T + (eps - sde.T) * ui for ui in u], rel=1e-15, abs=1e-15)
+    lam = lambda t: math.log(kernel(name, t)[0] / kernel(name, t)[1])   # noqa: E731
+    lT, le = lam(sde.T), lam(eps)
+    ts = sampling_times(sde, n, eps, "logsnr", dtype=F64).tolist()
+    assert [lam(t) for t in ts] == pytest.approx([lT + (le - lT) * ui for ui in u], abs=1e-9)
+    ts = sampling_times(sde, n, eps, "edm", rho=rho, dtype=F64).tolist()
+    hi, lo = math.exp(-lT) ** (1 / rho), math.exp(-le) ** (1 / rho)
+    assert [math.exp(-lam(t)) ** (1 / rho) for t in ts] == pytest.approx([hi + (lo - hi) * ui for ui in u], rel=1e-9)
