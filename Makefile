@@ -78,3 +78,12 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/bench_samplers.py
+
+## Mutation testing ----------------------------------------------------------
+# Single-point mutants of sde_diffusion/<module>.py, each run against the module's tests in a temp copy of the package;
+# writes bench/MUTATION.md. MODULES=sampling by default (also sde, reverse, likelihood, losses, toy, ddpm, smld);
+# MUTATE_ARGS for e.g. `--max 60 --timeout 120`. Slow: minutes per dozen mutants on 2 cores.
+.PHONY: mutate
+MODULES ?= sampling
+mutate: $(STAMP)
+	$(BIN)/python tools/mutate.py $(MODULES) $(MUTATE_ARGS)
