@@ -105,6 +105,12 @@ def _sq_norm(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).square().sum(1)
 
 
+def _weighted(sde, weighting, t: Tensor, per: Tensor) -> Tensor:
+    "lambda(t) * per, in float32 for half precision (g(t)^2 alone can overflow float16), returned in per's dtype."
+    wide = torch.float32 if per.dtype in (torch.float16, torch.bfloat16) else per.dtype
+    return (_lambda(sde, weighting, t.to(wide)) * per.to(wide)).to(per.dtype)
+
+
 def _lambda(sde, weighting, t: Tensor) -> Tensor:
     "lambda(t), shape (B,), for an already checked `weighting`."
     if callable(weighting):
@@ -177,12 +183,13 @@ def denoising_loss(
     weighting="sigma2",          # $\lambda(t)$: 'sigma2', 'likelihood', 'none' or a callable t -> (B,); not checked
 ) -> Tensor:                     # per-sample losses, shape (B,)
     "The per-sample DSM loss (eq. `eq-sm-weighted`) on given draws $(t, z)$, without argument checks: the core of `dsm_loss` and of training loops."
-    alpha, sigma = (c.to(x0.dtype) for c in sde.marginal_coeffs(t))
-    alpha, sigma = batch_broadcast(alpha, x0), batch_broadcast(sigma, x0)
-    s = score_fn(alpha * x0 + sigma * z, t).to(x0.dtype)
+    wide = torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype   # half: g(t)^2 alone can overflow
+    x0w, zw = x0.to(wide), z.to(wide)
+    alpha, sigma = (batch_broadcast(c.to(wide), x0w) for c in sde.marginal_coeffs(t))
+    s = score_fn((alpha * x0w + sigma * zw).to(x0.dtype), t).to(wide)     # the model sees x_t in the data's dtype
     if isinstance(weighting, str) and weighting == "sigma2":   # sigma^2 |s + z/sigma|^2 = |sigma s + z|^2
-        return 0.5 * _sq_norm(sigma * s + z)
-    return 0.5 * _lambda(sde, weighting, t) * _sq_norm(s + z / sigma)
+        return (0.5 * _sq_norm(sigma * s + zw)).to(x0.dtype)
+    return (0.5 * _lambda(sde, weighting, t.to(wide)) * _sq_norm(s + zw / sigma)).to(x0.dtype)
 
 
 def dsm_loss(
@@ -249,7 +256,7 @@ def esm_loss(
         raise ValueError(f"`true_score` must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
     per = 0.5 * _sq_norm(s - target)
     if not (isinstance(weighting, str) and weighting == "none"):
-        per = _lambda(sde, weighting, t) * per
+        per = _weighted(sde, weighting, t, per)
     return _reduce(per, reduce)
 
 
@@ -304,5 +311,5 @@ def ism_loss(
     s, div = _value_and_divergence(score_fn, x, t, divergence, int(num_probes), generator)
     per = div + 0.5 * _sq_norm(s)
     if not (isinstance(weighting, str) and weighting == "none"):
-        per = _lambda(sde, weighting, t) * per
+        per = _weighted(sde, weighting, t, per)
     return _reduce(per, reduce)

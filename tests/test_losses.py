@@ -339,3 +339,15 @@ def test_bool_times_are_rejected_by_name_and_meta_gives_shapes():
     xm = torch.empty(3, 2, 4, device="meta")
     out = dsm_loss(VESDE(), score, xm, t=torch.empty(3, device="meta"), reduce="none")
     assert out.shape == (3,) and out.device.type == "meta"
+
+
+def test_half_precision_dsm_loss_with_a_large_weight_is_finite():
+    "float16, VE sigma_max = 3955, likelihood weighting: g(1)^2 = 65650 overflowed float16 although the loss is ~10 (thorough profile)."
+    sde = VESDE(sigma_min=1.0, sigma_max=3955.0)
+    x0 = torch.zeros(2, 2)
+    t = torch.full((2,), 0.999)
+    score = lambda x, t: -x / sde.marginal_coeffs(t)[1].reshape(-1, 1) / sde.marginal_coeffs(t)[1].reshape(-1, 1)   # exact, data at 0
+    ref = dsm_loss(sde, score, x0, t=t, weighting="likelihood", generator=torch.Generator().manual_seed(0), reduce="none")
+    got = dsm_loss(sde, score, x0.half(), t=t.half(), weighting="likelihood", generator=torch.Generator().manual_seed(0), reduce="none")
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref.double(), rtol=0.05, atol=0.05)   # z, t rounded to float16: ~1e-3 relative each

@@ -75,6 +75,14 @@ def sde_params():
     return st.one_of(vp.map(lambda a: VPSDE(*a)), vp.map(lambda a: SubVPSDE(*a)), ve.map(lambda a: VESDE(*a)))
 
 
+def representable(sde, dtype) -> bool:
+    "Whether the SDE's scales (sigma_max and g(T) for VE, beta_max for VP) fit `dtype` with room (x16) for products."
+    big = torch.finfo(dtype).max / 16
+    if isinstance(sde, VESDE):
+        return sde.sigma_max * math.sqrt(2 * math.log(sde.sigma_max / sde.sigma_min)) * (1 + sde.sigma_max) < big
+    return sde.beta_max < big
+
+
 def closed_form(sde, t: torch.Tensor):
     "(alpha, sigma, drift coefficient a(t), g(t)) in float64 from the formulas of chapter 4."
     t = t.to(F64)
@@ -195,6 +203,7 @@ def test_discretize_is_the_named_chain(sde, shape, dtype, device, t_values):
     """discretize: f of x's shape, G of shape (B, 1, ...), finite, G >= 0; the index is in [0, N-1] for every t in [0, T]
     in every dtype; VP: f = (sqrt(1 - beta_i) - 1) x, G = sqrt(beta_i); VE: G^2 = sigma_i^2 - sigma_{i-1}^2."""
     assume(not (isinstance(sde, VPSDE) and sde.beta_max >= sde.N))
+    assume(representable(sde, dtype))        # beyond the dtype's range inf is the correctly rounded value
     x = randn(shape, dtype, device=device)
     t = times(shape[0], dtype, device, t_values)
     f, G = sde.discretize(x, t)
@@ -213,8 +222,10 @@ def test_discretize_is_the_named_chain(sde, shape, dtype, device, t_values):
         logs = torch.linspace(math.log(sde.sigma_min), math.log(sde.sigma_max), sde.N, dtype=F64)
         gap = torch.cat([torch.full((1,), math.inf, dtype=F64), logs.diff()])    # log sigma_i - log sigma_{i-1}; sigma_{-1} = 0
         ref = logs.exp()[i] * torch.sqrt(-torch.expm1(-2 * gap[i]))            # sqrt(sigma_i^2 - sigma_{i-1}^2)
-        torch.testing.assert_close(G.double().reshape(-1), ref, rtol=tol * (1 + sde.N * math.log(sde.sigma_max / sde.sigma_min)),
-                                   atol=torch.finfo(dtype).tiny / eps_of(dtype))
+        L = math.log(sde.sigma_max / sde.sigma_min)
+        # the levels' logs carry rounding errors of eps |log sigma|: relative to the gap delta = L/(N-1) they set G's error
+        cond = 1 + sde.N * L + (abs(math.log(sde.sigma_min)) + abs(math.log(sde.sigma_max))) * (sde.N - 1) / L
+        torch.testing.assert_close(G.double().reshape(-1), ref, rtol=tol * cond, atol=torch.finfo(dtype).tiny / eps_of(dtype))
 
 
 @given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(FLOATS), pf=st.sampled_from([False, True, 0, 1, "no", None, 2.5]),
@@ -404,6 +415,7 @@ WEIGHTINGS = st.sampled_from(["sigma2", "likelihood", "none", "callable", "bad_n
 def test_dsm_loss_is_a_weighted_square(sde, shape, dtype, device, weighting, eps, reduce, seed):
     """dsm_loss: finite, >= 0, in x0's dtype, reduced as asked; per sample lambda(t)/sigma(t)^2 times the 'sigma2' loss on
     the same draws (lambda = 1, g^2 or a callable); bad arguments are named."""
+    assume(not dtype.is_floating_point or representable(sde, dtype))   # beyond the dtype's range inf is the rounded value
     x0 = randn(shape, dtype, device=device)
     score = lambda x, t: -x
     lam = (lambda t: 1 + t) if weighting == "callable" else weighting
@@ -430,6 +442,7 @@ def test_dsm_loss_is_a_weighted_square(sde, shape, dtype, device, weighting, eps
        t_kind=st.sampled_from(["ok", "below_eps", "above_T", "nan", "wrong_shape", "float", "bool"]))
 def test_losses_reject_bad_times_by_name(sde, B, dtype, weighting, t_kind):
     "dsm_loss, esm_loss and ism_loss with given times: in [eps, T] (dsm) or finite (esm/ism), shape (B,), real, else named."
+    assume(representable(sde, dtype))         # beyond the dtype's range inf is the rounded value
     x = randn((B, 2), dtype)
     t = {"ok": torch.full((B,), 0.5, dtype=dtype), "below_eps": torch.full((B,), 1e-7), "above_T": torch.full((B,), 1.5),
          "nan": torch.full((B,), math.nan), "wrong_shape": torch.full((B + 1,), 0.5), "float": 0.5,
@@ -447,8 +460,10 @@ def test_losses_reject_bad_times_by_name(sde, B, dtype, weighting, t_kind):
             continue
         # esm/ism have no eps: any t in [0, T], and any finite t when lambda does not need the SDE
         assert t_kind == "ok" or k > 0 and (t_kind == "below_eps" or t_kind == "above_T" and weighting == "none"), t_kind
-        assert out.dtype == dtype and out.shape == () and torch.isfinite(out)
+        assert out.dtype == dtype and out.shape == ()
+        assert torch.isfinite(out) or dtype in (torch.float16, torch.bfloat16) and k == 0 and weighting == "none", out
         assert out >= 0 or k == 2                      # ISM = ESM - a constant: it can be negative
+        # (float16 with lambda = 1: |z/sigma|^2 / 2 itself exceeds 65504 when sigma < 0.004; inf is its rounded value)
 
 
 def test_dsm_loss_exceeds_the_irreducible_constant_by_the_explicit_loss():
@@ -672,7 +687,7 @@ def test_ddpm_timesteps_to_t_matches_alpha_bar(N, i, dtype):
         return
     assert t.dtype == (dtype or torch.get_default_dtype()) and t.shape == ()
     t64 = ddpm.ddpm_timesteps_to_t(sde, i, F64)
-    assert 0 < t64 <= 1.01
+    assert 0 < t64            # can exceed T when N is small (beta_i near 1): samplers clip it
     ab = ddpm.ddpm_schedule(sde, F64).alphas_cumprod[i]
     torch.testing.assert_close(torch.exp(2 * sde.log_mean_coeff(t64)), ab, rtol=1e-12, atol=0)
 
