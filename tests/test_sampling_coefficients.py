@@ -103,7 +103,7 @@ def test_ddim_step_at_intermediate_eta(name, eta):
 
 
 # ------------------------------------------------------------------ DPM-Solver++(2M) on unequal log-SNR steps
-def dpm2m_by_hand(name, ts, x, lower_order_final):
+def dpm2m_by_hand(name, ts, x, lower_order_final, first_order_last=None):
     """Lu et al. (2022), DPM-Solver++(2M): lambda = log(alpha/sigma), h_i = lambda_i - lambda_{i-1},
     x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i, D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2},
     r_i = h_{i-1}/h_i; D_1 = x0_0 (first order), and the last step first order when asked (runs of < 15 steps)."""
@@ -114,7 +114,8 @@ def dpm2m_by_hand(name, ts, x, lower_order_final):
         (al, si), (aln, sin_) = kernel(name, ts[i - 1]), kernel(name, ts[i])
         h = lam[i] - lam[i - 1]
         x0 = (x + si**2 * score(x, tb(ts[i - 1]))) / al
-        if x0_prev is None or (i == n and lower_order_final and n < 15):
+        last_first = (lower_order_final and n < 15) if first_order_last is None else first_order_last
+        if x0_prev is None or (i == n and last_first):
             Dm = x0
         else:
             r = h_prev / h
@@ -146,6 +147,18 @@ def test_dpm_solver_2m_on_unequal_log_snr_steps(name, spacing, lower_order_final
     out = sample(SDES[name], score, x_T=x, predictor=DPMSolver2M(lower_order_final), steps=4, spacing=spacing,
                  denoise=False)
     close(out.samples, want, 1e-11)
+
+
+@pytest.mark.parametrize("steps", [14, 15])
+def test_dpm_solver_2m_lower_order_final_threshold(steps):
+    """The last step is first order only in runs of fewer than 15 steps (DPM-Solver++'s `lower_order_final`): at 14
+    steps it is, at 15 it is not. Tests at 4 steps cannot tell `< 15` from `<= 15` or from `< 16`."""
+    ts = sampling_times(SDES["vp"], steps, dtype=F64).tolist()
+    x = x_start(3)
+    out = sample(SDES["vp"], score, x_T=x, predictor="dpm_solver_2m", steps=steps, denoise=False)
+    close(out.samples, dpm2m_by_hand("vp", ts, x, lower_order_final=True), 1e-10)
+    assert not torch.allclose(out.samples, dpm2m_by_hand("vp", ts, x, True, first_order_last=steps >= 15),
+                              rtol=1e-6)
 
 
 # ------------------------------------------------------------------ every other predictor, one step by hand
