@@ -240,6 +240,30 @@ def test_tweedie_denoise(name):
     close(tweedie_denoise(SDES[name], score, x, tb(t)), (x + si**2 * score(x, tb(t))) / al)
 
 
+@pytest.mark.parametrize("pred", [EulerMaruyama(), ReverseDiffusion(), AncestralSampling(), DDIM(0.4), Heun(),
+                                  EulerMaruyama(True), ReverseDiffusion(True)],
+                         ids=["em", "rd", "ancestral", "ddim", "heun", "em_pf", "rd_pf"])
+def test_per_sample_times_are_per_sample_steps(pred):
+    """`step` takes a time per sample: row i of a step with times (t_i, t'_i) is the step of row i alone (the means,
+    which draw no noise, compared to float64 rounding). Equal times in every other test cannot see a coefficient
+    broadcast along the wrong axis."""
+    sde, x = SDES["vp"], x_start(5)
+    t = torch.linspace(0.35, 0.95, B, dtype=F64)
+    tn = t - torch.linspace(0.05, 0.3, B, dtype=F64)
+    _, mean = pred.step(sde, score, x, t, tn, torch.Generator().manual_seed(0))
+    rows = [pred.step(sde, score, x[i:i + 1], t[i:i + 1], tn[i:i + 1], torch.Generator().manual_seed(0))[1]
+            for i in range(B)]
+    close(mean, torch.cat(rows))
+
+
+def test_dpm_solver_2m_instance_reused_across_runs():
+    "`sample` resets the multistep state: a second run with the same instance repeats the first exactly."
+    pred, x = DPMSolver2M(), x_start(6)
+    first = sample(SDES["vp"], score, x_T=x, predictor=pred, steps=5, denoise=False).samples
+    second = sample(SDES["vp"], score, x_T=x, predictor=pred, steps=5, denoise=False).samples
+    assert torch.equal(first, second)
+
+
 # ------------------------------------------------------------------ correctors: one step exactly
 def kappa(name, t):
     "Song et al.'s factor 1 - beta(t)/N (VP-type), 1 for VE."
