@@ -46,7 +46,10 @@ class _Rewrite(ast.NodeTransformer):
         self.in_assert = False
         return node
 
-    def visit_Lambda(self, node):   # a lambda's body is not evaluated by the assert itself
+    def visit_Lambda(self, node):   # a lambda's body is not evaluated by the assert itself (seeds in it still move)
+        in_assert, self.in_assert = self.in_assert, False
+        node = self.generic_visit(node)
+        self.in_assert = in_assert
         return node
 
     def visit_Compare(self, node):
