@@ -264,6 +264,16 @@ def test_dpm_solver_2m_instance_reused_across_runs():
     assert torch.equal(first, second)
 
 
+def test_tweedie_denoise_any_rank_and_scalar_refused():
+    """Samples of shape (B,) (D empty) are valid: Tweedie's formula applies elementwise. A 0-d tensor has no batch
+    axis and is refused as a wrong *type* of input, naming `x` (not as a shape mismatch of `t`)."""
+    t, x = 0.3, x_start()[:, 0]
+    al, si = kernel("vp", t)
+    close(tweedie_denoise(SDES["vp"], score, x, tb(t)), (x + si**2 * score(x, tb(t))) / al)
+    with pytest.raises(TypeError, match="`x`"):
+        tweedie_denoise(SDES["vp"], score, torch.tensor(1.0, dtype=F64), torch.full((1,), t, dtype=F64))
+
+
 # ------------------------------------------------------------------ correctors: one step exactly
 def kappa(name, t):
     "Song et al.'s factor 1 - beta(t)/N (VP-type), 1 for VE."
