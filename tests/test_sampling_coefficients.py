@@ -415,6 +415,22 @@ def test_pc_loop_order_and_grid_by_hand():
     assert out.nfe == 5
 
 
+def test_one_step_sampler():
+    """`steps` = 1 is the smallest valid run (the validation's boundary): the grid is (T, eps), and the run is one
+    reverse-diffusion step by hand, then Tweedie's formula."""
+    name, x = "vp", x_start(8)
+    assert sampling_times(SDES[name], 1, dtype=F64).tolist() == [SDES[name].T, 1e-3]
+    (al, si), (aln, sin_) = kernel(name, 1.0), kernel(name, 1e-3)
+    a = al / aln
+    v = si**2 - a**2 * sin_**2
+    (z,) = replay(2)
+    want = (2 - a) * x + v * score(x, tb(1.0)) + math.sqrt(v) * z
+    want = (want + sin_**2 * score(want, tb(1e-3))) / aln
+    out = sample(SDES[name], score, x_T=x, steps=1, generator=torch.Generator().manual_seed(2))
+    close(out.samples, want, 1e-11)
+    assert out.nfe == 2
+
+
 # ------------------------------------------------------------------ the time grids
 @pytest.mark.parametrize("name", list(SDES))
 @pytest.mark.parametrize("rho", [7.0, 3.0])
