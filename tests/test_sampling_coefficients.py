@@ -433,7 +433,7 @@ def test_one_step_sampler():
 
 # ------------------------------------------------------------------ the time grids
 @pytest.mark.parametrize("name", list(SDES))
-@pytest.mark.parametrize("rho", [7.0, 3.0])
+@pytest.mark.parametrize("rho", [7.0, 3.0, 0.5])
 def test_sampling_time_grids_by_hand(name, rho):
     """Eq. `eq-spacings`: "uniform" is linear in t from T to eps; "logsnr" linear in lambda = log(alpha/sigma); "edm"
     linear in tau^(1/rho), tau = sigma/alpha = e^{-lambda}. Compared through the hand-written kernel (the bisection
@@ -449,3 +449,13 @@ def test_sampling_time_grids_by_hand(name, rho):
     ts = sampling_times(sde, n, eps, "edm", rho=rho, dtype=F64).tolist()
     hi, lo = math.exp(-lT) ** (1 / rho), math.exp(-le) ** (1 / rho)
     assert [math.exp(-lam(t)) ** (1 / rho) for t in ts] == pytest.approx([hi + (lo - hi) * ui for ui in u], rel=1e-9)
+
+
+def test_edm_grid_default_rho_and_its_domain():
+    """The default exponent is Karras et al.'s rho = 7; any rho > 0 is valid (0.5 above), rho = 0 is refused by name
+    (it would divide by zero)."""
+    sde = SDES["ve"]
+    assert torch.equal(sampling_times(sde, 5, spacing="edm", dtype=F64), sampling_times(sde, 5, spacing="edm", rho=7.0, dtype=F64))
+    assert not torch.allclose(sampling_times(sde, 5, spacing="edm", dtype=F64), sampling_times(sde, 5, spacing="edm", rho=8.0, dtype=F64))
+    with pytest.raises(ValueError, match="`rho`"):
+        sampling_times(sde, 5, spacing="edm", rho=0.0)
