@@ -460,3 +460,14 @@ def test_edm_grid_default_rho_and_its_domain():
     assert not torch.allclose(sampling_times(sde, 5, spacing="edm", dtype=F64), sampling_times(sde, 5, spacing="edm", rho=8.0, dtype=F64))
     with pytest.raises(ValueError, match="`rho`"):
         sampling_times(sde, 5, spacing="edm", rho=0.0)
+
+
+def test_deterministic_predictors_draw_no_noise():
+    """DDIM at eta = 0 (and every probability-flow variant) is deterministic: a run leaves the generator's state as it
+    was, so a caller's later draws do not depend on having sampled. (Zero noise added is not enough: drawing and
+    discarding it advances the generator.)"""
+    for pred in (DDIM(0.0), EulerMaruyama(True), ReverseDiffusion(True), Heun(), DPMSolver2M()):
+        g = torch.Generator().manual_seed(1)
+        before = g.get_state()
+        sample(SDES["vp"], score, x_T=x_start(), predictor=pred, steps=3, generator=g)
+        assert torch.equal(g.get_state(), before), pred
