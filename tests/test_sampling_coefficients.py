@@ -471,3 +471,20 @@ def test_deterministic_predictors_draw_no_noise():
         before = g.get_state()
         sample(SDES["vp"], score, x_T=x_start(), predictor=pred, steps=3, generator=g)
         assert torch.equal(g.get_state(), before), pred
+
+
+def test_heun_through_sample_evaluates_the_score_at_the_next_grid_time():
+    """`sample` passes each step its own t_next: Heun's second score evaluation is at t_{k+1}. Only Heun (and
+    `project`) read t_next in the loop, so the loop's grid indexing is pinned here, on an unequal EDM grid, by hand."""
+    name, x = "vp", x_start(9)
+    ts = sampling_times(SDES[name], 3, spacing="edm", dtype=F64).tolist()
+    y = x
+    for k in range(3):
+        (al, si), (aln, sin_) = kernel(name, ts[k]), kernel(name, ts[k + 1])
+        u, dtau = y / al, sin_ / aln - si / al
+        d = -si * score(y, tb(ts[k]))
+        d2 = -sin_ * score(aln * (u + dtau * d), tb(ts[k + 1]))
+        y = aln * (u + dtau * (d + d2) / 2)
+    out = sample(SDES[name], score, x_T=x, predictor="heun", steps=3, spacing="edm", denoise=False)
+    close(out.samples, y, 1e-11)
+    assert out.nfe == 6
