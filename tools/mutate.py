@@ -23,6 +23,7 @@ import ast
 import copy
 import difflib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tests", nargs="+", help="test files to run (default: the module's mapping)")
     ap.add_argument("--only", nargs="+", help="mutate only inside these top-level functions/classes (qualified-name prefixes)")
     ap.add_argument("--max", type=int, help="run only the first MAX mutants (source order), per module")
+    ap.add_argument("--start", type=int, default=0, help="skip the first START mutants (with --max: a window)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300); a timeout is reported apart")
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. \"-k 'not slow'\"")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
@@ -271,6 +273,7 @@ def main(argv=None) -> int:
         if args.only:
             ms = [m for m in ms if any(m["qual"] == o or m["qual"].startswith(o + ".") for o in args.only)]
         total_generated = len(ms)
+        ms = ms[args.start:]
         if args.max:
             ms = ms[: args.max]
         if args.list:
@@ -284,14 +287,14 @@ def main(argv=None) -> int:
             shutil.copytree(ROOT / PKG, work / PKG, ignore=shutil.ignore_patterns("__pycache__"))
             _check_isolated(work)
             target = work / PKG / f"{mod}.py"
-            status, secs, last = run_one(work, tests, args.timeout, args.pytest_args.split(), not args.no_fork)
+            status, secs, last = run_one(work, tests, args.timeout, shlex.split(args.pytest_args), not args.no_fork)
             if status != "survived":
                 sys.exit(f"the unmutated package does not pass {tests}: {status} ({last})")
             print(f"{mod}: baseline passes in {secs:.0f} s; {len(ms)} of {total_generated} mutants to run", flush=True)
             for i, m in enumerate(ms):
                 mutated = apply(source, m)
                 target.write_text(mutated)
-                status, secs, last = run_one(work, tests, args.timeout, args.pytest_args.split(), not args.no_fork)
+                status, secs, last = run_one(work, tests, args.timeout, shlex.split(args.pytest_args), not args.no_fork)
                 results.append(dict(m, status=status, secs=secs, last=last, diff=diff(source, mutated, f"{PKG}/{mod}.py")))
                 print(f"[{i + 1}/{len(ms)}] {mod}.py:{m['line']} {m['what']:<16s} {status:<8s} {secs:5.1f} s  {last[:90]}",
                       flush=True)
