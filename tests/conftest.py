@@ -6,6 +6,15 @@ from hypothesis import HealthCheck, settings
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
+@pytest.fixture(scope="module")
+def one_thread():
+    "One torch thread for a test module: long loops over small tensors run several times faster than with two."
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # Property-based tests (hypothesis): a fast profile for `make test` (derandomized, so CI is reproducible) and a larger
 # one for a deliberate hunt: `HYPOTHESIS_PROFILE=thorough make test-py`.
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -14,13 +14,7 @@ from conftest import DEVICES
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "Long ODE loops over small tensors: one CPU thread is several times faster than two (thread synchronisation)."
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors: one CPU thread is fastest (tests/conftest.py)
 
 
 def _log_pT(data, sde):

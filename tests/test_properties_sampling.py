@@ -17,13 +17,7 @@ from sde_diffusion.sampling import (DDIM, ODE_METHODS, PREDICTORS, AncestralSamp
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "Tiny tensors: one thread is fastest, and the machine is shared."
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors: one CPU thread is fastest (tests/conftest.py)
 
 
 # ---------------------------------------------------------------- strategies
