@@ -370,8 +370,9 @@ class ReverseSDE:
         return self.sde(x, t)[0]
 
     def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
-        "The reverse diffusion, second output of `sde`."
-        return self.sde(x, t)[1]
+        "The reverse diffusion, second output of `sde`: the forward $g$ ($0$ for the ODE). It needs no score, so it calls none."
+        g = self.forward.diffusion(x, t)
+        return torch.zeros_like(g) if self.probability_flow else g
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Reverse step from the forward one: $f_i - G_i^2 s$ ($\\times\\tfrac12$ for the ODE) and $G_i$ ($0$ for the ODE)."

@@ -27,6 +27,21 @@ def test_reversed_clock_formula():
     assert (diffusion_ode(y, s) == 0).all()
 
 
+def test_reverse_sde_calls_the_score_once_per_step():
+    "Euler-Maruyama needs the score for the drift only: the diffusion g(t) must not evaluate it (it once did, twice the cost)."
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+    sample_reverse_sde(VPSDE(), score, (5, 2), steps=17, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 17
+    calls.clear()
+    _, diffusion = reversed_clock(VESDE(), score)
+    diffusion(torch.zeros(3, 2), torch.full((3,), 0.5))
+    assert not calls
+
+
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
 def test_reverse_sde_recovers_the_mixture(sde):
     "Exact score: the reversed samples' mean log-density matches the data's within 4 standard errors (+ EM bias)."
