@@ -12,14 +12,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # One torch thread per process. The course's tensors are small: spreading each operation over two threads costs more
 # than it saves (measured on this 2-core machine: chapter 5 in 57 s with one thread, 445 s with two while another
-# process was busy), and nbdev_test runs two notebooks at once. A reader's GPU or a bigger CPU is unaffected by this.
+# process was busy), and the book and the tests run two processes at once. A reader's GPU or a bigger CPU is unaffected.
 export OMP_NUM_THREADS ?= 1
+# Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: help install book test test-nb test-py check-sync check-book browser-deps clean
 
 help:
-	@echo "make book    execute every notebook and build the HTML book into book/_build/html"
-	@echo "make test    export/clean checks, nbdev_test on the notebooks, pytest tests/"
+	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
+	@echo "make test    export/clean checks and pytest tests/ (JOBS workers)"
+	@echo "make test-nb execute the notebooks only (the first half of make book; cached notebooks are skipped)"
 
 ## Environment ---------------------------------------------------------------
 $(STAMP): constraints.txt settings.ini setup.py
@@ -45,7 +48,11 @@ $(ASSETS)/.installed: node_modules/.installed
 	touch $@
 
 ## The book ------------------------------------------------------------------
+# Every notebook executes once, JOBS at a time, into the book's jupyter-cache (tools/execute.py: slowest first, the
+# failing cell named); jupyter-book then renders every page from that cache. A notebook that fails stops the build.
+# The notebooks' asserts are the notebook tests: `make test` does not execute them a second time.
 book: $(STAMP) $(ASSETS)/.installed
+	$(BIN)/python tools/execute.py --jobs $(JOBS)
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
 	    --path-output book -W -n --keep-going
 	@echo "The book: $(CURDIR)/book/_build/html/index.html"
@@ -55,12 +62,12 @@ check-sync: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" tools/check_sync.sh
 
 test-nb: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2 --do_print
+	$(BIN)/python tools/execute.py --jobs $(JOBS)
 
 test-py: $(STAMP)
-	$(BIN)/python -m pytest tests/ -q
+	$(BIN)/python -m pytest tests/ -q -n $(JOBS)
 
-test: check-sync test-nb test-py
+test: check-sync test-py
 
 browser-deps:
 	@[ -n "$${CHROMIUM:-}" ] || command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
