@@ -10,11 +10,19 @@ import json
 import os
 from pathlib import Path
 
+import importlib.resources
+import warnings
+
+import torch
+
+import sde_diffusion
 from .data import load_digits
-from .training import TrainConfig, TrainResult, train
+from .training import (CKPT_NAME, EMA, TrainConfig, TrainResult, build_model, data_fingerprint,
+                                    load_checkpoint, train)
 
 # %% auto #0
-__all__ = ['default_cache_dir', 'digits_config', 'train_digits']
+__all__ = ['PRETRAINED_FORMAT', 'PRETRAINED_VERSION', 'default_cache_dir', 'digits_config', 'config_key', 'pretrained_path',
+           'save_pretrained', 'load_pretrained', 'train_digits']
 
 # %% ../nbs/12_images.ipynb #c17b654c
 def default_cache_dir() -> Path:
@@ -37,20 +45,92 @@ def digits_config(
                        lr_decay_steps=steps, ema_decay=0.999, label_dropout=0.1, seed=seed)
 
 
+def config_key(config: TrainConfig) -> str:
+    "Twelve hex digits naming a config: its checkpoint folder and its shipped weights are called `digits-<key>`."
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
+    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+PRETRAINED_FORMAT, PRETRAINED_VERSION = "sde_diffusion.pretrained", 1
+
+
+def pretrained_path(config: TrainConfig) -> Path:
+    "Where the package keeps the weights of `config` if it ships them: `sde_diffusion/pretrained/digits-<key>.pt`."
+    return Path(str(importlib.resources.files("sde_diffusion"))) / "pretrained" / f"digits-{config_key(config)}.pt"
+
+
+def save_pretrained(
+    ckpt_dir,                     # a finished run of `train` (its ckpt.pt)
+    path,                         # the file to write, e.g. `pretrained_path(config)`
+) -> Path:                        # `path`
+    "Ship a run: its EMA weights, config, per-step losses and data fingerprint in one file (no optimizer state, ~3 MB)."
+    state = load_checkpoint(Path(ckpt_dir) / CKPT_NAME, map_location="cpu")
+    config = state["config"]      # a TrainConfig (load_checkpoint parses it)
+    if int(state["step"]) != config.steps:
+        raise ValueError(f"the run in {str(ckpt_dir)!r} stopped at step {state['step']} of {config.steps}: finish it first")
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    ema = EMA(model, config.ema_decay, config.ema_warmup)
+    ema.load_state_dict(state["ema"])
+    blob = {"format": PRETRAINED_FORMAT, "version": PRETRAINED_VERSION, "config": config.to_dict(),
+            "weights": ema.averaged_model(model).state_dict(), "ema_updates": ema.num_updates,
+            "losses": list(state["losses"]), "data_fingerprint": state["data_fingerprint"],
+            "made_with": {"torch": str(torch.__version__), "sde_diffusion": sde_diffusion.__version__}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return Path(path)
+
+
+def load_pretrained(
+    path,                         # a file written by `save_pretrained`
+    device=None,                  # where to put the model (default: the CPU)
+) -> TrainResult:                 # `model` and `ema_model` both hold the averaged weights (the only ones shipped)
+    "A shipped run as a `TrainResult`: the EMA weights, the config and the training losses; `resumed_from` = its steps."
+    return _pretrained_result(_read_pretrained(path), device)
+
+
+def _read_pretrained(path) -> dict:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != PRETRAINED_FORMAT or blob.get("version") != PRETRAINED_VERSION:
+        raise ValueError(f"{str(path)!r} is not a pretrained file of this package (format {PRETRAINED_FORMAT!r}, "
+                         f"version {PRETRAINED_VERSION})")
+    return blob
+
+
+def _pretrained_result(blob: dict, device) -> TrainResult:
+    config = TrainConfig.from_dict(blob["config"])
+    model = build_model(config, device=device)
+    model.load_state_dict(blob["weights"])
+    ema = EMA(model, config.ema_decay, config.ema_warmup)
+    ema.num_updates = int(blob["ema_updates"])
+    return TrainResult(model=model.train(), ema_model=ema.averaged_model(model), ema=ema, losses=list(blob["losses"]),
+                       steps=config.steps, config=config, resumed_from=config.steps)
+
+
 def train_digits(
     config: TrainConfig | None = None,   # default: `digits_config()`
     *,
     ckpt_dir=None,                # default: a directory under `default_cache_dir()` named after the config
     device=None,                  # e.g. "cuda"
     progress: bool = False,       # a tqdm bar over the steps
-) -> TrainResult:                 # the trained model, its EMA copy, the losses; loaded from the cache when it is there
-    "Train (or load, or resume) the digits U-Net of `config`, checkpointed under a name derived from the config."
+    pretrained: bool = True,      # use the weights the package ships for exactly this config (and data); False: train
+) -> TrainResult:                 # the trained model, its EMA copy, the losses
+    "The digits U-Net of `config`: the shipped weights when they exist, else trained (or loaded, or resumed) in `ckpt_dir`."
     config = digits_config() if config is None else config
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"`pretrained` must be True or False, got {pretrained!r}")
     size = int(str(config.data or "digits8").removeprefix("digits") or 8)
-    if ckpt_dir is None:
-        key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-        ckpt_dir = default_cache_dir() / f"digits-{key}"
     x, y = load_digits("train", size=size)
+    shipped = pretrained_path(config)
+    if pretrained and ckpt_dir is None and shipped.exists():
+        blob = _read_pretrained(shipped)
+        if ({**blob["config"], "data_shape": None} == {**config.to_dict(), "data_shape": None}
+                and blob["data_fingerprint"] == data_fingerprint((x, y))):
+            return _pretrained_result(blob, device)
+        warnings.warn(f"the shipped weights {shipped.name} were made by another config or other data: training instead")
+    if ckpt_dir is None:
+        ckpt_dir = default_cache_dir() / f"digits-{config_key(config)}"
     return train(config, (x, y), ckpt_dir=ckpt_dir, resume=True, device=device, progress=progress)

@@ -35,9 +35,9 @@ from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 # %% auto #0
 __all__ = ['SDES', 'MODELS', 'DTYPES', 'RESUMABLE_KEYS', 'CKPT_FORMAT', 'CKPT_VERSION', 'CKPT_NAME', 'TrainConfig', 'config_diff',
-           'build_sde', 'build_model', 'EMA', 'shard', 'save_checkpoint', 'load_checkpoint', 'CheckpointExistsError',
-           'DataChangedError', 'check_resumable', 'TrainResult', 'TrainingInterrupted', 'learning_rate', 'train',
-           'Trained', 'load_trained']
+           'build_sde', 'build_model', 'EMA', 'shard', 'data_fingerprint', 'save_checkpoint', 'load_checkpoint',
+           'CheckpointExistsError', 'DataChangedError', 'check_resumable', 'TrainResult', 'TrainingInterrupted',
+           'learning_rate', 'train', 'Trained', 'load_trained']
 
 # %% ../nbs/11_training.ipynb #c8fb2185
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -479,6 +479,11 @@ def _data_source(data, seed: int):
         return _SamplerData(data)
     raise TypeError(f"`data` must be a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g), "
                     f"got {type(data).__name__}")
+
+
+def data_fingerprint(data) -> dict:
+    "What identifies training data, as a checkpoint records it: kind, size, sample shape and a SHA-256 of every sample and label."
+    return _data_source(data, 0).fingerprint()
 
 # %% ../nbs/11_training.ipynb #a73c8c2b
 CKPT_FORMAT, CKPT_VERSION, CKPT_NAME = "sde_diffusion.training", 1, "ckpt.pt"
