@@ -17,11 +17,12 @@ export OMP_NUM_THREADS ?= 1
 # Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help install book test test-nb test-py check-sync check-book browser-deps clean
+.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean
 
 help:
 	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
 	@echo "make test    export/clean checks and pytest tests/ (JOBS workers)"
+	@echo "make test-fast  pytest without the tests marked slow (a quick check while editing)"
 	@echo "make test-nb execute the notebooks only (the first half of make book; cached notebooks are skipped)"
 
 ## Environment ---------------------------------------------------------------
@@ -68,6 +69,10 @@ test-py: $(STAMP)
 	$(BIN)/python -m pytest tests/ -q -n $(JOBS)
 
 test: check-sync test-py
+
+# The fast tier while editing: everything but the tests marked slow (CI runs them all).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/ -q -n $(JOBS) -m "not slow"
 
 browser-deps:
 	@[ -n "$${CHROMIUM:-}" ] || command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

@@ -4,6 +4,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: over ~5 s on one core (subprocesses, training, long simulations); "
+                            "`make test` runs them, `make test-fast` (-m 'not slow') leaves them out")
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 @pytest.fixture(scope="module")

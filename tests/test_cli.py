@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+pytestmark = pytest.mark.slow   # every test here starts `python -m sde_diffusion` (~5 s of imports each)
+
 def cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "sde_diffusion", *map(str, args)], capture_output=True, text=True,
                           env=ENV, cwd=ROOT, timeout=timeout)

@@ -132,6 +132,7 @@ def test_ancestral_step_matches_reverse_sde_euler_maruyama_to_second_order():
         assert abs(order - 2) < 0.1, (name, order)
 
 
+@pytest.mark.slow
 def test_sampler_variance_follows_the_exact_gaussian_recursion():
     "1-D Gaussian data, exact score: the sampled output variance matches the recursion (fixed_small ~ -3 %, fixed_large ~ +0.75 %)."
     v, m = 0.25**2, 50_000

@@ -72,6 +72,7 @@ def test_install_is_idempotent():
     assert AsyncZMQSocketChannel.get_msg is patched
 
 
+@pytest.mark.slow
 def test_a_timeout_names_the_cell(tmp_path):
     import nbformat
     from nbclient import NotebookClient

@@ -41,6 +41,7 @@ def test_train_digits_uses_the_shipped_weights(shipped):
     assert not any(p.requires_grad for p in result.ema_model.parameters())
 
 
+@pytest.mark.slow
 def test_retraining_reproduces_the_shipped_losses(shipped):
     """The first K steps of `train(digits_config())` give the shipped per-step losses.
 

@@ -47,6 +47,7 @@ def test_vp_error_well_inside_target_and_shrinks_with_rtol():
     assert errs[1] < 0.05 * errs[0] and errs[1] < 5e-6
 
 
+@pytest.mark.slow
 def test_gaussian_closed_form_image_shaped():
     "Gaussian data: log N(x; 0, v_eps) exactly, for x of shape (B, C, H, W); eps = 0 is allowed."
     sde = VESDE()

@@ -32,6 +32,7 @@ def test_moments_match_closed_forms(device):
     torch.testing.assert_close(P, (-torch.expm1(-int_beta(ts)))[:, None].expand_as(P), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_marginal_prob_against_simulation():
     "Euler–Maruyama with a fine grid vs the kernel: mean and variance within 4 standard errors (plus O(dt) bias)."
     sde = LinearSDE(a=lambda t: -1.0 - t, b=lambda t: torch.sin(3 * t), c=lambda t: 0.5 + t)

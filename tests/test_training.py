@@ -358,6 +358,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG (Linux)")
 def test_ddp_workers_die_with_the_test_process(tmp_path):
     "SIGKILL (no cleanup runs) a process that launched torchrun as the DDP test does: torchrun and its workers go too."
@@ -400,6 +401,7 @@ def test_ddp_workers_die_with_the_test_process(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tmp_path):
     "torchrun with 2 gloo processes, global batch 64 split 32 + 32, equals one process on the same global batches."
     script = tmp_path / "ddp_train.py"
