@@ -455,12 +455,13 @@ def test_sigint_saves_the_step_reached_and_resumes_exactly(tmp_path):
         if step == 20:
             os.kill(os.getpid(), signal.SIGINT)        # as Ctrl-C would: the handler runs right after this call
 
+    before = signal.getsignal(signal.SIGINT)   # default_int_handler, or SIG_IGN in a pytest-xdist worker
     with pytest.raises(KeyboardInterrupt) as info:
         train(config, RING.sample, ckpt_dir=tmp_path, callback=interrupt)
     assert getattr(info.value, "step", None) == 20 and getattr(info.value, "signal_name", None) == "SIGINT"
     assert load_checkpoint(tmp_path / CKPT_NAME)["step"] == 20
     assert not (tmp_path / (CKPT_NAME + ".tmp")).exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is before     # the handler that was there is put back
     resumed = train(config, RING.sample, ckpt_dir=tmp_path, resume=True)
     assert _same(straight.model, resumed.model) and _same(straight.ema_model, resumed.ema_model)
     assert straight.losses == resumed.losses
@@ -474,10 +475,11 @@ def test_second_sigint_stops_at_once_keeping_the_last_checkpoint(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)        # the second one raises here, in the middle of step 20's logging
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="a second SIGINT") as info:
         train(dataclasses.replace(TINY, ckpt_every=10), RING.sample, ckpt_dir=tmp_path, callback=impatient)
     assert not hasattr(info.value, "step") and load_checkpoint(tmp_path / CKPT_NAME)["step"] == 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_resume_with_nothing_to_do_writes_nothing(tmp_path):
