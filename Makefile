@@ -79,7 +79,7 @@ browser-deps:
 
 # The browser test against the built book (run after `make book`; .ci/run does).
 check-book: $(STAMP) browser-deps
-	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py -q
+	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py -q -n $(JOBS)
 
 clean:
 	rm -rf book/_build $(ASSETS) _proc _docs

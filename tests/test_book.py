@@ -133,10 +133,18 @@ def _load(browser, url, shot=None):
     return page, requests, errors
 
 
-def test_pages_offline_typeset_and_figures(book, server, browser):
+def test_every_chapter_has_a_page(book):
+    pages = {p.relative_to(HTML).as_posix() for p in _pages()}
+    missing = [f"nbs/{nb.stem}.html" for nb in sorted((ROOT / "nbs").glob("[0-9A]*.ipynb"))
+               if nb.stem != "A6b_main" and f"nbs/{nb.stem}.html" not in pages]
+    assert not missing, f"chapters without a page: {missing}"
+
+
+# One test per page, so that `pytest -n` spreads the pages (MathJax typesetting, seconds each) over the cores.
+@pytest.mark.parametrize("rel", [p.relative_to(HTML).as_posix() for p in _pages()] if HTML.exists() else [])
+def test_pages_offline_typeset_and_figures(book, server, browser, rel):
     problems = []
-    for path in _pages():
-        rel = path.relative_to(book).as_posix()
+    for path in [book / rel]:
         page, requests, errors = _load(browser, urljoin(server, rel), shot=rel.replace("/", "_") + ".png")
         external = [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
         if external:
