@@ -71,6 +71,19 @@ def test_another_config_trains_and_the_flag_retrains(tmp_path, shipped):
         train_digits(pretrained="no")
 
 
+def test_pretrained_false_trains_even_the_shipped_config(monkeypatch, tmp_path, shipped):
+    "The flag: with pretrained=False the shipped weights are not used, the book's config goes to `train`."
+    import sde_diffusion.images as images
+    calls = []
+    monkeypatch.setattr(images, "train", lambda config, data, **kw: calls.append((config, kw)) or "trained")
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path))
+    assert images.train_digits(pretrained=False) == "trained"
+    assert calls[0][0] == digits_config() and calls[0][1]["resume"] is True
+    assert calls[0][1]["ckpt_dir"] == tmp_path / f"digits-{config_key(digits_config())}"
+    calls.clear()
+    assert images.train_digits() != "trained" and not calls        # the default uses the shipped weights
+
+
 def test_save_and_load_pretrained_round_trip(tmp_path):
     config = digits_config(steps=3)
     x, y = load_digits("train")
