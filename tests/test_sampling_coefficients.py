@@ -488,3 +488,80 @@ def test_heun_through_sample_evaluates_the_score_at_the_next_grid_time():
     out = sample(SDES[name], score, x_T=x, predictor="heun", steps=3, spacing="edm", denoise=False)
     close(out.samples, y, 1e-11)
     assert out.nfe == 6
+
+
+# ------------------------------------------------------------------ defaults and error reports (run-2 survivors)
+def _minus_x(x, t):
+    "The exact score of N(0, I) data under VP: every marginal is N(0, I)."
+    return -x
+
+
+def test_sample_defaults_are_the_documented_ones():
+    "steps = 1000 (+1 for the final denoising) and snr = 0.16: a default call equals the explicit one, bit for bit."
+    from sde_diffusion.sampling import ScoreCounter
+    sde, x_T = VPSDE(), torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    out = sample(sde, _minus_x, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    assert out.nfe == 1001
+    run = lambda **kw: sample(sde, _minus_x, x_T=x_T, steps=20, corrector="langevin",
+                              generator=torch.Generator().manual_seed(2), **kw).samples
+    assert torch.equal(run(), run(snr=0.16)) and not torch.equal(run(), run(snr=0.17))
+
+
+def test_corrector_kappa_exactly_zero_is_refused():
+    "kappa = 1 - beta(t)/N: with beta_max = N it is exactly 0 at t = T, a corrector step of size 0: refused by name."
+    sde = VPSDE(beta_max=20.0, N=20)
+    with pytest.raises(ValueError, match="`N`"):
+        sample(sde, _minus_x, (4, 2), steps=5, corrector="langevin")
+    sample(VPSDE(beta_max=20.0, N=21), _minus_x, (4, 2), steps=5, corrector="langevin")   # kappa > 0: accepted
+
+
+def test_nonfinite_reports_name_where_it_happened():
+    "The start, the start after `project`, step k, the final denoising step, the output dtype: each named as such."
+    from sde_diffusion.reverse import NonFiniteError
+    sde = VPSDE()
+    x_nan = torch.zeros(4, 2, dtype=F64)
+    x_nan[1, 0] = torch.nan
+    with pytest.raises(NonFiniteError, match=r"^`x_T` contains NaN or inf$"):
+        sample(sde, _minus_x, x_T=x_nan, steps=3)
+    with pytest.raises(NonFiniteError, match=r"`x_T` contains NaN or inf \(after `project`\)"):
+        sample(sde, _minus_x, (4, 2), steps=3, project=lambda x, t: x / 0 * 0)
+    # NaN from the score only at t < 0.45 on the uniform 10-step grid from 1 to 1e-3: step k = 6 (t = 0.4006 -> 0.3007)
+    ts = sampling_times(sde, 10, eps=1e-3, dtype=F64)
+    k = int((ts[:-1] >= 0.45).sum())
+    late = lambda x, t: torch.where((t < 0.45)[:, None], torch.nan, -x)
+    with pytest.raises(NonFiniteError, match=rf"at step {k} of 10 \(t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}\)"):
+        sample(sde, late, (4, 2), steps=10)
+    # NaN only at t = eps: only the final Tweedie step evaluates the score there
+    at_eps = lambda x, t: torch.where((t < 2e-3)[:, None], torch.nan, -x)
+    with pytest.raises(NonFiniteError, match="at the final denoising step"):
+        sample(sde, at_eps, (4, 2), steps=10)
+    assert torch.isfinite(sample(sde, at_eps, (4, 2), steps=10, denoise=False).samples).all()
+    with pytest.raises(NonFiniteError, match="overflow `dtype` torch.float16"):
+        sample(sde, _minus_x, (4, 2), steps=3, dtype=torch.float16, project=lambda x, t: x * 0 + 1e6)
+
+
+def test_project_output_is_checked():
+    "A `project` returning another shape or dtype is refused by name on its first call, not broadcast or cast."
+    for bad in (lambda x, t: x[:, :1], lambda x, t: x.double(), lambda x, t: x.tolist()):
+        with pytest.raises(ValueError, match="`project` must return a tensor of x's shape, dtype and device"):
+            sample(VPSDE(), _minus_x, (4, 2), steps=3, dtype=torch.float32, project=bad)
+
+
+def test_ode_sample_defaults_and_fixed_steps():
+    """rtol = atol = 1e-5 by default (the default call equals the explicit one); a fixed-step method with `steps` = n
+    takes exactly n steps of (T - eps)/n: Euler's NFE is n + 1 and its result is n Euler steps computed by hand."""
+    from sde_diffusion.sampling import ode_sample
+    sde, x_T = VPSDE(), torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    score = lambda x, t: -x / 1.5   # N(0, 1.5 I) data: not the prior, so the ODE moves x
+    a, b = ode_sample(sde, score, x_T=x_T), ode_sample(sde, score, x_T=x_T, rtol=1e-5, atol=1e-5)
+    c = ode_sample(sde, score, x_T=x_T, rtol=2e-5, atol=2e-5)
+    assert a.nfe == b.nfe and torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
+    n, eps = 7, 1e-3
+    out = ode_sample(sde, score, x_T=x_T, method="euler", steps=n, eps=eps, denoise=False)
+    assert out.nfe == n
+    x, h = x_T.clone(), (sde.T - eps) / n
+    for i in range(n):   # dx/dt = f - g^2 s / 2 = -beta x / 2 - beta s / 2, stepped backwards in time
+        t = sde.T - i * h
+        beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
+        x = x - h * (-0.5 * beta * x - 0.5 * beta * score(x, None))
+    torch.testing.assert_close(out.samples, x, rtol=RTOL, atol=1e-14)
