@@ -147,3 +147,61 @@ def test_probability_flow_refuses_one_step_and_names_nan_and_tolerances():
         probability_flow(sde, bad, x, 1.0, 1e-3)
     assert isinstance(info.value, FloatingPointError)
     assert 0.0 < float(str(info.value).split("t = ")[1].split(" ")[0]) < 0.3   # the first time the field was NaN
+
+
+# ------------------------------------------------------------------ mutation survivors (bench/MUTATION.md)
+def test_reverse_sde_time_grid_and_default_steps():
+    """Euler–Maruyama in the reversed clock s = T - t on [0, T - eps]: the score is called at t = T - k (T - eps)/N,
+    k = 0..N-1, exactly (a grid to T + eps would pass every distributional test at eps = 1e-3); N = 1000 by default."""
+    sde, seen = VPSDE(), []
+    score = lambda x, t: (seen.append(t[0].item()), -x)[1]
+    for eps, steps in ((0.3, 7), (1e-3, None)):
+        seen.clear()
+        kw = {} if steps is None else {"steps": steps}
+        sample_reverse_sde(sde, score, (3, 2), eps=eps, dtype=torch.float64, generator=torch.Generator().manual_seed(0), **kw)
+        n = steps or 1000
+        assert len(seen) == n
+        want = [sde.T - k * (sde.T - eps) / n for k in range(n)]
+        assert max(abs(a - b) for a, b in zip(seen, want)) < 1e-12
+
+
+def test_reverse_sde_overflow_of_a_low_precision_dtype_is_named():
+    "Computed in float32, returned in float16: samples beyond 65504 are an error naming `dtype`, not inf."
+    from sde_diffusion.reverse import NonFiniteError
+    sde = VESDE(sigma_max=1e6)
+    with pytest.raises(NonFiniteError, match="overflow `dtype` torch.float16"):
+        sample_reverse_sde(sde, lambda x, t: torch.zeros_like(x), (20, 2), steps=3, dtype=torch.float16,
+                           generator=torch.Generator().manual_seed(0))
+    out = sample_reverse_sde(VPSDE(), lambda x, t: -x, (20, 2), steps=3, dtype=torch.float16,
+                             generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_x_T_and_x_boundaries():
+    "One-dimensional batches (B,) and one-element ones are valid starts; 0-d and empty tensors are refused by name."
+    sde = VPSDE()
+    for x_T in (torch.randn(4, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)):
+        assert sample_reverse_sde(sde, lambda x, t: -x, x_T=x_T, steps=2).shape == x_T.shape
+        assert probability_flow(sde, lambda x, t: -x, x_T, 1.0, 0.5)[0].shape == x_T.shape
+    for bad in (torch.tensor(0.5, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64)):
+        with pytest.raises((TypeError, ValueError), match="`x_T`"):
+            sample_reverse_sde(sde, lambda x, t: -x, x_T=bad, steps=2)
+    with pytest.raises(TypeError, match="`x`"):
+        probability_flow(sde, lambda x, t: -x, torch.tensor(0.5, dtype=torch.float64), 1.0, 0.5)
+
+
+def test_probability_flow_default_tolerances():
+    "rtol = atol = 1e-5 by default: the default solve equals the explicit one and differs from 2e-5."
+    sde, x = VPSDE(), torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    score = lambda y, t: -y / 1.5
+    a, b = probability_flow(sde, score, x, 1.0, 1e-3), probability_flow(sde, score, x, 1.0, 1e-3, rtol=1e-5, atol=1e-5)
+    c = probability_flow(sde, score, x, 1.0, 1e-3, rtol=2e-5, atol=2e-5)
+    assert a[1] == b[1] and torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+
+
+def test_unavailable_accelerator_is_named():
+    "A device whose backend is not available (CUDA on a CPU machine) is refused by name before any work."
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="`device` 'cuda' is not available"):
+        sample_reverse_sde(VPSDE(), lambda x, t: -x, (4, 2), steps=2, device="cuda")
