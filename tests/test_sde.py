@@ -434,3 +434,34 @@ def test_prior_too_wide_for_the_dtype_is_a_named_error():
     with pytest.raises(ValueError, match="`dtype`"):
         VESDE(sigma_min=7.0, sigma_max=3e5).prior_sampling((2, 3), dtype=torch.float16)
     assert torch.isfinite(VESDE(sigma_max=3e5).prior_sampling((2, 3), dtype=torch.float32)).all()
+
+
+# ------------------------------------------------------------------ mutation survivors (bench/MUTATION.md)
+class _LongVE(VESDE):
+    "A VE SDE on [0, 2] (the shipped SDEs all have T = 1, where T and 1/T coincide): only T-dependent helpers are used."
+    @property
+    def T(self) -> float:
+        return 2.0
+
+
+def test_timestep_and_default_discretize_scale_with_T():
+    "i = round(t (N - 1)/T) and the default Euler-Maruyama step dt = T/N, on an SDE with T = 2."
+    sde = _LongVE(N=11)
+    t = torch.tensor([0.0, 1.0, 2.0, 0.7], dtype=torch.float64)
+    assert sde.timestep(t).tolist() == [0, 5, 10, round(0.7 * 10 / 2)]
+    x, tt = torch.ones(2, 3, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
+    f, G = SDE.discretize(sde, x, tt)
+    drift, g = sde.sde(x, tt)
+    torch.testing.assert_close(f, drift * (2.0 / 11), rtol=1e-15, atol=0)
+    torch.testing.assert_close(G, g * math.sqrt(2.0 / 11), rtol=1e-15, atol=0)
+
+
+def test_unchecked_times_take_the_dtype_of_x():
+    "With the checks off (inside samplers), t of another dtype is still cast to x's dtype, and the same dtype passes."
+    sde = VPSDE()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    with sde.unchecked():
+        for t in (torch.full((3,), 0.3, dtype=torch.float32), torch.full((3,), 0.3, dtype=torch.float64)):
+            drift, diffusion = sde.sde(x, t)
+            assert drift.dtype == diffusion.dtype == torch.float64
+            assert sde._t(t, x).dtype == torch.float64
