@@ -14,7 +14,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'mean_logp_gap',
-           'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics']
+           'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics', 'glue']
 
 # %% ../nbs/A2_metrics.ipynb #89cae655
 def _points(name, x) -> Tensor:
@@ -235,3 +235,28 @@ def sample_metrics(
     if log_prob is not None:
         out["dlogp"] = mean_logp_gap(samples, log_prob, reference)
     return out
+
+# %% ../nbs/A2_metrics.ipynb #e2bd5d1e
+def glue(
+    name: str,        # the key that the prose uses: {glue:text}`name` or, formatted, {glue:text}`name:.2f`
+    value,            # the measured number: an int, a float, a one-element tensor, or a string
+):                    # `value` (a tensor as a Python number), so that `x = glue("x", measure())` reads naturally
+    "Hand a measured number to the book's prose (myst-nb's glue, not displayed); returns it. A no-op outside IPython."
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"`name` must be a Python identifier (letters, digits, underscores), got {name!r}")
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"`value` must be a number; got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise TypeError(f"`value` must be an int, a float, a one-element tensor or a str, got {type(value).__name__}")
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        raise ValueError(f"`value` of {name!r} is {value}: a non-finite number is not quoted in the text")
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue as myst_glue
+    except ImportError:   # Colab or a script without the book's tools: nothing records the value
+        return value
+    if get_ipython() is not None:
+        myst_glue(name, value, display=False)
+    return value

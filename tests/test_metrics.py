@@ -301,3 +301,35 @@ def test_gaussian_energy_distance_far_apart_is_finite():
     from sde_diffusion.metrics import energy_distance_gaussian_1d
     e = energy_distance_gaussian_1d(1e300, 1e-300, 0.0, 1.0)
     assert e == pytest.approx(2e300, rel=1e-15)
+
+
+# ------------------------------------------------------------------ glue: measured numbers handed to the prose
+def test_glue_returns_the_value_and_refuses_what_cannot_be_quoted():
+    from sde_diffusion.metrics import glue
+    assert glue("x", 1.5) == 1.5 and glue("n", 7) == 7 and glue("s", "DDIM") == "DDIM"
+    v = glue("t", torch.tensor([0.25], dtype=torch.float64))
+    assert v == 0.25 and isinstance(v, float)
+    for name, value, err, match in [("a b", 1.0, ValueError, "`name`"), (3, 1.0, ValueError, "`name`"),
+                                    ("x", float("nan"), ValueError, "non-finite"), ("x", math.inf, ValueError, "non-finite"),
+                                    ("x", torch.tensor(float("nan")), ValueError, "non-finite"),
+                                    ("x", torch.ones(2), ValueError, "shape"), ("x", True, TypeError, "`value`"),
+                                    ("x", [1.0], TypeError, "`value`")]:
+        with pytest.raises(err, match=match):
+            glue(name, value)
+
+
+def test_glue_records_the_value_for_myst_nb_in_a_kernel():
+    "Inside IPython, the value is displayed under myst-nb's glue mime type with its name, and not shown as text."
+    pytest.importorskip("myst_nb")
+    from IPython.core.interactiveshell import InteractiveShell
+    from sde_diffusion.metrics import glue
+    shell = InteractiveShell.instance()
+    shown = []
+    shell.display_pub.publish = lambda data, metadata=None, **kw: shown.append((data, metadata))
+    try:
+        assert glue("sw2_floor", 0.0123) == 0.0123
+    finally:
+        InteractiveShell.clear_instance()
+    (data, metadata), = shown
+    assert data == {"application/papermill.record/text/plain": "0.0123"}
+    assert metadata["scrapbook"] == {"name": "sw2_floor", "mime_prefix": "application/papermill.record/"}
