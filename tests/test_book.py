@@ -78,6 +78,44 @@ def test_internal_links_resolve(book):
     assert not broken, "broken internal links:\n" + "\n".join(broken)
 
 
+class _ReaderText(HTMLParser):
+    "The text a reader sees: prose and cell outputs, without code-cell sources (docstrings may name labels)."
+    SKIP = ("cell_input", "highlight")
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.parts = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("br", "img", "meta", "link", "hr", "input"):
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        skip = tag in ("script", "style") or any(c in classes for c in self.SKIP) and "cell_output" not in classes
+        self.stack.append(skip or (self.stack[-1] if self.stack else False))
+
+    def handle_endtag(self, tag):
+        if tag not in ("br", "img", "meta", "link", "hr", "input") and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not (self.stack and self.stack[-1]):
+            self.parts.append(data)
+
+
+def test_no_equation_label_shown_as_text(book):
+    """A reference written with plain backticks (`eq-ito-lemma`) or a label typed into a printout renders as the raw
+    label, and `-W` does not catch it: no page may show `eq-...`, `ex-...` or `fig-...` labels as text."""
+    shown = {}
+    for page in _pages():
+        p = _ReaderText()
+        p.feed(page.read_text(encoding="utf-8"))
+        text = " ".join(p.parts)
+        labels = sorted(set(re.findall(r"(?<![\w/#.-])(?:eq|ex|fig)-[a-z0-9]+(?:-[a-z0-9]+)*\b", text)))
+        if labels:
+            shown[page.relative_to(HTML).as_posix()] = labels
+    assert not shown, f"raw labels shown to readers: {shown}"
+
+
 def test_pages_list_every_chapter(book):
     names = {p.relative_to(book).as_posix() for p in _pages()}
     for chapter in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):

@@ -123,6 +123,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error(f"--jobs must be >= 1, got {a.jobs}")
+    # One OpenMP/torch thread per kernel unless the caller chose otherwise (the Makefile exports 1). Kernels inherit
+    # this environment; with two threads each while another process holds a core, OpenMP's barriers spin: chapter 11's
+    # training cell ran 25 times slower (over its 540 s timeout instead of 54 s) when this script was run by hand.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 

@@ -33,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = "sde_diffusion"
+# One torch/OpenMP thread per test run unless the caller chose otherwise (the Makefile exports 1): with two threads
+# while another process holds a core, OpenMP's barriers spin and a 5 s test file took 100 s, turning kills into timeouts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # module -> its test files, fastest and most specific first (pytest -x stops at the first failure)
 TESTS = {

@@ -6,8 +6,30 @@ JavaScript error on every page. Keep only the first copy of each identical inlin
 
 Notebook execution: `reliable_execution.install()` removes the lost-wake-up stall of nbclient + jupyter_client (see
 that module) before myst-nb executes the first notebook.
+
+Toolbox numbering: the toolbox chapters (nbs/A1_toy ... nbs/A6_cli) sit in an unnumbered part, so Sphinx numbers
+their equations and exercises with one counter shared by all of them, and a chapter citing a toolbox equation read
+"eq. (16)". After Sphinx assigns the numbers, each toolbox page's equations, figures and exercises are renumbered
+A1.1, A1.2, ... from the page's own prefix (the file name up to the underscore), in their original order; references
+use the same table, so they follow.
 """
+import re
+
 import reliable_execution
+
+TOOLBOX = re.compile(r"^nbs/(A\d+[a-z]?)_")
+
+
+def _toolbox_numbers(app, env):
+    "Renumber every enumerable of a toolbox page (A<k>_*.ipynb) as (A<k>, 1), (A<k>, 2), ... per kind."
+    for docname, kinds in env.toc_fignumbers.items():
+        m = TOOLBOX.match(docname)
+        if not m:
+            continue
+        for figtype, numbers in kinds.items():
+            for k, fid in enumerate(sorted(numbers, key=lambda i: numbers[i]), start=1):
+                numbers[fid] = (m.group(1), k)
+    return []
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -28,4 +50,5 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
 def setup(app):
     reliable_execution.install()
     app.connect("html-page-context", _dedupe_scripts, priority=900)
+    app.connect("env-get-updated", _toolbox_numbers, priority=900)   # after the toctree collector numbers them
     return {"parallel_read_safe": True, "parallel_write_safe": True}
