@@ -96,7 +96,9 @@ def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tens
                 raise ValueError(f"`x_T` has shape {tuple(x_T.shape)} but `shape` is {shape!r}")
         if dtype is not None and x_T.dtype != dtype:
             raise ValueError(f"`x_T` has dtype {x_T.dtype} but `dtype` is {dtype}: give one of them, or make them agree")
-        if device is not None and (x_T.device.type != device.type or device.index is not None and x_T.device != device):
+        # CPU tensors carry no index (a tensor made on "cpu:0" reports "cpu"): compare indices of accelerators only
+        if device is not None and (x_T.device.type != device.type or device.type != "cpu" and device.index is not None
+                                   and x_T.device.index != device.index):
             raise ValueError(f"`x_T` is on {x_T.device} but `device` is {device}: give one of them, or make them agree")
         out_dtype, x = x_T.dtype, x_T.to(_work_dtype(x_T.dtype))
     if generator is not None and torch.device(generator.device).type != x.device.type:
