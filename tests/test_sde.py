@@ -465,3 +465,14 @@ def test_unchecked_times_take_the_dtype_of_x():
             drift, diffusion = sde.sde(x, t)
             assert drift.dtype == diffusion.dtype == torch.float64
             assert sde._t(t, x).dtype == torch.float64
+
+
+def test_timestep_clamps_to_the_levels_and_the_base_default_N():
+    """Inside samplers (checks off) a time can overshoot T by rounding: the index is clamped to N - 1 (and t = 0 gives 0,
+    not 1). The base class documents N = 1000 for subclasses that do not pass it."""
+    import inspect
+    sde = VESDE(N=5000)
+    assert sde.timestep(torch.tensor([1.0, 0.0], dtype=torch.float16)).tolist() == [4999, 0]
+    with sde.unchecked():
+        assert sde.timestep(torch.tensor([1.0 + 1e-3, -1e-3], dtype=torch.float64)).tolist() == [4999, 0]
+    assert inspect.signature(SDE.__init__).parameters["N"].default == 1000
