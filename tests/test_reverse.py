@@ -207,8 +207,11 @@ def test_unavailable_accelerator_is_named():
         sample_reverse_sde(VPSDE(), lambda x, t: -x, (4, 2), steps=2, device="cuda")
 
 
-def test_x_T_on_the_cpu_agrees_with_any_spelling_of_the_cpu():
-    "A tensor made on 'cpu:0' reports 'cpu': x_T on the CPU with device='cpu' or 'cpu:0' is accepted (it once was refused)."
-    x_T = torch.randn(3, 2, dtype=torch.float64, device="cpu:0")
-    for device in ("cpu", "cpu:0", torch.device("cpu", 0)):
-        assert sample_reverse_sde(VPSDE(), lambda x, t: -x, x_T=x_T, steps=2, device=device).device.type == "cpu"
+@pytest.mark.parametrize("device", DEVICES)
+def test_x_T_agrees_with_any_spelling_of_its_device(device):
+    """A tensor made on 'cpu:0' reports 'cpu': x_T on the CPU with device='cpu' or 'cpu:0' is accepted (it once was
+    refused). On an accelerator, 'cuda' and 'cuda:0' both name the device of a tensor on cuda:0 (this case needs a GPU)."""
+    x_T = torch.randn(3, 2, dtype=torch.float64, device=f"{device}:0")
+    for spelling in (device, f"{device}:0", torch.device(device, 0)):
+        out = sample_reverse_sde(VPSDE(), lambda x, t: -x, x_T=x_T, steps=2, device=spelling)
+        assert out.device == x_T.device

@@ -476,3 +476,16 @@ def test_timestep_clamps_to_the_levels_and_the_base_default_N():
     with sde.unchecked():
         assert sde.timestep(torch.tensor([1.0 + 1e-3, -1e-3], dtype=torch.float64)).tolist() == [4999, 0]
     assert inspect.signature(SDE.__init__).parameters["N"].default == 1000
+
+
+def test_prior_dtype_range_boundary_and_ddpm_rate_boundary():
+    """The prior refuses a dtype only if 16 sigma (P(|z| > 16) ~ 1e-57) exceeds its largest value: float16 holds
+    65504 = 16 * 4094 exactly, so sigma_max = 4094 is accepted and 4100 refused. DDPM's discretization needs
+    beta_max / N < 1: N = beta_max is refused (a rate of 1 would erase x in one step), N = beta_max + 1 accepted."""
+    x = VESDE(sigma_max=4094.0).prior_sampling((8, 2), dtype=torch.float16, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float16 and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="`dtype`"):
+        VESDE(sigma_max=4100.0).prior_sampling((8, 2), dtype=torch.float16)
+    with pytest.raises(ValueError, match="`N`"):
+        VPSDE(beta_max=20.0, N=20).discrete_betas()
+    assert VPSDE(beta_max=20.0, N=21).discrete_betas().shape == (21,)
