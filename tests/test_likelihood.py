@@ -343,3 +343,17 @@ def test_half_precision_data_is_computed_in_float32(low):
 def test_more_bad_inputs_are_named(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_divergence_shape_boundaries():
+    "x of shape (B,) (one dimension per sample) and a single probe are valid; a 0-d x and zero probes are refused by name."
+    from sde_diffusion.likelihood import divergence
+    x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f, div = divergence(lambda y: 3 * y, x)
+    torch.testing.assert_close(div, torch.full((5,), 3.0, dtype=torch.float64))
+    f, div = divergence(lambda y: 3 * y, x, torch.ones(1, 5, dtype=torch.float64))   # one probe: v J v = 3 exactly
+    torch.testing.assert_close(div, torch.full((5,), 3.0, dtype=torch.float64))
+    with pytest.raises(TypeError, match="`x`"):
+        divergence(lambda y: 3 * y, torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="`probes`"):
+        divergence(lambda y: 3 * y, x, torch.ones(0, 5, dtype=torch.float64))

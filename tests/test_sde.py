@@ -489,3 +489,11 @@ def test_prior_dtype_range_boundary_and_ddpm_rate_boundary():
     with pytest.raises(ValueError, match="`N`"):
         VPSDE(beta_max=20.0, N=20).discrete_betas()
     assert VPSDE(beta_max=20.0, N=21).discrete_betas().shape == (21,)
+
+
+def test_documented_defaults_of_the_three_sdes():
+    "N = 1000 levels for every SDE; VP and sub-VP beta in [0.1, 20]; VE sigma in [0.01, 50] (Song et al.'s values)."
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        assert sde.N == 1000
+    assert (VPSDE().beta_min, VPSDE().beta_max) == (0.1, 20.0) == (SubVPSDE().beta_min, SubVPSDE().beta_max)
+    assert (VESDE().sigma_min, VESDE().sigma_max) == (0.01, 50.0)
