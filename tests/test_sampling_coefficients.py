@@ -565,3 +565,15 @@ def test_ode_sample_defaults_and_fixed_steps():
         beta = sde.beta_min + t * (sde.beta_max - sde.beta_min)
         x = x - h * (-0.5 * beta * x - 0.5 * beta * score(x, None))
     torch.testing.assert_close(out.samples, x, rtol=RTOL, atol=1e-14)
+
+
+def test_first_step_nan_and_the_start_projection_time():
+    "A NaN from the very first score call is reported as step 0; `project` is applied to the prior draw at t = T."
+    from sde_diffusion.reverse import NonFiniteError
+    sde = VPSDE()
+    with pytest.raises(NonFiniteError, match=r"at step 0 of 4 \(t = 1 ->"):
+        sample(sde, lambda x, t: torch.full_like(x, torch.nan), (4, 2), steps=4)
+    seen = []
+    sample(sde, _minus_x, (4, 2), steps=4, project=lambda x, t: (seen.append(t.tolist()), x)[1])
+    ts = sampling_times(sde, 4, dtype=torch.float32).tolist()
+    assert seen[0] == [ts[0]] * 4 and seen[1] == [ts[1]] * 4   # the start at T, then after step 0 at t_1
