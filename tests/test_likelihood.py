@@ -357,3 +357,23 @@ def test_divergence_shape_boundaries():
         divergence(lambda y: 3 * y, torch.tensor(1.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="`probes`"):
         divergence(lambda y: 3 * y, x, torch.ones(0, 5, dtype=torch.float64))
+
+
+def test_likelihood_and_bin_argument_boundaries():
+    """x of shape (B, 1) is valid and (B,) or empty refused; n_bins = 2 (one bit) is valid and 1 refused; a data range
+    with lo = hi is refused (mutation survivors: boundaries never exercised)."""
+    sde = VPSDE()
+    gauss_score = lambda x, t: -x   # N(0, 1) data: every marginal is N(0, 1) under VP
+    x1 = torch.randn(4, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ell, _ = log_likelihood(sde, gauss_score, x1)
+    exact = -0.5 * (x1.squeeze(1) ** 2 + math.log(2 * math.pi))
+    assert (ell - exact).abs().max() < 1e-12   # the PF field -beta x/2 - beta s/2 is identically 0: float64 rounding only
+    for bad in (x1.squeeze(1), torch.zeros(0, 1, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="`x`"):
+            log_likelihood(sde, gauss_score, bad)
+    levels = quantize(torch.tensor([[-0.9, 0.9]], dtype=torch.float64), n_bins=2)
+    assert levels.tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="`n_bins`"):
+        quantize(torch.zeros(1, 2, dtype=torch.float64), n_bins=1)
+    with pytest.raises(ValueError, match="`data_range`"):
+        quantize(torch.zeros(1, 2, dtype=torch.float64), n_bins=4, data_range=(1.0, 1.0))
