@@ -377,3 +377,15 @@ def test_likelihood_and_bin_argument_boundaries():
         quantize(torch.zeros(1, 2, dtype=torch.float64), n_bins=1)
     with pytest.raises(ValueError, match="`data_range`"):
         quantize(torch.zeros(1, 2, dtype=torch.float64), n_bins=4, data_range=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("n_bins,data_range", [(10, (-1.0, 1.0)), (7, (0.1, 0.7)), (5, (0.1, 0.7))])
+def test_quantize_puts_every_bin_edge_in_its_own_bin(n_bins, data_range):
+    """A value exactly on the lower edge lo + a k of bin k belongs to bin k, although floor((y - lo)/a) rounds it down
+    to k - 1 for some k (e.g. k = 1 of 10 bins on [-1, 1] in float64): the rounding correction is exercised."""
+    lo, hi = data_range
+    a = (hi - lo) / n_bins
+    k = torch.arange(n_bins, dtype=torch.float64)
+    edges = lo + a * k
+    assert (torch.floor((edges - lo) / a) != k).any()   # the case the correction exists for occurs here
+    assert quantize(edges[None], n_bins=n_bins, data_range=data_range).tolist() == [list(range(n_bins))]
