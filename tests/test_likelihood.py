@@ -389,3 +389,14 @@ def test_quantize_puts_every_bin_edge_in_its_own_bin(n_bins, data_range):
     edges = lo + a * k
     assert (torch.floor((edges - lo) / a) != k).any()   # the case the correction exists for occurs here
     assert quantize(edges[None], n_bins=n_bins, data_range=data_range).tolist() == [list(range(n_bins))]
+
+
+def test_out_of_range_values_and_bits_per_dim_shape_boundaries():
+    "Values at or beyond hi (and below lo) go to the edge bins; bits_per_dim refuses a (B,) shape and D = 0 by name."
+    y = torch.tensor([[-5.0, -1.0, 1.0, 7.0]], dtype=torch.float64)
+    assert quantize(y, n_bins=4).tolist() == [[0, 0, 3, 3]]
+    logp = torch.zeros(3, dtype=torch.float64)
+    for bad in ((3,), 0):
+        with pytest.raises(ValueError, match="`shape`"):
+            bits_per_dim(logp, bad)
+    assert bits_per_dim(logp, 1).shape == (3,)
