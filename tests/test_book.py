@@ -116,6 +116,18 @@ def test_no_equation_label_shown_as_text(book):
     assert not shown, f"raw labels shown to readers: {shown}"
 
 
+def test_toolbox_numbers_carry_their_chapter_prefix(book):
+    "Toolbox equations and exercises are numbered A<k>.<n> on their page (book_fixes), not by one global counter."
+    for page in sorted((HTML / "nbs").glob("A[0-9]*_*.html")):
+        prefix = re.match(r"(A\d+)", page.stem).group(1)
+        html_text = page.read_text(encoding="utf-8")
+        eqnos = re.findall(r'<span class="eqno">\(([^)]*)\)', html_text)
+        assert all(re.fullmatch(rf"{prefix}\.\d+", n) for n in eqnos), (page.name, eqnos[:5])
+        assert [int(n.split(".")[1]) for n in eqnos] == list(range(1, len(eqnos) + 1)), (page.name, eqnos)
+    a1 = (HTML / "nbs" / "A1_toy.html").read_text(encoding="utf-8")
+    assert '<span class="eqno">(A1.1)' in a1
+
+
 def test_pages_list_every_chapter(book):
     names = {p.relative_to(book).as_posix() for p in _pages()}
     for chapter in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):
