@@ -172,6 +172,8 @@ def _load(browser, url, shot=None):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     requests, errors = [], []
     page.on("request", lambda r: requests.append(r.url))
+    # a request the server answers with an error (a font or script the page asks for under the wrong path) is an error
+    page.on("response", lambda r: errors.append(f"HTTP {r.status} for {r.url}") if r.status >= 400 else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url, wait_until="load")
     page.wait_for_function("() => !window.MathJax || (window.MathJax.startup && window.MathJax.startup.promise)", timeout=20000)
@@ -200,7 +202,7 @@ def test_pages_offline_typeset_and_figures(book, server, browser, rel):
         if external:
             problems.append(f"{rel}: network requests {external[:5]}")
         if errors:
-            problems.append(f"{rel}: JavaScript errors {errors[:3]}")
+            problems.append(f"{rel}: JavaScript or HTTP errors {errors[:3]}")
         html = path.read_text(encoding="utf-8")
         has_math = "\\(" in html or "\\[" in html or 'class="math' in html
         if has_math and page.locator("mjx-container").count() == 0:
@@ -228,7 +230,7 @@ def test_chapters_have_numbered_equations_and_figures(book, server, browser):
 
 
 def test_widget_renders(book, server, browser):
-    page, requests, _ = _load(browser, urljoin(server, "nbs/03_fokker_planck.html"), shot="widget.png")
+    page, requests, errors = _load(browser, urljoin(server, "nbs/03_fokker_planck.html"), shot="widget.png")
     widget = page.locator(".widget-slider, .jupyter-widgets.widget-slider, .widget-hslider").first
     widget.wait_for(state="visible", timeout=20000)
     widget.scroll_into_view_if_needed()
@@ -236,5 +238,8 @@ def test_widget_renders(book, server, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "widget_view.png"))
     assert page.locator(".widget-slider, .widget-hslider").count() >= 2
+    # the widget manager's icon fonts load from _static/widgets/ (they 404ed from the page's folder)
+    fonts = [u for u in requests if "/widgets/" in u and u.endswith((".woff2", ".woff", ".ttf"))]
+    assert fonts and not errors, (fonts, errors)
     assert not [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
     page.close()
