@@ -351,3 +351,42 @@ def test_half_precision_dsm_loss_with_a_large_weight_is_finite():
     got = dsm_loss(sde, score, x0.half(), t=t.half(), weighting="likelihood", generator=torch.Generator().manual_seed(0), reduce="none")
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), ref.double(), rtol=0.05, atol=0.05)   # z, t rounded to float16: ~1e-3 relative each
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mutation-testing survivors (bench/MUTATION.md, losses.py): boundaries and paths only one formula could take
+
+def test_ism_named_weightings_multiply_the_unweighted_loss():
+    "ism_loss with weighting w is lambda_w(t) times the unweighted per-sample loss (a skipped weighting passed before)."
+    sde = VPSDE()
+    A = torch.tensor([[1.0, 2.0], [0.5, -3.0]], dtype=F64)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    t = torch.linspace(0.1, 0.9, 5, dtype=F64)
+    s = lambda x, t: x @ A.T + 1.0
+    plain = ism_loss(s, x, t, reduce="none")
+    for w in ("sigma2", "likelihood"):
+        lam = weighting(sde, w, t)
+        assert not torch.allclose(lam, torch.ones_like(lam))     # the test would not see a skipped weighting otherwise
+        torch.testing.assert_close(ism_loss(s, x, t, sde=sde, weighting=w, reduce="none"), lam * plain)
+
+
+def test_times_exactly_on_the_boundaries_are_accepted():
+    "t = eps and t = T lie in [eps, T]: the range check is inclusive at both ends (strict checks refused them)."
+    sde, x0 = VPSDE(), torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    score = _gaussian_score(sde)
+    for t in (torch.full((4,), 1e-2, dtype=F64), torch.full((4,), sde.T, dtype=F64)):
+        assert torch.isfinite(dsm_loss(sde, score, x0, eps=1e-2, t=t))
+
+
+def test_scalar_x_is_refused_by_name_and_a_batch_of_one_is_valid():
+    "A 0-d tensor has no batch axis: ValueError naming `x` (not an IndexError); B = 1 gives the per-sample value."
+    with pytest.raises(ValueError, match="`x` must have shape"):
+        ism_loss(lambda x, t: -x, torch.tensor(1.0), torch.zeros(()))
+    sde = VPSDE()
+    score = _gaussian_score(sde)
+    x0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = torch.tensor([0.2, 0.5, 0.8], dtype=F64)
+    g = lambda: torch.Generator().manual_seed(7)
+    full = irreducible_dsm_constant(sde, score, x0, t=t, generator=g(), reduce="none")
+    one = irreducible_dsm_constant(sde, score, x0[:1], t=t[:1], generator=g(), reduce="none")
+    torch.testing.assert_close(one, full[:1])
