@@ -128,6 +128,19 @@ def test_toolbox_numbers_carry_their_chapter_prefix(book):
     assert '<span class="eqno">(A1.1)' in a1
 
 
+def test_rendered_code_has_no_nbdev_directives_and_engineering_code_is_folded(book):
+    """`#| export` and the other nbdev directives are for nbdev, not for readers (book_fixes drops them); cells tagged
+    `hide-input` (argument parsing, checkpoints, validation) render folded behind a "Show code cell source" toggle."""
+    shown = {}
+    for page in _pages():
+        hits = re.findall(r"#\|\s*(?:export|hide|exporti|eval)\b", page.read_text(encoding="utf-8"))
+        if hits:
+            shown[page.relative_to(HTML).as_posix()] = len(hits)
+    assert not shown, f"nbdev directives shown to readers: {shown}"
+    cli = (HTML / "nbs" / "A6_cli.html").read_text(encoding="utf-8")
+    assert cli.count('<details class="admonition hide above-input"') >= 3   # the parser, `train`, `sample`
+
+
 def test_pages_list_every_chapter(book):
     names = {p.relative_to(book).as_posix() for p in _pages()}
     for chapter in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):

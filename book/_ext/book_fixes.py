@@ -12,8 +12,13 @@ their equations and exercises with one counter shared by all of them, and a chap
 "eq. (16)". After Sphinx assigns the numbers, each toolbox page's equations, figures and exercises are renumbered
 A1.1, A1.2, ... from the page's own prefix (the file name up to the underscore), in their original order; references
 use the same table, so they follow.
+
+nbdev directives: the first lines of a code cell that start with `#|` (`#| export`, `#| hide`, ...) tell nbdev what to
+export; a reader of the book does not need them, so they are removed from the rendered cell (the notebook keeps them).
 """
 import re
+
+from docutils import nodes
 
 import reliable_execution
 
@@ -30,6 +35,28 @@ def _toolbox_numbers(app, env):
             for k, fid in enumerate(sorted(numbers, key=lambda i: numbers[i]), start=1):
                 numbers[fid] = (m.group(1), k)
     return []
+
+
+_DIRECTIVE = re.compile(r"^#\|.*$")
+
+
+def _strip_nbdev_directives(app, doctree):
+    "Drop the leading `#| ...` lines of every rendered code cell's source."
+    for block in list(doctree.findall(nodes.literal_block)):
+        parent = block.parent
+        if not (isinstance(parent, nodes.container) and "cell_input" in parent.get("classes", [])):
+            continue
+        lines = block.astext().split("\n")
+        k = 0
+        while k < len(lines) and _DIRECTIVE.match(lines[k]):
+            k += 1
+        if k == 0:
+            continue
+        text = "\n".join(lines[k:]).lstrip("\n")
+        block.replace(block.children[0], nodes.Text(text)) if block.children else block.append(nodes.Text(text))
+        for extra in block.children[1:]:
+            block.remove(extra)
+        block.rawsource = text
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -50,5 +77,6 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
 def setup(app):
     reliable_execution.install()
     app.connect("html-page-context", _dedupe_scripts, priority=900)
-    app.connect("env-get-updated", _toolbox_numbers, priority=900)   # after the toctree collector numbers them
+    app.connect("env-get-updated", _toolbox_numbers, priority=900)
+    app.connect("doctree-read", _strip_nbdev_directives)   # after the toctree collector numbers them
     return {"parallel_read_safe": True, "parallel_write_safe": True}
