@@ -17,7 +17,7 @@ from torch import Tensor
 from .solvers import batch_broadcast
 
 # %% auto #0
-__all__ = ['SDE', 'VPSDE', 'SubVPSDE', 'VESDE', 'ReverseSDE']
+__all__ = ['SDE', 'VPSDE', 'SubVPSDE', 'VESDE', 'CosineVPSDE', 'ReverseSDE']
 
 # %% ../nbs/04_sde.ipynb #d98203ce
 def _positive_float(name, value) -> float:
@@ -322,6 +322,88 @@ class VESDE(SDE):
         # sigma_i^2 - sigma_{i-1}^2 = sigma_i^2 (1 - e^{-2 delta}), delta = log(sigma_max/sigma_min)/(N-1): no cancellation
         ratio = math.sqrt(-math.expm1(-2 * self.log_ratio / (self.N - 1))) if self.N > 1 else 1.0
         return torch.zeros_like(x), batch_broadcast(torch.where(i > 0, sigma_i * ratio, sigma_i), x)
+
+# %% ../nbs/04_sde.ipynb #1dd6e02b
+class CosineVPSDE(SDE):
+    "Cosine-schedule VP SDE $\\mathrm{d}x = -\\tfrac12\\tilde\\beta(t)x\\,\\mathrm{d}t + \\sqrt{\\tilde\\beta(t)}\\,\\mathrm{d}w$, $\\tilde\\beta = \\min(\\beta, \\beta_{\\max})$ (eqs. `eq-cosine-beta`, `eq-cosine-clipped`)."
+
+    def __init__(
+        self,
+        s: float = 0.008,         # offset $s \ge 0$ of Nichol & Dhariwal; $s > 0$ keeps $\beta(0) > 0$
+        beta_max: float = 200.0,  # clip $\beta_{\max} > \beta(0)$ of the rate $\beta(t)$, which diverges at $t = T$
+        N: int = 1000,            # number of discretization steps
+        T: float = 1.0,           # end time $T > 0$
+    ):
+        super().__init__(N)
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s < 0:
+            raise ValueError(f"`s` must be a finite number >= 0, got {s!r}")
+        self.s, self._T = float(s), _positive_float("T", T)
+        self.beta_max = _positive_float("beta_max", beta_max)
+        self._u0, w0 = 0.5 * math.pi * self.s / (1 + self.s), 0.5 * math.pi / (1 + self.s)   # u(0) and pi/2 - u(0)
+        self._tan_u0 = math.tan(self._u0) if self.s <= 1 else 1 / math.tan(w0)   # from the smaller angle: 0 at s = 0
+        self._du = w0 / self._T                                         # du/dt; pi/2 - u(t) = du (T - t), since u(T) = pi/2
+        if not math.isfinite(self._du):
+            raise ValueError(f"`T` = {self._T!r} is too small: the rate pi/(2 T (1 + s)) overflows")
+        beta_0 = 2 * self._du * self._tan_u0
+        if not self.beta_max > beta_0:
+            raise ValueError(f"`beta_max` must exceed beta(0) = {beta_0:.4g} (set by `s` and `T`), got {self.beta_max!r}")
+        self.t_clip = self._T - math.atan(2 * self._du / self.beta_max) / self._du   # beta(t_clip) = beta_max
+
+    @property
+    def T(self) -> float:
+        "End time $T$."
+        return self._T
+
+    def beta(self, t: Tensor) -> Tensor:
+        "Clipped rate $\\tilde\\beta(t) = \\min(\\beta(t), \\beta_{\\max})$, $\\beta(t) = \\frac{\\pi}{T(1+s)}\\tan u(t)$ (eq. `eq-cosine-beta`), shape of `t`."
+        tc = t.clamp(max=self.t_clip)                                   # u <= u(t_clip) < pi/2: tan stays finite
+        u, w = self._u0 + self._du * tc, self._du * (self.T - tc)       # u(t) and pi/2 - u(t), each without cancellation
+        tan_u = torch.where(u <= 0.25 * math.pi, torch.tan(u), 1 / torch.tan(w))   # from the smaller of the two angles
+        return torch.where(t < self.t_clip, (2 * self._du * tan_u).clamp(max=self.beta_max), self.beta_max)   # beta_max from t_c on
+
+    def log_mean_coeff(self, t: Tensor) -> Tensor:
+        "$\\log\\alpha(t)$ of eq. `eq-cosine-clipped`: $\\log(\\cos u(t)/\\cos u(0))$ up to $t_c$, then slope $-\\beta_{\\max}/2$; shape of `t`."
+        d = self._du * t.clamp(max=self.t_clip)                        # u(t) - u(0), frozen at t_c
+        # cos(u0 + d)/cos(u0) = 1 - 2 sin^2(d/2) - tan(u0) sin(d): two terms <= 0, no cancellation at small t
+        log_ratio = torch.log1p(-2 * torch.sin(0.5 * d) ** 2 - self._tan_u0 * torch.sin(d))
+        return log_ratio - 0.5 * self.beta_max * (t - self.t_clip).clamp(min=0)
+
+    def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        "Drift $-\\tfrac12\\tilde\\beta(t)x$ and diffusion $\\sqrt{\\tilde\\beta(t)}$, shape (B, 1, ..., 1)."
+        beta = batch_broadcast(self.beta(_wide(self._t(t, x))), x)
+        return -0.5 * beta * x, beta.sqrt()
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        "$\\alpha(t)$ of eq. `eq-cosine-clipped` and $\\sigma(t) = \\sqrt{1 - \\alpha(t)^2}$, each of shape (B,)."
+        t = self._t(t)
+        lmc = self.log_mean_coeff(_wide(t))
+        return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).sqrt().to(t.dtype)
+
+    def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
+        "Samples of the prior $\\mathcal{N}(0, I)$, of shape `shape` = (B, *D); device from `device`, else `generator`, else CPU."
+        return _gaussian_prior_sample(shape, 1.0, generator, dtype, device)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        "$\\log\\mathcal{N}(z; 0, I)$ summed over all non-batch dimensions, shape (B,)."
+        return _gaussian_prior_logp(z, 1.0)
+
+    def discrete_betas(self, dtype=None, device=None) -> Tensor:
+        "Nichol & Dhariwal's rates $\\beta_i = \\min(1 - \\bar\\alpha(t_{i+1})/\\bar\\alpha(t_i), 0.999)$, $t_i = iT/N$, $i = 0, \\dots, N-1$ (eq. `eq-cosine-discrete`), shape (N,)."
+        k = torch.arange(self.N, 0, -1, dtype=dtype or torch.get_default_dtype(), device=device)   # k = N - i
+        c = 0.5 * math.pi / (self.N * (1 + self.s))                    # u(t_{i+1}) - u(t_i)
+        # 1 - cos^2(u_{i+1})/cos^2(u_i) = sin(c) sin(u_i + u_{i+1})/cos^2(u_i), with cos(u_i) = sin(k c)
+        return (math.sin(c) * torch.sin((2 * k - 1) * c) / torch.sin(k * c) ** 2).clamp(max=0.999)
+
+    def alphas_cumprod(self, dtype=None, device=None) -> Tensor:
+        "$\\bar\\alpha_i = \\prod_{j \\le i}(1 - \\beta_j)$, shape (N,): $\\bar\\alpha(t_{i+1})$ but for the clipped last step."
+        return torch.log1p(-self.discrete_betas(dtype, device)).cumsum(0).exp()
+
+    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        "Nichol & Dhariwal's chain (eq. `eq-ddpm-chain` with eq. `eq-cosine-discrete`): $f_i = (\\sqrt{1-\\beta_i} - 1)x$, $G_i = \\sqrt{\\beta_i}$, $i$ = `timestep(t)`."
+        t = self._t(t, x)
+        beta = self.discrete_betas(_wide(x).dtype, x.device)[self.timestep(t)]
+        shrink = -beta / (1 + torch.sqrt(1 - beta))                    # sqrt(1 - beta) - 1, without cancellation
+        return batch_broadcast(shrink, x) * x, batch_broadcast(beta.sqrt(), x)
 
 # %% ../nbs/04_sde.ipynb #f86bf435
 class ReverseSDE:

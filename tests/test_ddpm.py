@@ -299,3 +299,41 @@ def test_integer_dtypes_and_bad_indices_and_sigmas_are_named():
         with pytest.raises(err, match="`sigma`"):
             score_from_eps(s, sigma)
     assert torch.equal(eps_from_score(s, 0.0), torch.zeros_like(s))    # sigma = 0: eps = 0 is well defined
+
+
+# ------------------------------------------------------------------ mutation-testing survivors (bench/MUTATION.md)
+def test_every_schedule_field_matches_its_definition():
+    "sqrt(alpha_bar) and sqrt(1 - alpha_bar) are the square roots of the fields they name (a field no test read)."
+    s = ddpm_schedule(VP, torch.float64)
+    torch.testing.assert_close(s.sqrt_alphas_cumprod ** 2, s.alphas_cumprod, rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.sqrt_one_minus_alphas_cumprod ** 2, 1 - s.alphas_cumprod, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.alphas, 1 - s.betas, rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1], rtol=0, atol=0)
+
+
+def test_a_schedule_in_another_dtype_is_converted_to_the_state():
+    "A float64 schedule applied to a float32 state is converted first: bit-identical to the converted schedule's step."
+    g = torch.Generator().manual_seed(2)
+    x, eps, z = (torch.randn(4, 3, generator=g) for _ in range(3))
+    s64, s32 = ddpm_schedule(VP, torch.float64), ddpm_schedule(VP, torch.float32)
+    out = ddpm_ancestral_step(x, 500, eps, z, schedule=s64)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ddpm_ancestral_step(x, 500, eps, z, schedule=s32))
+    assert torch.equal(out, ddpm_ancestral_step(x, 500, eps, z, schedule=s64.to(dtype=torch.float32)))
+    i = torch.tensor([10, 200, 500, 999])   # per-sample indices: (B, 1) coefficients would promote a float64 schedule
+    out = ddpm_ancestral_step(x, i, eps, z, schedule=s64)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ddpm_ancestral_step(x, i, eps, z, schedule=s32))
+
+
+def test_scalar_state_is_refused_by_name_and_nan_at_the_last_step_is_reported():
+    "A 0-d state has no batch axis (ValueError, not IndexError); NaN appearing only at i = 0 is still caught."
+    with pytest.raises(ValueError, match="`x` must have a batch dimension"):
+        ddpm_ancestral_step(torch.tensor(1.0), 5, torch.tensor(0.0), None, schedule=VP)
+    sde = VPSDE(N=50)
+    t_last = ddpm_timesteps_to_t(sde, 0).item()
+
+    def breaks_last(x, t):   # NaN only when called at the time of step i = 0
+        return torch.where(batch_broadcast(t <= t_last, x).bool(), torch.full_like(x, float("nan")), -x)
+    with pytest.raises(FloatingPointError, match=r"at step i = 0 \(t = "):
+        ddpm_sample(breaks_last, (8, 2), sde, generator=torch.Generator().manual_seed(0))

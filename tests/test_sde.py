@@ -1,12 +1,13 @@
-"""VE, VP and sub-VP SDEs: kernels against simulation and against the variance ODE, the DDPM and SMLD discretizations,
-the reverse SDE/ODE formulas, a shape x dtype x device matrix, priors against torch.distributions, and clear errors."""
+"""VE, VP, sub-VP and cosine SDEs: kernels against simulation and against the variance ODE, the inverse map from a kernel
+to its SDE, the DDPM, SMLD and Nichol-Dhariwal discretizations, the reverse SDE/ODE formulas, a shape x dtype x device
+matrix, priors against torch.distributions, and clear errors."""
 import math
 
 import pytest
 import torch
 
 from sde_diffusion.brownian import time_grid
-from sde_diffusion.sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
+from sde_diffusion.sde import SDE, CosineVPSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import euler_maruyama
 
 from conftest import DEVICES
@@ -18,6 +19,8 @@ SDES = {
     "ve-small": lambda: VESDE(sigma_min=0.05, sigma_max=5.0, N=100),
     "vp-slow": lambda: VPSDE(beta_min=0.5, beta_max=5.0, N=200),
     "subvp-slow": lambda: SubVPSDE(beta_min=0.5, beta_max=5.0, N=200),
+    "cosine": lambda: CosineVPSDE(),
+    "cosine-wide": lambda: CosineVPSDE(s=0.02, beta_max=50.0, N=100),
 }
 SHAPES = [(6,), (6, 2), (6, 3, 4, 4)]
 SHAPE_IDS = ["rank1", "rank2", "rank4"]
@@ -40,7 +43,9 @@ def test_marginal_prob_matches_euler_maruyama(name):
         assert ((z.var(0) - 1).abs() < 4 * math.sqrt(2 / (M - 1))).all(), (t, z.var(0))
 
 
-@pytest.mark.parametrize("name", list(SDES))
+# The cosine SDE's rate climbs to beta_max = 200 near T, where the trapezoidal rule's error h^2/12 int |a''| is 5e-8, far
+# above these tolerances; its kernel is tied to `sde` exactly by test_inverse_map_by_autograd instead.
+@pytest.mark.parametrize("name", [n for n in SDES if not n.startswith("cosine")])
 def test_kernel_solves_the_moment_odes(name):
     "alpha = exp(int a) and sigma^2 = exp(2 int a) int exp(-2 int a) g^2, integrated from `sde` by trapezoids."
     sde = SDES[name]()
@@ -134,7 +139,7 @@ def test_ve_discretize_telescopes_to_the_kernel(N):
 
 def test_timestep_rounds_level_times():
     "Times t_i = i / (N - 1) computed in float32 map back to i (truncation would lose some)."
-    for sde in (VPSDE(), VESDE(N=777)):
+    for sde in (VPSDE(), VESDE(N=777), CosineVPSDE(N=333)):
         i = torch.arange(sde.N)
         t = i.float() / (sde.N - 1)
         assert torch.equal(sde.timestep(t), i)
@@ -152,7 +157,7 @@ def test_default_discretize_is_euler_maruyama():
 # ------------------------------------------------------------------------------------------- reverse
 @pytest.mark.parametrize("probability_flow", [False, True], ids=["sde", "ode"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "cosine"])
 def test_reverse_formulas_with_random_score(name, shape, probability_flow):
     sde = SDES[name]()
     gen = torch.Generator().manual_seed(1)
@@ -192,7 +197,7 @@ def test_reverse_bad_score():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "cosine"])
 def test_shape_dtype_device_matrix(name, shape, dtype, device):
     sde = SDES[name]()
     gen = torch.Generator(device=device).manual_seed(3)
@@ -238,7 +243,7 @@ def test_time_on_wrong_device():
 
 # ------------------------------------------------------------------------------------------- priors
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "ve-small"])
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "ve-small", "cosine"])
 def test_prior_logp_matches_torch_normal(name, shape):
     sde = SDES[name]()
     z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -247,7 +252,7 @@ def test_prior_logp_matches_torch_normal(name, shape):
     torch.testing.assert_close(sde.prior_logp(z), ref, rtol=1e-12, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp"])
+@pytest.mark.parametrize("name", ["ve", "vp", "cosine"])
 def test_prior_sampling_moments(name):
     sde, M = SDES[name](), 200_000
     z = sde.prior_sampling((M, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -257,7 +262,7 @@ def test_prior_sampling_moments(name):
 
 
 # ------------------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "cosine"])
 @pytest.mark.parametrize("method", ["sde", "marginal_prob", "discretize", "drift"])
 def test_bad_times(name, method):
     sde = SDES[name]()
@@ -379,7 +384,7 @@ def test_huge_ve_ratio_kernel_is_finite_in_float64():
 
 def test_timestep_stays_in_range_in_half_precision():
     "float16 t = 1 with N = 5000: t (N-1) = 4999 rounds to 5000 in float16, an index out of range of the N levels."
-    for sde in (VPSDE(N=5000), VESDE(N=5000)):
+    for sde in (VPSDE(N=5000), VESDE(N=5000), CosineVPSDE(N=5000)):
         x = torch.zeros(2, 3, dtype=torch.float16)
         t = torch.ones(2, dtype=torch.float16)
         assert sde.timestep(t).tolist() == [4999, 4999]
@@ -410,7 +415,7 @@ def test_bool_times_and_integer_prior_dtype_are_named_errors():
 
 def test_meta_tensors_give_shapes():
     "On the meta device (shapes only, no values) the time check is skipped instead of failing to copy values out."
-    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+    for sde in (VPSDE(), SubVPSDE(), VESDE(), CosineVPSDE()):
         x = torch.empty(3, 2, 4, 4, device="meta")
         t = torch.empty(3, device="meta")
         mean, std = sde.marginal_prob(x, t)
@@ -497,3 +502,205 @@ def test_documented_defaults_of_the_three_sdes():
         assert sde.N == 1000
     assert (VPSDE().beta_min, VPSDE().beta_max) == (0.1, 20.0) == (SubVPSDE().beta_min, SubVPSDE().beta_max)
     assert (VESDE().sigma_min, VESDE().sigma_max) == (0.01, 50.0)
+
+
+# ------------------------------------------------------------------------------------------- the inverse map, the cosine SDE
+def _cosine_alpha_bar(t, s, T):
+    "Nichol & Dhariwal's alpha_bar(t) = cos^2(u(t)) / cos^2(u(0)), u(t) = (t/T + s)/(1 + s) pi/2, straight from the formula."
+    u = lambda t: (t / T + s) / (1 + s) * math.pi / 2
+    return torch.cos(u(t)) ** 2 / math.cos(u(0.0)) ** 2
+
+
+def _inverse_map(sde, t):
+    "a = d log alpha/dt and g^2 = d sigma^2/dt - 2 a sigma^2 (eq-inverse-map) from marginal_coeffs alone, by autograd."
+    t = t.detach().clone().requires_grad_(True)
+    alpha, sigma = sde.marginal_coeffs(t)
+    log_alpha, var = alpha.log(), sigma**2
+    deriv = lambda y: torch.autograd.grad(y.sum(), t, retain_graph=True)[0] if y.requires_grad else torch.zeros_like(t)
+    a = deriv(log_alpha)
+    return a, deriv(var) - 2 * a * var
+
+
+@pytest.mark.parametrize("name", list(SDES) + ["cosine-T2"])
+def test_inverse_map_by_autograd(name):
+    """The drift coefficient a(t) = f(1, t) and g(t)^2 of `sde` equal d log alpha/dt and d sigma^2/dt - 2 a sigma^2 from
+    `marginal_coeffs` (float64): the kernel is the SDE's, for every class (cosine: on both sides of the clip t_c)."""
+    sde = CosineVPSDE(T=2.0, beta_max=100.0) if name == "cosine-T2" else SDES[name]()
+    t = torch.linspace(0.01, 1.0, 100, dtype=torch.float64) * sde.T
+    if isinstance(sde, CosineVPSDE):
+        t = t[(t - sde.t_clip).abs() > 1e-6]                       # the rate has a kink at t_c
+        assert (t > sde.t_clip).any() and (t < sde.t_clip).any()
+    a, g2 = _inverse_map(sde, t)
+    drift, g = sde.sde(torch.ones(len(t), 1, dtype=torch.float64), t)
+    # both sides are float64 closed forms with condition numbers <= ~1e2: rounding < 1e-13; a wrong factor is O(1)
+    torch.testing.assert_close(a, drift[:, 0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(g2, g[:, 0] ** 2, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"s": 0.02, "beta_max": 50.0, "T": 2.0}, {"s": 0.0}], ids=["default", "wide-T2", "s0"])
+def test_cosine_marginal_coeffs_match_the_closed_form(kw):
+    """alpha^2 = alpha_bar(t) of Nichol & Dhariwal up to t_c, then alpha_bar(t_c) exp(-beta_max (t - t_c)) up to and at T;
+    sigma^2 = 1 - alpha^2, accurate at small t (against sin(d) sin(2 u0 + d)/cos^2 u0, no cancellation)."""
+    sde = CosineVPSDE(**kw)
+    s, T, tc, bmax = sde.s, sde.T, sde.t_clip, sde.beta_max
+    t = torch.tensor([0.0, 1e-9, 1e-4, 0.25, 0.5, 0.9, tc / T, 0.5 * (1 + tc / T), 1.0], dtype=torch.float64) * T
+    alpha, sigma = sde.marginal_coeffs(t)
+    past = t > tc
+    ab_c = _cosine_alpha_bar(torch.tensor(tc, dtype=torch.float64), s, T)
+    ref = torch.where(past, ab_c * torch.exp(-bmax * (t - tc)), _cosine_alpha_bar(t, s, T))
+    torch.testing.assert_close(alpha**2, ref, rtol=1e-12, atol=0)     # cos has condition number u tan u < 1e2 up to t_c
+    u0, d = s / (1 + s) * math.pi / 2, t.clamp(max=tc) / T / (1 + s) * math.pi / 2
+    var_ref = torch.sin(d) * torch.sin(2 * u0 + d) / math.cos(u0) ** 2
+    torch.testing.assert_close((sigma**2)[~past], var_ref[~past], rtol=1e-12, atol=0)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t), rtol=0, atol=4e-16)
+    assert alpha[0] == 1 and sigma[0] == 0 and past[-1] and (alpha.diff() <= 0).all() and (sigma.diff() > 0).all()
+    # the clip time solves beta(t_c) = beta_max; below it beta is Nichol & Dhariwal's pi tan(u)/(T (1 + s)), above it beta_max
+    u = lambda t: (t / T + s) / (1 + s) * math.pi / 2
+    beta = sde.beta(t)
+    torch.testing.assert_close(beta[~past], math.pi / (T * (1 + s)) * torch.tan(u(t[~past])), rtol=1e-12, atol=0)
+    assert torch.equal(beta[past], torch.full_like(beta[past], bmax))
+    torch.testing.assert_close(math.pi / (T * (1 + s)) * math.tan(u(tc)), bmax, rtol=1e-12, atol=0)
+
+
+def test_cosine_prior_at_T_and_default_schedule():
+    """Defaults s = 0.008, beta_max = 200, T = 1, N = 1000: the clip covers the last ~1/100 of [0, T] (t_c ~ T - 2/beta_max),
+    alpha(T)^2 ~ e^-2 (pi/((1+s) beta_max T))^2 (relative error < 3e-4 from the dropped terms), KL to N(0, I) < 1e-4."""
+    sde = CosineVPSDE()
+    assert (sde.s, sde.beta_max, sde.N, sde.T) == (0.008, 200.0, 1000, 1.0)
+    assert abs(sde.t_clip - (1 - 2 / 200)) < 1e-4
+    aT, sT = (v.item() for v in sde.marginal_coeffs(torch.tensor([1.0], dtype=torch.float64)))
+    approx = math.exp(-2) * (math.pi / (1.008 * 200)) ** 2
+    assert abs(aT**2 / approx - 1) < 1e-3
+    kl = -0.5 * math.log1p(-aT**2)                                    # kernel of x0 = 1 vs N(0, 1): VP, alpha^2 + sigma^2 = 1
+    assert 1e-5 < kl < 1e-4
+
+
+def test_cosine_time_rescaling():
+    "T enters only through t/T: CosineVPSDE(T=2, beta_max=b/2) at time 2t has the kernel of CosineVPSDE(T=1, beta_max=b) at t."
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    one, two = CosineVPSDE(beta_max=200.0), CosineVPSDE(beta_max=100.0, T=2.0)
+    for a, b in zip(one.marginal_coeffs(t), two.marginal_coeffs(2 * t)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(two.beta(2 * t), one.beta(t) / 2, rtol=1e-12, atol=0)
+    assert abs(two.t_clip - 2 * one.t_clip) < 1e-12
+    with pytest.raises(ValueError, match=r"`t` must lie in \[0, T\] = \[0, 2\]"):
+        two.sde(torch.zeros(2, 1), torch.tensor([1.0, 2.5]))
+
+
+def test_cosine_matches_euler_maruyama():
+    """Simulated x_t from a fixed x0 on a grid with beta(t) dt <= h: the standardized residual is N(0, 1) within 4 standard
+    errors at t = 0.5, 0.995 (past the clip) and T. Euler-Maruyama's own bias is computed exactly from its mean/variance
+    recursion on the same grid and must stay below half a standard error."""
+    sde, M = CosineVPSDE(), 4000
+    x0 = torch.tensor([1.5, -0.5, 0.0]).expand(M, 3)
+    se_m, se_v = 1 / math.sqrt(M), math.sqrt(2 / (M - 1))
+    gen, x, factor, var, t_prev = torch.Generator().manual_seed(0), x0, 1.0, 0.0, 0.0
+    for t in (0.5, 0.995, 1.0):
+        ts = [t_prev]
+        while ts[-1] < t:
+            beta = sde.beta(torch.tensor(ts[-1], dtype=torch.float64)).item()
+            ts.append(min(ts[-1] + min(0.02 / beta, 0.005), t))
+        if len(ts) > 2 and ts[-1] - ts[-2] < 0.5 * (ts[-2] - ts[-3]):
+            del ts[-2]
+        grid = torch.tensor(ts, dtype=torch.float64)
+        x = euler_maruyama(sde.drift, sde.diffusion, x, grid.float(), generator=gen)
+        drift, g = sde.sde(torch.ones(len(grid) - 1, 1, dtype=torch.float64), grid[:-1])
+        for a_n, g2_n, dt in zip(drift[:, 0].tolist(), (g[:, 0] ** 2).tolist(), grid.diff().tolist()):
+            factor, var = (1 + a_n * dt) * factor, (1 + a_n * dt) ** 2 * var + g2_n * dt
+        t_prev = t
+        alpha, sigma = (v.item() for v in sde.marginal_coeffs(torch.tensor([t], dtype=torch.float64)))
+        assert abs(factor - alpha) * 1.5 / sigma < 0.5 * se_m and abs(var / sigma**2 - 1) < 0.5 * se_v, (t, factor, var)
+        z = (x.double() - alpha * x0.double()) / sigma
+        assert (z.mean(0).abs() < 4 * se_m).all(), (t, z.mean(0))
+        assert ((z.var(0) - 1).abs() < 4 * se_v).all(), (t, z.var(0))
+
+
+def test_cosine_discrete_betas_are_nichol_dhariwal():
+    """beta_i = min(1 - alpha_bar(t_{i+1})/alpha_bar(t_i), 0.999), t_i = i/N (reference: the formula in float64, which
+    cancels to ~eps/beta_0 ~ 6e-12 relative); only the last step is clipped; the product telescopes to alpha_bar(t_{i+1})
+    and equals the continuous kernel alpha(t_{i+1})^2 up to t_c; discretize is the chain with these rates."""
+    for N, s in ((1000, 0.008), (50, 0.1)):
+        sde = CosineVPSDE(s=s, N=N)
+        betas = sde.discrete_betas(torch.float64)
+        ab = _cosine_alpha_bar(torch.arange(N + 1, dtype=torch.float64) / N, s, 1.0)
+        ref = (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
+        torch.testing.assert_close(betas, ref, rtol=1e-10, atol=0)
+        assert betas[-1] == 0.999 and (betas[:-1] < 0.999).all() and (betas.diff() > 0).all()
+        cum = sde.alphas_cumprod(torch.float64)
+        torch.testing.assert_close(cum, torch.cumprod(1 - betas, 0), rtol=1e-12, atol=0)
+        torch.testing.assert_close(cum[:-1], ab[1:-1], rtol=1e-11, atol=0)      # N logs summed: rounding < N eps |log ab|
+        t_next = torch.arange(1, N + 1, dtype=torch.float64) / N
+        keep = t_next <= sde.t_clip
+        torch.testing.assert_close(cum[keep], sde.marginal_coeffs(t_next[keep])[0] ** 2, rtol=1e-11, atol=0)
+        x = torch.randn(N, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        t = torch.arange(N, dtype=torch.float64) / (N - 1)              # the levels: timestep(t_i) = i
+        f, G = sde.discretize(x, t)
+        torch.testing.assert_close(x + f, (1 - betas).sqrt()[:, None] * x, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(G[:, 0], betas.sqrt(), rtol=1e-12, atol=0)
+    # float32 keeps the small rates accurate (no cancellation): a few ulps of float32
+    torch.testing.assert_close(CosineVPSDE().discrete_betas(torch.float32).double(), CosineVPSDE().discrete_betas(torch.float64),
+                               rtol=1e-5, atol=0)
+
+
+def test_cosine_schedule_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2")   # Nichol & Dhariwal's cosine, 1000 steps, max_beta 0.999
+    sde = CosineVPSDE()
+    torch.testing.assert_close(sde.discrete_betas(torch.float64), sched.betas.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(sde.alphas_cumprod(torch.float64), sched.alphas_cumprod.double(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cosine_dtype_device_and_end_point(dtype, device):
+    """Outputs in the input's dtype and on its device, finite at t = 0, t_c and T in every dtype (tan is never evaluated past
+    t_c), and equal to the float64 values up to the dtype's rounding; beta is exactly beta_max past the clip."""
+    sde = CosineVPSDE()
+    t64 = torch.tensor([0.0, 0.3, sde.t_clip, 0.999, 1.0], dtype=torch.float64)
+    t = t64.to(dtype=dtype, device=device)
+    x = torch.ones(5, 2, dtype=dtype, device=device)
+    outputs = (*sde.sde(x, t), *sde.marginal_prob(x, t), *sde.discretize(x, t), *sde.marginal_coeffs(t))
+    for v in outputs:
+        assert v.dtype == dtype and v.device == x.device and torch.isfinite(v).all()
+    drift, g = sde.sde(x, t)
+    ref_g = sde.sde(x.double().cpu(), t.double().cpu())[1]              # at the times as rounded to the dtype
+    # beta's condition number t beta'/beta ~ t/(T - t) reaches ~1/(T - t_c) = 100 at t_c: rounding t_c to the dtype (it decides
+    # the side of the clip) moves beta by up to that many ulps, g by half as many
+    torch.testing.assert_close(g.double().cpu(), ref_g, rtol=(1 + 1 / (1 - sde.t_clip)) * torch.finfo(dtype).eps, atol=0)
+    alpha, sigma = sde.marginal_coeffs(t)
+    ref_alpha, ref_sigma = sde.marginal_coeffs(t.double().cpu())
+    rtol = 64 * torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else 1e3 * torch.finfo(dtype).eps   # cond ~ |log alpha| <= 6
+    torch.testing.assert_close(alpha.double().cpu(), ref_alpha, rtol=rtol, atol=0)
+    torch.testing.assert_close(sigma.double().cpu(), ref_sigma, rtol=rtol, atol=torch.finfo(dtype).eps)
+    assert g[-1].item() ** 2 == pytest.approx(200.0, rel=2 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: CosineVPSDE(s=-0.1), "`s` must be a finite number >= 0"),
+    (lambda: CosineVPSDE(s=float("nan")), "`s` must be a finite number >= 0"),
+    (lambda: CosineVPSDE(s=math.inf), "`s` must be a finite number >= 0"),
+    (lambda: CosineVPSDE(s=True), "`s` must be a finite number >= 0"),
+    (lambda: CosineVPSDE(s="0.008"), "`s` must be a finite number >= 0"),
+    (lambda: CosineVPSDE(beta_max=0.0), "`beta_max` must be a positive finite number"),
+    (lambda: CosineVPSDE(beta_max=math.inf), "`beta_max` must be a positive finite number"),
+    (lambda: CosineVPSDE(beta_max=0.03), r"`beta_max` must exceed beta\(0\) = 0.03886"),    # beta(0) = pi tan(u0)/(1 + s)
+    (lambda: CosineVPSDE(T=0.0), "`T` must be a positive finite number"),
+    (lambda: CosineVPSDE(T=-1.0), "`T` must be a positive finite number"),
+    (lambda: CosineVPSDE(T=math.nan), "`T` must be a positive finite number"),
+    (lambda: CosineVPSDE(T=5e-324), "`T` = 5e-324 is too small"),
+    (lambda: CosineVPSDE(T=1e-300), "`beta_max` must exceed beta"),
+    (lambda: CosineVPSDE(N=0), "`N` must be a positive integer"),
+    (lambda: CosineVPSDE(N=2.5), "`N` must be a positive integer"),
+])
+def test_cosine_bad_parameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_cosine_is_refused_where_only_the_linear_vp_schedule_is_handled():
+    "ddpm.py's helpers read beta_min/beta_max of the linear schedule: they refuse the cosine SDE, naming `sde`."
+    from sde_diffusion import ddpm
+    with pytest.raises(TypeError, match="`sde` must be a VPSDE"):
+        ddpm.ddpm_schedule(CosineVPSDE())
+    with pytest.raises(TypeError, match="`sde` must be a VPSDE"):
+        ddpm.ddpm_timesteps_to_t(CosineVPSDE(), 3)
