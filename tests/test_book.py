@@ -242,17 +242,41 @@ def test_chapters_have_numbered_equations_and_figures(book, server, browser):
         page.close()
 
 
-def test_widget_renders(book, server, browser):
-    page, requests, errors = _load(browser, urljoin(server, "nbs/03_fokker_planck.html"), shot="widget.png")
-    widget = page.locator(".widget-slider, .jupyter-widgets.widget-slider, .widget-hslider").first
-    widget.wait_for(state="visible", timeout=20000)
-    widget.scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "widget_view.png"))
-    assert page.locator(".widget-slider, .widget-hslider").count() >= 2
-    # the widget manager's icon fonts load from _static/widgets/ (they 404ed from the page's folder)
-    fonts = [u for u in requests if "/widgets/" in u and u.endswith((".woff2", ".woff", ".ttf"))]
-    assert fonts and not errors, (fonts, errors)
+EXPLORER_PAGES = ["nbs/03_fokker_planck.html", "nbs/04_sde.html", "nbs/05_reverse.html", "nbs/06_score_matching.html",
+                  "nbs/A1_toy.html", "nbs/A7_explorers.html"]
+
+
+def test_explorer_pages_are_listed(book):
+    "Every page with an explorer is moved by the test below (a new explorer is not left out)."
+    found = sorted(p.relative_to(book).as_posix() for p in _pages() if 'class="sde-player"' in p.read_text(errors="ignore"))
+    assert found == sorted(EXPLORER_PAGES)
+
+
+@pytest.mark.parametrize("rel", EXPLORER_PAGES)
+def test_explorers_move_offline(book, server, browser, rel):
+    "Each slider of each explorer changes the frame shown and its value label, with nothing fetched and no JS error."
+    page, requests, errors = _load(browser, urljoin(server, rel))
+    players = page.locator(".sde-player")
+    assert players.count() >= 1, f"{rel}: no explorer"
+    for p in range(players.count()):
+        player = players.nth(p)
+        player.scroll_into_view_if_needed()
+        img = player.locator("img.sde-player-frame")
+        assert img.evaluate("i => i.complete && i.naturalWidth > 0"), f"{rel}: the first frame did not load"
+        sliders = player.locator("input.sde-player-slider")
+        assert sliders.count() >= 1
+        for k in range(sliders.count()):
+            slider, label = sliders.nth(k), player.locator(".sde-player-controls output").nth(k)
+            before = (player.get_attribute("data-frame"), img.get_attribute("src"), label.inner_text())
+            top = slider.get_attribute("max")
+            target = "0" if slider.input_value() == top else top     # move to the other end of its range
+            slider.fill(target)
+            after = (player.get_attribute("data-frame"), img.get_attribute("src"), label.inner_text())
+            assert all(a != b for a, b in zip(before, after)), f"{rel}: slider {k} did not change the frame: {before[0]} -> {after[0]}"
+            assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+        if p == 0:
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            player.screenshot(path=str(SHOTS / ("explorer_" + Path(rel).stem + ".png")))
+    assert not errors, errors
     assert not [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
     page.close()
