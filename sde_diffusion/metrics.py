@@ -250,6 +250,10 @@ def glue(
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
         raise TypeError(f"`value` must be an int, a float, a one-element tensor or a str, got {type(value).__name__}")
+    if isinstance(value, numbers.Integral):   # numpy scalars too: their repr (np.float64(...)) is not a number to format
+        value = int(value)
+    elif isinstance(value, numbers.Real):
+        value = float(value)
     if isinstance(value, numbers.Real) and not math.isfinite(value):
         raise ValueError(f"`value` of {name!r} is {value}: a non-finite number is not quoted in the text")
     try:

@@ -309,6 +309,10 @@ def test_glue_returns_the_value_and_refuses_what_cannot_be_quoted():
     assert glue("x", 1.5) == 1.5 and glue("n", 7) == 7 and glue("s", "DDIM") == "DDIM"
     v = glue("t", torch.tensor([0.25], dtype=torch.float64))
     assert v == 0.25 and isinstance(v, float)
+    import numpy as np   # numpy scalars become Python numbers: their repr, np.float64(0.5), is not a number myst-nb can format
+    for value, kind in ((np.float64(0.5), float), (np.float32(0.5), float), (np.int64(3), int)):
+        out = glue("np", value)
+        assert type(out) is kind and out == value and repr(out) in ("0.5", "3")
     for name, value, err, match in [("a b", 1.0, ValueError, "`name`"), (3, 1.0, ValueError, "`name`"),
                                     ("x", float("nan"), ValueError, "non-finite"), ("x", math.inf, ValueError, "non-finite"),
                                     ("x", torch.tensor(float("nan")), ValueError, "non-finite"),
