@@ -20,7 +20,8 @@ __all__ = ['DATA_2D', 'DATA', 'PREDICTOR_NAMES', 'CORRECTOR_NAMES', 'build_parse
 # %% ../nbs/A6_cli.ipynb #0767ac60
 DATA_2D = ("ring", "grid", "moons", "swiss_roll", "checkerboard", "rings")   # 2-D: `toy` mixtures and data sets
 DATA = ("digits",) + DATA_2D
-PREDICTOR_NAMES = ("reverse_diffusion", "euler_maruyama", "ancestral", "ddim", "heun", "dpm_solver_2m")
+PREDICTOR_NAMES = ("reverse_diffusion", "euler_maruyama", "ancestral", "ddim", "heun", "dpm_solver_2m",
+                   "dpm_solver_3m", "unipc", "ipndm")
 CORRECTOR_NAMES = ("none", "langevin", "annealed_langevin")
 
 

@@ -147,7 +147,7 @@ def test_sample_returns_finite_samples_or_names_the_bad_argument(data):
     corrector = Langevin(0.16, per_sample=True) if corr == "per_sample" else corr
     score = gaussian_score(sde, s2)
     if not bad:
-        nfe = steps * (2 if pred_name == "heun" else 1) + (steps * corr_steps if corr else 0) + int(denoise)
+        nfe = (2 * steps - 1 if pred_name == "heun" else steps) + (steps * corr_steps if corr else 0) + int(denoise)
         if corr == "per_sample":   # an instance keeps its own n_steps = 1
             nfe -= steps * (corr_steps - 1)
         if behaviour is not None:
