@@ -489,8 +489,8 @@ class Corrector:
         self.snr, self.n_steps = float(snr), int(n_steps)
 
     def coefficients(self, sde: SDE, t: Tensor) -> dict:   # t of shape (K,) -> name -> (K,)
-        "Song et al.'s factor $\\kappa_i = 1 - \\beta(t)/N$ for VP-type SDEs (1 for VE) and $\\sigma(t)$, for K times."
-        kappa = 1 - sde.beta(t) / sde.N if hasattr(sde, "beta") else torch.ones_like(t)
+        "Song et al.'s factor $\\kappa_i = 1 - \\beta(t)\\,T/N$ (DDPM's $1 - \\beta_i$) for VP-type SDEs (1 for VE) and $\\sigma(t)$, for K times."
+        kappa = 1 - sde.beta(t) * sde.T / sde.N if hasattr(sde, "beta") else torch.ones_like(t)
         return {"kappa": kappa, "sigma": sde.marginal_coeffs(t)[1]}
 
     def apply(self, c: dict, score: Callable, x: Tensor, t: Tensor,
@@ -649,8 +649,8 @@ def sample(
         rows = _rows(pred.coefficients(sde, grid[:-1], grid[1:]))
         corr_table = None if corr is None else corr.coefficients(sde, grid[:-1])
     if corr_table is not None and "kappa" in corr_table and not bool((corr_table["kappa"] > 0).all()):   # CPU, once
-        raise ValueError(f"the corrector's factor kappa = 1 - beta(t)/N is not positive on this grid: the SDE's `N` = "
-                         f"{sde.N} must exceed beta(t) (up to {float(sde.beta(grid[:1])):.4g}); Song et al.'s convention")
+        raise ValueError(f"the corrector's factor kappa = 1 - beta(t) T/N is not positive on this grid: the SDE's `N` = "
+                         f"{sde.N} must exceed beta(t) T (up to {float(sde.beta(grid[:1])) * sde.T:.4g}); Song et al.'s convention")
     corr_rows = None if corr is None else _rows(corr_table)
     ts = grid.to(dtype=x.dtype, device=x.device)
     score, B = ScoreCounter(score_fn), x.shape[0]

@@ -242,8 +242,9 @@ def test_chapters_have_numbered_equations_and_figures(book, server, browser):
         page.close()
 
 
-EXPLORER_PAGES = ["nbs/02_solvers.html", "nbs/03_fokker_planck.html", "nbs/04_sde.html", "nbs/07_smld.html", "nbs/05_reverse.html", "nbs/06_score_matching.html",
-                  "nbs/A1_toy.html", "nbs/A7_explorers.html"]
+EXPLORER_PAGES = ["nbs/02_solvers.html", "nbs/03_fokker_planck.html", "nbs/04_sde.html", "nbs/05_reverse.html",
+                  "nbs/06_score_matching.html", "nbs/07_smld.html", "nbs/09_sampling.html", "nbs/A1_toy.html",
+                  "nbs/A7_explorers.html"]
 
 
 def test_explorer_pages_are_listed(book):

@@ -975,3 +975,14 @@ def test_multistep_orders_on_the_edm_grid(pred, order, edm_reference):
             .square().sum(1).mean().sqrt().item() for N in Ns]
     slope = -np.polyfit(np.log(Ns), np.log(errs), 1)[0]
     assert abs(slope - order) < 0.5, (errs, slope)
+
+
+def test_langevin_kappa_scales_with_the_sdes_time_horizon():
+    "kappa = 1 - beta(t) T / N is DDPM's 1 - beta_i for a VP-type SDE on [0, T]; with T = 1 the two readings coincide."
+    from sde_diffusion.sde import CosineVPSDE
+    t = torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64)
+    for sde in (CosineVPSDE(N=100, T=2.0), VPSDE(N=100)):
+        c = Langevin(snr=0.16).coefficients(sde, t)
+        torch.testing.assert_close(c["kappa"], 1 - sde.beta(t) * sde.T / sde.N, rtol=1e-15, atol=0)
+    c = Langevin(snr=0.16).coefficients(CosineVPSDE(N=100, T=2.0), t)
+    assert (c["kappa"] < 1 - CosineVPSDE(N=100, T=2.0).beta(t) / 100).all()   # the T-free formula would be too large
