@@ -17,13 +17,14 @@ export OMP_NUM_THREADS ?= 1
 # Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean
+.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean api
 
 help:
 	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
 	@echo "make test    export/clean checks and pytest tests/ (JOBS workers)"
 	@echo "make test-fast  pytest without the tests marked slow (a quick check while editing)"
 	@echo "make test-nb execute the notebooks only (the first half of make book; cached notebooks are skipped)"
+	@echo "make api     regenerate book/api.md, the API reference, from the package"
 
 ## Environment ---------------------------------------------------------------
 $(STAMP): constraints.txt settings.ini setup.py
@@ -52,7 +53,13 @@ $(ASSETS)/.installed: node_modules/.installed
 # Every notebook executes once, JOBS at a time, into the book's jupyter-cache (tools/execute.py: slowest first, the
 # failing cell named); jupyter-book then renders every page from that cache. A notebook that fails stops the build.
 # The notebooks' asserts are the notebook tests: `make test` does not execute them a second time.
-book: $(STAMP) $(ASSETS)/.installed
+## API reference ---------------------------------------------------------------
+# book/api.md from the package's docstrings and argument comments (tools/api_reference.py); tests/test_api_reference.py
+# fails when the committed page is stale.
+api: $(STAMP)
+	$(BIN)/python tools/api_reference.py
+
+book: $(STAMP) $(ASSETS)/.installed api
 	$(BIN)/python tools/execute.py --jobs $(JOBS)
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
 	    --path-output book -W -n --keep-going
@@ -79,7 +86,7 @@ browser-deps:
 
 # The browser test against the built book (run after `make book`; .ci/run does).
 check-book: $(STAMP) browser-deps
-	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py -q -n $(JOBS)
+	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py tests/test_launch_links.py -q -n $(JOBS)
 
 clean:
 	rm -rf book/_build $(ASSETS) _proc _docs

@@ -45,7 +45,7 @@ def _lse_softmax(logits: Tensor) -> tuple[Tensor, Tensor]:
     "Log-sum-exp over the last dim and the softmax, from max-shifted terms; terms below exp(-80) are exactly 0."
     top = logits.amax(-1, keepdim=True)
     a = logits - top
-    e = torch.where(a > _LOGIT_FLOOR, torch.exp(a.clamp_min(_LOGIT_FLOOR)), torch.zeros_like(a))
+    e = torch.where(a >= _LOGIT_FLOOR, torch.exp(a.clamp_min(_LOGIT_FLOOR)), torch.zeros_like(a))   # only terms below exp(-80) are 0
     s = e.sum(-1, keepdim=True)
     return (top + s.log()).squeeze(-1), e / s
 
@@ -182,7 +182,7 @@ class GaussianMixture:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"`x` must be a floating-point tensor, got {got}")
-        if x.ndim < 2 or x[0].numel() != self.D:
+        if x.ndim < 2 or x.shape[1:].numel() != self.D:   # shape, not x[0]: an empty batch (0, *D) is valid
             raise ValueError(f"`x` must have shape (B, *D) with {self.D} numbers per sample, got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.D).to(_wide_dtype(x.dtype))
 
@@ -377,7 +377,7 @@ def _marginal_score(self: GaussianMixture,
     "Exact score of $p_t$, each sample at its own time (eq. `eq-toy-marginal-score`)."
     logits, u, var, f = self._marginal_terms(x, t, sde)
     r = _lse_softmax(logits)[1]
-    w = (r[..., None] * u / var).reshape(u.shape[0], -1)   # (B, K*D): r_k C_k(t)^{-1} residual, in each U_k's basis
+    w = (r[..., None] * u / var).reshape(u.shape[0], u.shape[1] * u.shape[2])   # (B, K*D), also for B = 0: r_k C_k(t)^{-1} residual, in each U_k's basis
     return -(w @ f["rot"].mT).reshape(x.shape).to(x.dtype)   # sum_k U_k (...): back to the standard basis, summed
 
 

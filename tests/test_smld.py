@@ -29,6 +29,7 @@ def test_time_map_inverts_the_ve_kernel_std():
     sigma = torch.logspace(-3, math.log10(40.0), 50, dtype=torch.float64)
     t = ve_sigma_to_t(ve, sigma)
     torch.testing.assert_close(ve.marginal_coeffs(t)[1], sigma, rtol=1e-10, atol=0)
+    assert torch.equal(ve_sigma_to_t(ve, torch.zeros(2, dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))  # sigma = 0 at t = 0
     with pytest.raises(TypeError, match="`sde` must be a VESDE"):
         ve_sigma_to_t(object(), sigma)
 
@@ -39,6 +40,9 @@ def test_noise_conditional_score_equals_the_blurred_mixture_score():
     x = 3 * torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     via_time = noise_conditional_score(ve, data.score_fn(ve))(x, sigmas)
     torch.testing.assert_close(via_time, data.score_fn(NoisePerturbation())(x, sigmas), rtol=1e-7, atol=1e-12)
+    top = torch.full((20,), ve.sigma_max, dtype=torch.float64)     # exactly sigma_max: t = 1 + 2e-9 in float64, clamped to T
+    torch.testing.assert_close(noise_conditional_score(ve, data.score_fn(ve))(x, top),
+                               data.score_fn(NoisePerturbation())(x, top), rtol=1e-7, atol=1e-12)
     with pytest.raises(ValueError, match="`t` must lie in"):      # a level above sigma_max is not silently clamped
         noise_conditional_score(ve, data.score_fn(ve))(x[:1], torch.tensor([60.0], dtype=torch.float64))
 
@@ -145,10 +149,13 @@ def test_progress_bar_runs():
     (dict(sigmas=[1.0, 2.0]), "`sigmas` must be strictly decreasing"),
     (dict(sigmas=[1.0, 1.0]), "`sigmas` must be strictly decreasing"),
     (dict(sigmas=[1.0, -0.5]), "`sigmas` must be finite and positive"),
+    (dict(sigmas=[1.0, 0.0]), "`sigmas` must be finite and positive"),
     (dict(sigmas=[[1.0, 0.5]]), "`sigmas` must be a 1-D tensor"),
     (dict(sigmas=[]), "`sigmas` must be a 1-D tensor"),
     (dict(x=(0, 2)), "`x` must be a tensor of start states or a shape"),
     (dict(x="shape"), "`x` must be a tensor of start states or a shape"),
+    (dict(x=()), "`x` must be a tensor of start states or a shape"),
+    (dict(x=torch.tensor(0.5)), "`x` must have a batch dimension"),
 ])
 def test_bad_input_annealed_langevin(kwargs, match):
     args = dict(sigmas=[2.0, 1.0], x=(4, 2), n_steps_each=2, step_lr=1e-3) | kwargs
@@ -203,3 +210,57 @@ def test_ve_sigma_to_t_numbers_half_precision_and_bad_levels():
     for bad, err in ((-1.0, ValueError), (float("nan"), ValueError), (True, TypeError), ("1", TypeError)):
         with pytest.raises(err, match="`sigma`"):
             ve_sigma_to_t(sde, bad)
+
+
+# ------------------------------------------------------------------ boundaries found by mutation testing (tools/mutate.py)
+def test_start_is_drawn_at_the_largest_level_and_the_path_ends_at_the_sample():
+    "A shape starts the chain from N(0, sigma_1^2 I), sigma_1 the largest level; the path keeps that start and ends at the sample."
+    score, n = gaussian_ncsn_score(0.5), 20_000
+    for sampler, kw in ((annealed_langevin, dict(n_steps_each=1, step_lr=1e-3)), (smld_reverse_diffusion, {})):
+        run = lambda **extra: sampler(score, [3.0, 1.0], (n, 1), generator=torch.Generator().manual_seed(12),
+                                      dtype=torch.float64, **kw, **extra)
+        path = run(return_path=True)
+        assert abs(path[0].var().item() / 9 - 1) < 4.5 * math.sqrt(2 / n)     # sample variance of N(0, 9): relative SE sqrt(2/n)
+        assert torch.equal(path[-1], run())                                   # the last entry is the (denoised) sample
+
+
+def test_annealed_langevin_defaults_are_song_and_ermons():
+    "T = 100 steps per level, epsilon = 2e-5 (Song & Ermon 2019): with a zero score, x = sum_i sqrt(alpha_i) (z_1 + ... + z_T)."
+    calls = []
+
+    def zero(x, sigma):
+        calls.append(1)
+        return torch.zeros_like(x)
+    n = 4000
+    x = annealed_langevin(zero, [2.0, 1.0], torch.zeros(n, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(13))
+    assert len(calls) == 2 * 100 + 1                          # 100 Langevin steps per level, then the denoising step
+    predicted = 100 * 2e-5 * (2.0**2 + 1.0**2)                # sum_i T alpha_i with alpha_i = eps sigma_i^2 / sigma_L^2
+    assert abs(x.var().item() / predicted - 1) < 4.5 * math.sqrt(2 / n)
+
+
+def test_nonfinite_values_at_the_first_step_a_later_step_and_the_denoising_step_are_named():
+    nan = lambda x, sigma: torch.full_like(x, float("nan"))
+    with pytest.raises(FloatingPointError, match=r"NaN/inf at level 0 \(sigma = 2\), step 0"):
+        annealed_langevin(nan, [2.0, 1.0], (4, 2), n_steps_each=3, step_lr=1e-3)
+    with pytest.raises(FloatingPointError, match=r"NaN/inf at step 0 \(sigma = 2\)"):
+        smld_reverse_diffusion(nan, [2.0, 1.0], (4, 2))
+
+    def nan_after(m):    # finite for the first m calls
+        calls = []
+
+        def score(x, sigma):
+            calls.append(1)
+            return -x if len(calls) <= m else x * float("nan")
+        return score
+    with pytest.raises(FloatingPointError, match=r"NaN/inf at level 1 \(sigma = 1\), step 2"):     # call 7 of 4 per level
+        annealed_langevin(nan_after(6), [2.0, 1.0], (4, 2), n_steps_each=4, step_lr=1e-3)
+    with pytest.raises(FloatingPointError, match="the final denoising step"):             # call 5 of 2 levels x 2 steps
+        annealed_langevin(nan_after(4), [2.0, 1.0], (4, 2), n_steps_each=2, step_lr=1e-3)
+
+
+def test_score_shape_is_checked_when_there_is_a_single_step():
+    bad = lambda x, sigma: -x[:, :1]     # broadcasts against x: only the shape check catches it
+    with pytest.raises(ValueError, match="`score_fn` must return a tensor of the shape of x"):
+        annealed_langevin(bad, [1.0], (4, 2), n_steps_each=1, step_lr=1e-3)
+    with pytest.raises(ValueError, match="`score_fn` must return a tensor of the shape of x"):
+        smld_reverse_diffusion(bad, [1.0], (4, 2))
