@@ -17,7 +17,7 @@ export OMP_NUM_THREADS ?= 1
 # Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean api
+.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite
 
 help:
 	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
@@ -97,6 +97,10 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/bench_samplers.py
+
+# Every sampler over a suite of 14 Gaussian mixtures (2-D to 64-D), against diffusers and torchdiffeq: bench/SUITE.md.
+bench-suite: $(STAMP)
+	$(BIN)/python bench/bench_suite.py
 
 ## Mutation testing ----------------------------------------------------------
 # Single-point mutants of sde_diffusion/<module>.py, each run against the module's tests in a temp copy of the package;

@@ -69,13 +69,20 @@ class Problem:
     gm: object
     vp: VPSDE
     ve: VESDE
-    score_vp: Callable     # exact marginal score under VP, (B, 2), (B,) -> (B, 2)
+    score_vp: Callable     # exact marginal score under VP, (B, D), (B,) -> (B, D)
     score_ve: Callable
     n: int
 
+    @property
+    def dim(self) -> int:
+        "Dimension D of the data (2 for the ring)."
+        return self.gm.D
+
     @classmethod
-    def make(cls, n, score_kind="exact"):
-        gm, vp, ve = ring_of_gaussians(dtype=torch.float32), VPSDE(), VESDE()
+    def make(cls, n, score_kind="exact", gm=None):
+        "The problem for `gm` (a GaussianMixture; default the 2-D ring of 8 Gaussians) with n samples per run."
+        gm = ring_of_gaussians(dtype=torch.float32) if gm is None else gm.to(dtype=torch.float32)
+        vp, ve = VPSDE(), VESDE()
         if score_kind == "exact":
             return cls(gm, vp, ve, gm.score_fn(vp), gm.score_fn(ve), n)
         # "null": the exact score of N(0, I) data, almost free: isolates the samplers' own overhead. Under VP, N(0, I)
@@ -122,14 +129,14 @@ def ours(predictor, corrector=None, spacing="uniform", sde="VP", **kw):
     def run(P, steps, seed):
         s = P.vp if sde == "VP" else P.ve
         score = P.score_vp if sde == "VP" else P.score_ve
-        x, nfe = sampling.sample(s, score, (P.n, 2), predictor=predictor, corrector=corrector, steps=steps,
+        x, nfe = sampling.sample(s, score, (P.n, P.dim), predictor=predictor, corrector=corrector, steps=steps,
                                  eps=EPS, spacing=spacing, denoise=True, generator=_gen(seed), **kw)
         return x, nfe, steps
     return run
 
 
 def ours_ode(P, rtol, seed):
-    x, nfe = sampling.ode_sample(P.vp, P.score_vp, (P.n, 2), method="dopri5", rtol=rtol, atol=rtol, eps=EPS,
+    x, nfe = sampling.ode_sample(P.vp, P.score_vp, (P.n, P.dim), method="dopri5", rtol=rtol, atol=rtol, eps=EPS,
                                  generator=_gen(seed))
     return x, nfe, None
 
@@ -138,7 +145,7 @@ def ours_ode(P, rtol, seed):
 def plain_em(P, steps, seed):
     g = _gen(seed)
     bmin, bmax, score, B = P.vp.beta_min, P.vp.beta_max, P.score_vp, P.n
-    x = torch.randn(B, 2, generator=g)
+    x = torch.randn(B, P.dim, generator=g)
     ts = torch.linspace(1.0, EPS, steps + 1, dtype=torch.float64).tolist()
     nfe = 0
     for k in range(steps):
@@ -146,7 +153,7 @@ def plain_em(P, steps, seed):
         beta = bmin + t * (bmax - bmin)
         s = score(x, torch.full((B,), t))
         nfe += 1
-        x = x + (0.5 * beta * h) * x + (beta * h) * s + math.sqrt(beta * h) * torch.randn(B, 2, generator=g)
+        x = x + (0.5 * beta * h) * x + (beta * h) * s + math.sqrt(beta * h) * torch.randn(B, P.dim, generator=g)
     return x, nfe, steps
 
 
@@ -184,16 +191,24 @@ def diffusers_vp(kind, **cfg):
             sch = diffusers.DDPMScheduler(clip_sample=False, thresholding=False, prediction_type="epsilon", **cfg)
         elif kind == "ddim":
             sch = diffusers.DDIMScheduler(clip_sample=False, thresholding=False, prediction_type="epsilon", **cfg)
-        else:
+        elif kind == "unipc":
+            sch = diffusers.UniPCMultistepScheduler(thresholding=False, prediction_type="epsilon", **cfg)
+        else:                  # "dpm": DPMSolverMultistepScheduler (solver_order=3 in cfg for DPM-Solver++(3M))
             sch = diffusers.DPMSolverMultistepScheduler(thresholding=False, prediction_type="epsilon", **cfg)
         sch.set_timesteps(steps)
         g = _gen(seed)
         score = Counter(P.score_vp)
         model = _eps_model(P, score)
-        x = torch.randn(P.n, 2, generator=g) * sch.init_noise_sigma
+        x = torch.randn(P.n, P.dim, generator=g) * sch.init_noise_sigma
         for t in sch.timesteps:
             eps = model(x, t)
-            x = (sch.step(eps, t, x, generator=g) if kind != "ddim" else sch.step(eps, t, x, eta=0.0)).prev_sample
+            if kind == "ddim":
+                out = sch.step(eps, t, x, eta=0.0)
+            elif kind == "unipc":                       # deterministic: its step takes no generator
+                out = sch.step(eps, t, x)
+            else:
+                out = sch.step(eps, t, x, generator=g)
+            x = out.prev_sample
         return x, score.n, steps
     return run
 
@@ -207,7 +222,7 @@ def diffusers_sde_ve(P, steps, seed):
     sch.set_sigmas(steps)
     g = _gen(seed)
     score = Counter(P.score_ve)
-    x = torch.randn(P.n, 2, generator=g) * sch.init_noise_sigma
+    x = torch.randn(P.n, P.dim, generator=g) * sch.init_noise_sigma
     x_mean = x
     for i, t in enumerate(sch.timesteps):
         # model input sigma_i = sigma_min (sigma_max/sigma_min)^t_i: the VE SDE's sigma at time t_i
@@ -245,10 +260,10 @@ def torchsde_run(method, noise_type="diagonal"):
     def run(P, steps, seed):
         import torchsde
         g = _gen(seed)
-        x = torch.randn(P.n, 2, generator=g)
+        x = torch.randn(P.n, P.dim, generator=g)
         score = Counter(P.score_vp)
         dt = (1.0 - EPS) / steps
-        bm = torchsde.BrownianInterval(t0=-1.0, t1=-EPS, size=(P.n, 2), dtype=x.dtype, entropy=seed, dt=dt,
+        bm = torchsde.BrownianInterval(t0=-1.0, t1=-EPS, size=(P.n, P.dim), dtype=x.dtype, entropy=seed, dt=dt,
                                        levy_area_approximation="space-time" if method == "srk" else "none")
         ys = torchsde.sdeint(_ReverseVP(P.vp, score, noise_type), x, torch.tensor([-1.0, -EPS]), bm=bm,
                              method=method, dt=dt)
@@ -268,7 +283,7 @@ def _pf_field(P, score):
 
 def torchdiffeq_adaptive(P, rtol, seed):
     from torchdiffeq import odeint
-    x = torch.randn(P.n, 2, generator=_gen(seed))
+    x = torch.randn(P.n, P.dim, generator=_gen(seed))
     score = Counter(P.score_vp)
     ts = torch.tensor([1.0, EPS])
     # step_t: make eps a step boundary (no stepping past it); first_step: without it, dopri5's initial-step
@@ -278,15 +293,19 @@ def torchdiffeq_adaptive(P, rtol, seed):
     return out[-1], score.n, None
 
 
-def torchdiffeq_fixed(method):
+def torchdiffeq_fixed(method, denoise=False):
+    "A fixed-step torchdiffeq method on a uniform grid T -> eps; `denoise`: then Tweedie's step (+1 score call)."
     def run(P, steps, seed):
         from torchdiffeq import odeint
-        x = torch.randn(P.n, 2, generator=_gen(seed))
+        x = torch.randn(P.n, P.dim, generator=_gen(seed))
         score = Counter(P.score_vp)
         grid = lambda func, y0, t: torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype)  # noqa: E731
         out = odeint(_pf_field(P, score), x, torch.tensor([1.0, EPS]), method=method,
                      options={"grid_constructor": grid})
-        return out[-1], score.n, steps
+        x = out[-1]
+        if denoise:
+            x = sampling.tweedie_denoise(P.vp, score, x, torch.full((P.n,), EPS))
+        return x, score.n, steps
     return run
 
 
@@ -382,31 +401,32 @@ def min_time(fn, repeats):
 def score_time(P, sde="VP", repeats=21):
     "Wall time of one score call at batch n (t = 0.5), fastest of `repeats`."
     score = P.score_vp if sde == "VP" else P.score_ve
-    x = torch.randn(P.n, 2, generator=_gen(1))
+    x = torch.randn(P.n, P.dim, generator=_gen(1))
     t = torch.full((P.n,), 0.5)
     for _ in range(3):
         score(x, t)
     return min_time(lambda: score(x, t), repeats)
 
 
-def exact_flow_map(P, seed):
-    """The exact probability-flow map of the shared prior draw: dopri5 at rtol = atol = 1e-9 in float64 from T to eps,
-    then Tweedie's step. Returns (x at eps, denoised x), float64. Every deterministic VP sampler maps the same draw."""
+def exact_flow_map(P, seed, rtol=1e-9, return_nfe=False):
+    """The exact probability-flow map of the shared prior draw: dopri5 at rtol = atol = `rtol` in float64 from T to eps,
+    then Tweedie's step. Returns (x at eps, denoised x), float64 (and the NFE spent when `return_nfe`). Every
+    deterministic VP sampler maps the same draw."""
     from torchdiffeq import odeint
     gm64 = P.gm.to(dtype=torch.float64)
-    score = gm64.score_fn(P.vp)
-    x = torch.randn(P.n, 2, generator=_gen(seed)).double()    # the same float32 draw as every sampler's x_T
+    score = Counter(gm64.score_fn(P.vp))
+    x = torch.randn(P.n, P.dim, generator=_gen(seed)).double()    # the same float32 draw as every sampler's x_T
     bmin, bmax, B = P.vp.beta_min, P.vp.beta_max, P.n
 
     def field(t, y):
         beta = bmin + t * (bmax - bmin)
         return -0.5 * beta * (y + score(y, t.expand(B)))
     ts = torch.tensor([1.0, EPS], dtype=torch.float64)
-    x_eps = odeint(field, x, ts, method="dopri5", rtol=1e-9, atol=1e-9,
+    x_eps = odeint(field, x, ts, method="dopri5", rtol=rtol, atol=rtol,
                    options={"step_t": ts[-1:], "first_step": 1e-3})[-1]
     alpha, sigma = P.vp.marginal_coeffs(torch.full((B,), EPS, dtype=torch.float64))
     x0 = (x_eps + sigma[:, None] ** 2 * score(x_eps, torch.full((B,), EPS, dtype=torch.float64))) / alpha[:, None]
-    return x_eps, x0
+    return (x_eps, x0, score.n) if return_nfe else (x_eps, x0)
 
 
 @dataclass
