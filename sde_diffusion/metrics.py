@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'mean_logp_gap',
-           'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics', 'glue']
+__all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'EnergyReference',
+           'mean_logp_gap', 'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics', 'glue']
 
 # %% ../nbs/A2_metrics.ipynb #89cae655
 def _points(name, x) -> Tensor:
@@ -105,12 +105,13 @@ def _pairwise_distance_sum(a: Tensor, b: Tensor | None, block: int) -> Tensor:
 
 def energy_distance(
     x: Tensor,                # samples, shape (n, *D)
-    y: Tensor,                # samples, shape (m, *D)
+    y: Tensor,                # samples, shape (m, *D), or an `EnergyReference` (its within-set term computed once)
     unbiased: bool = True,    # U-statistic (unbiased, can be < 0); False: V-statistic (>= 0, biased up)
     block_entries: int = 2**22,   # pairwise distances held in memory at once
 ) -> float:                   # $\hat{\mathcal{E}}(x, y)$
     "Energy distance $2E|X-Y| - E|X-X'| - E|Y-Y'|$ (eq. `eq-metrics-energy`), computed in row blocks."
-    x, y = _pair(x, y)
+    cached = y if isinstance(y, EnergyReference) else None
+    x, y = _pair(x, y if cached is None else cached.samples)
     n, m = x.shape[0], y.shape[0]
     if not isinstance(unbiased, bool):
         raise TypeError(f"`unbiased` must be True or False, got {unbiased!r}")
@@ -120,7 +121,9 @@ def energy_distance(
         raise ValueError(f"`block_entries` must be a positive integer, got {block_entries!r}")
     block = max(1, block_entries // max(n, m))
     sxy = _pairwise_distance_sum(x, y, block)
-    sxx, syy = _pairwise_distance_sum(x, None, block), _pairwise_distance_sum(y, None, block)
+    sxx = _pairwise_distance_sum(x, None, block)
+    reuse = cached is not None and cached.samples.dtype == y.dtype    # else y was promoted to x's dtype: recompute
+    syy = cached.self_sum if reuse else _pairwise_distance_sum(y, None, block)
     nx, ny = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
     return (2 * sxy / (n * m) - sxx / nx - syy / ny).item()
 
@@ -139,6 +142,25 @@ def energy_distance_gaussian_1d(
     u = delta / s
     e_xy = s * math.sqrt(2 / math.pi) * math.exp(-0.5 * u * u) + delta * math.erf(u / math.sqrt(2))   # u*u: inf, not OverflowError
     return 2 * e_xy - 2 * (std1 + std2) / math.sqrt(math.pi)
+
+
+class EnergyReference:
+    "A fixed reference set for `energy_distance`, with its within-set sum $\\sum_{j \\ne k}\\lVert y_j - y_k\\rVert$ computed once."
+    def __init__(self,
+        y: Tensor,                    # reference samples, shape (m, *D)
+        block_entries: int = 2**22,   # pairwise distances held in memory at once
+    ):
+        y = _points("y", y)
+        if isinstance(block_entries, bool) or not isinstance(block_entries, int) or block_entries < 1:
+            raise ValueError(f"`block_entries` must be a positive integer, got {block_entries!r}")
+        if not torch.isfinite(y).all():
+            raise ValueError("`y` contains NaN or inf")
+        self.samples = y.to(torch.promote_types(y.dtype, torch.float32))   # (m, D), the dtype `energy_distance` uses
+        self.self_sum = _pairwise_distance_sum(self.samples, None, max(1, block_entries // y.shape[0]))   # float64, 0-d
+
+    def __len__(self): return self.samples.shape[0]
+
+    def __repr__(self): return f"EnergyReference(m={len(self)}, D={self.samples.shape[1]}, dtype={self.samples.dtype})"
 
 # %% ../nbs/A2_metrics.ipynb #7a88ce06
 def _log_probs(name, x, log_prob) -> Tensor:

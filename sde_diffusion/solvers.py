@@ -266,8 +266,12 @@ def convergence_order(
     if (err <= 0).any():
         raise ValueError("an error estimate is zero: cannot fit in log-log")
     coef = _fit_slope(dts.log(), err.log())
-    idx = torch.randint(samples.shape[1], (n_boot, samples.shape[1]), generator=generator)
-    boot_err = samples[:, idx].mean(-1).abs().T            # (n_boot, L)
+    L, M = samples.shape
+    idx = torch.randint(M, (n_boot, M), generator=generator)   # resample m of row b is path idx[b, m]
+    rows = max(1, 2**22 // M)    # resample means as (counts of each path) @ samples, in blocks: no (L, n_boot, M) gather
+    boot_err = torch.cat([torch.bincount((idx[i:i + rows] + torch.arange(len(idx[i:i + rows]))[:, None] * M).flatten(),
+                                         minlength=len(idx[i:i + rows]) * M).view(-1, M).to(samples.dtype) @ samples.T
+                          for i in range(0, n_boot, rows)]).div_(M).abs_()   # (n_boot, L)
     boot = torch.stack([_fit_slope(dts.log(), e.clamp_min(1e-300).log())[0] for e in boot_err])
     return ConvergenceFit(order=coef[0].item(), order_se=boot.std().item(), log_C=coef[1].item(), dts=dts,
                           errors=err, errors_se=samples.std(1) / math.sqrt(samples.shape[1]))

@@ -67,3 +67,24 @@ def test_convergence_order_rejects_bad_input():
         convergence_order([0.1, 0.01], torch.ones(2, 5), "medium")
     with pytest.raises(ValueError, match="`samples` must have shape"):
         convergence_order([0.1, 0.01], torch.ones(3, 5))
+
+
+def test_bootstrap_matches_gather_and_delta_method(differences):
+    """The count-based bootstrap gives the same resamples as gathering `samples[:, idx]` (same draws, sums in another
+    order: agreement to rounding), and its slope SE agrees with the delta method's: slope = w @ log(err) with w the
+    least-squares weights, so Var(slope) ~ w^T C w with C_lk = Cov(s_l, s_k) / (M err_l err_k) (paths shared by levels).
+    A bootstrap SD from B resamples has relative standard error ~ 1/sqrt(2 B); allow 4 of those."""
+    from sde_diffusion.solvers import _fit_slope
+    dts = torch.tensor(differences["dts"], dtype=torch.float64)
+    for kind, samples in (("strong", differences["em"].abs()), ("weak", differences["milstein"])):
+        B = 400
+        fit = convergence_order(dts, samples, kind, n_boot=B, generator=torch.Generator().manual_seed(3))
+        idx = torch.randint(samples.shape[1], (B, samples.shape[1]), generator=torch.Generator().manual_seed(3))
+        old = torch.stack([_fit_slope(dts.log(), e.clamp_min(1e-300).log())[0] for e in samples[:, idx].mean(-1).abs().T])
+        assert abs(old.std().item() - fit.order_se) < 1e-12
+        A = torch.stack([dts.log(), torch.ones_like(dts)], -1)
+        w = torch.linalg.pinv(A)[0]                                   # slope = w @ log err
+        mean = samples.mean(1)
+        C = torch.cov(samples) / (samples.shape[1] * mean[:, None] * mean[None, :])
+        se_delta = (w @ C @ w).sqrt().item()
+        assert abs(fit.order_se / se_delta - 1) < 4 / (2 * B) ** 0.5, (kind, fit.order_se, se_delta)

@@ -313,3 +313,64 @@ def test_errors_name_the_argument():
     for exc, name, call in cases:
         with pytest.raises(exc, match=name):
             call()
+
+
+# ------------------------------------------------------------------------------------------------ mutation-test survivors (issue 17)
+def test_linear_interpolant_discretize_drift_is_linear_in_x():
+    """The mean of one exact step is x + f = (1 - t')/(1 - t) x = alpha(t')/alpha(t) x for any x, not only x = 1 (the
+    composition test uses ones, where -rate * x and -rate / x agree). Tolerance: 100 unit roundoffs of |x|/(1 - t), the
+    rounding of rate = (t' - t)/(1 - t) and of the sum, amplified by 1/(1 - t) near T."""
+    li = LinearInterpolantSDE(N=7)
+    gen = torch.Generator().manual_seed(20)
+    x = 3 * torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.1, 0.37, 0.5, 0.8, li.T - 0.01], dtype=torch.float64)
+    f, G = li.discretize(x, t)
+    t_next = (t + li.T / li.N).clamp(max=li.T)
+    want = ((1 - t_next) / (1 - t))[:, None, None] * x
+    assert (((x + f) - want).abs() <= 100 * U64 * x.abs() / (1 - t)[:, None, None]).all()
+    assert G.shape == (6, 1, 1)
+
+
+def test_nu_exactly_zero_from_a_callable_is_accepted():
+    "nu(t) >= 0 is the contract (0 is Euler on the probability-flow ODE): a callable returning exact zeros is valid and gives the samples of nu = 0, bit for bit."
+    li = LinearInterpolantSDE()
+    x_T = li.prior_sampling((5, 2), generator=torch.Generator().manual_seed(21), dtype=torch.float64)
+    score = lambda x, t: -x / t[:, None] ** 2
+    a = sample_interpolant_sde(li, score, x_T=x_T, nu=lambda t: torch.zeros_like(t), steps=8, generator=torch.Generator().manual_seed(22))
+    b = sample_interpolant_sde(li, score, x_T=x_T, nu=0.0, steps=8, generator=torch.Generator().manual_seed(22))
+    assert torch.equal(a, b)
+
+
+def test_interpolant_defaults_are_the_documented_ones():
+    "`interpolant_clock` and `sample_interpolant_sde` default to nu = 1 (diffusion exactly 1) and 1000 steps (a path of 1001 states)."
+    li = LinearInterpolantSDE()
+    score = lambda x, t: -x
+    y, s = torch.randn(3, 2, dtype=torch.float64), torch.full((3,), 0.2, dtype=torch.float64)
+    drift, diffusion = interpolant_clock(li, score)
+    assert torch.equal(diffusion(y, s), torch.ones(3, 1, dtype=torch.float64))
+    assert torch.equal(drift(y, s), interpolant_clock(li, score, 1.0)[0](y, s))
+    x_T = li.prior_sampling((2, 2), generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    path = sample_interpolant_sde(li, score, x_T=x_T, return_path=True, generator=torch.Generator().manual_seed(24))
+    assert path.shape == (1001, 2, 2)
+    explicit = sample_interpolant_sde(li, score, x_T=x_T, nu=1.0, steps=1000, generator=torch.Generator().manual_seed(24))
+    assert torch.equal(path[-1], explicit)
+
+
+def test_interpolant_sampler_runs_the_clock_from_T_to_eps():
+    """The score is evaluated at t = T - s_k on the uniform clock s_k = k (T - eps)/N, k < N: the run ends at t = eps
+    exactly, not past it. Tolerance: 4 unit roundoffs of T (linspace and one subtraction)."""
+    li, eps, N, seen = LinearInterpolantSDE(), 0.05, 4, []
+    score = lambda x, t: seen.append(t.clone()) or -x
+    x_T = li.prior_sampling((3, 2), generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    sample_interpolant_sde(li, score, x_T=x_T, eps=eps, steps=N, generator=torch.Generator().manual_seed(26))
+    got = torch.stack([t[0] for t in seen])
+    want = torch.tensor([li.T - k * (li.T - eps) / N for k in range(N)], dtype=torch.float64)
+    assert got.shape == want.shape and ((got - want).abs() <= 4 * U64 * li.T).all(), (got, want)
+
+
+def test_interpolant_sampler_reports_overflow_of_a_half_precision_dtype():
+    "float16 samples are computed in float32; a finite float32 result beyond float16's range (65504) must raise, not return inf."
+    li = LinearInterpolantSDE()
+    with pytest.raises(FloatingPointError, match="overflow"):
+        sample_interpolant_sde(li, lambda x, t: torch.full_like(x, -1e7), (3, 2), nu=0.0, steps=4, dtype=torch.float16,
+                               generator=torch.Generator().manual_seed(27))

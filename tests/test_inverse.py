@@ -311,3 +311,269 @@ def test_argument_errors_name_the_argument():
         mixture_posterior(ring, torch.ones(1, 3), torch.zeros(1))
     with pytest.raises(TypeError, match="`mixture`"):
         mixture_posterior("ring", PAIR_MASK, torch.zeros(1))
+
+
+# --- mutation-test survivors (issue 17) --------------------------------------------------------------------------------
+
+def test_operator_arguments_at_their_boundaries():
+    "Valid edge cases are accepted (a 1-D event shape, one column, no rows, factor 1, 0/1 float masks); invalid ones named."
+    A = torch.randn(2, 4, generator=gen(40), dtype=torch.float64)
+    assert MatrixOperator(A, (4,)).event_shape == (4,) and MatrixOperator(A, 4).event_shape == (4,)
+    assert MatrixOperator(torch.ones(2, 1)).D == 1 and MatrixOperator(torch.zeros(0, 3)).M == 0
+    for bad in ((), (0, 4), (4, -1)):
+        with pytest.raises(ValueError, match="`event_shape` must be a non-empty tuple of positive integers"):
+            MatrixOperator(A, bad)
+    with pytest.raises(ValueError, match="at least one column"):
+        MatrixOperator(torch.zeros(2, 0))
+    # a float or integer 0/1 mask is the bool mask; anything else is refused
+    for m in (torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.tensor([1, 0, 1, 0])):
+        assert torch.equal(MaskOperator(m).index, torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="`mask`"):
+        MaskOperator(torch.tensor([1.0, 2.0, 0.0]))
+    # average pooling: factor 2 by default, factor 1 is the identity, factor 0 is refused by name
+    assert average_pool_operator((1, 4, 4)).M == 4
+    assert torch.equal(average_pool_operator((2, 2, 2), 1, dtype=torch.float64).matrix(), torch.eye(8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="`factor`"):
+        average_pool_operator((1, 4, 4), 0)
+
+
+def test_posterior_edge_cases_and_one_element_tensors():
+    """noise_std as a one-element tensor equals the number; y of shape (1, M) equals y of shape (M,), (M, 1) is refused;
+    no measurement (M = 0) is the prior with log evidence 0 and no fixed direction (its score is the prior's)."""
+    mix = random_mixture(2, 3, generator=gen(41), dtype=torch.float64)
+    A, y = torch.randn(2, 3, generator=gen(42), dtype=torch.float64), torch.tensor([0.4, -0.9], dtype=torch.float64)
+    ref = mixture_posterior(mix, A, y, 0.3)
+    for other in (mixture_posterior(mix, A, y, torch.tensor(0.3, dtype=torch.float64)), mixture_posterior(mix, A, y[None], 0.3)):
+        assert torch.equal(other.mean(), ref.mean())
+        assert other.log_evidence == ref.log_evidence
+    with pytest.raises(ValueError, match="`y`"):
+        mixture_posterior(mix, A, y[:, None], 0.3)
+    none = mixture_posterior(mix, MaskOperator(torch.zeros(3, dtype=torch.bool)), torch.zeros(0, dtype=torch.float64))
+    assert none.log_evidence == 0.0 and none.fixed.shape == (3, 0) and none.D == 3
+    x, t = torch.randn(5, 3, generator=gen(43), dtype=torch.float64), torch.full((5,), 0.3, dtype=torch.float64)
+    assert (none.score_fn(VP)(x, t) - mix.marginal_score(x, t, VP)).abs().max() <= 1e-12
+    # the default noise of the measurement likelihood is 0
+    f0, f = mixture_measurement_log_prob(mix, VP, A, y), mixture_measurement_log_prob(mix, VP, A, y, 0.0)
+    assert torch.equal(f0(x, t), f(x, t))
+
+
+def test_noiseless_posterior_of_the_gaussian_pair_in_closed_form():
+    """Observing x_1 = a of N(0, [[1, rho], [rho, 1]]) without noise: x_2 | a ~ N(rho a, 1 - rho^2) on the line x_1 = a
+    (the textbook conditional). The posterior's dimension D = 2, its component mean, mean() and covariance(), exactly."""
+    a = 0.9
+    pair = GaussianMixture([1.0], [[0.0, 0.0]], torch.tensor([[[1.0, RHO], [RHO, 1.0]]], dtype=torch.float64), dtype=torch.float64)
+    post = mixture_posterior(pair, PAIR_MASK, torch.tensor([a], dtype=torch.float64))
+    assert post.D == 2 and post.reduced.D == 1
+    want = torch.tensor([a, RHO * a], dtype=torch.float64)
+    assert (post.means[0] - want).abs().max() <= 1e-12, post.means[0]
+    assert (post.mean() - want).abs().max() <= 1e-12, post.mean()
+    cov = torch.tensor([[0.0, 0.0], [0.0, 1 - RHO**2]], dtype=torch.float64)
+    assert (post.covariance() - cov).abs().max() <= 1e-12, post.covariance()
+
+
+def test_posterior_log_evidence_in_closed_form_and_far_measurements():
+    """One Gaussian N(mu, Sigma) in 3-D, two noisy rows: log p(y) = log N(y; A mu, A Sigma A^T + s^2 I) (M = 2, where the
+    normalizer's M/2 log 2 pi differs from 1/(2M) log 2 pi). A measurement 40 standard deviations out (log p(y) ~ -800,
+    exp(2 log p(y)) underflows) still gives a posterior with weights summing to 1. Tolerance 1e-10 (float64 Cholesky)."""
+    mu = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    L = torch.tensor([[1.0, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 0.6]], dtype=torch.float64)
+    g = GaussianMixture([1.0], mu[None], (L @ L.T)[None], dtype=torch.float64)
+    A, s = torch.tensor([[1.0, 0.5, -0.2], [0.0, 1.0, 0.7]], dtype=torch.float64), 0.3
+    for y in (torch.tensor([0.4, -0.9], dtype=torch.float64), torch.tensor([40.0, -35.0], dtype=torch.float64)):
+        post = mixture_posterior(g, A, y, s)
+        S, r = A @ L @ L.T @ A.T + s**2 * torch.eye(2, dtype=torch.float64), y - A @ mu
+        want = -0.5 * r @ torch.linalg.solve(S, r) - 0.5 * torch.logdet(S) - math.log(2 * math.pi)   # M/2 log 2 pi, M = 2
+        assert abs(post.log_evidence - want.item()) <= 1e-10 * max(1.0, abs(want.item())), (post.log_evidence, want)
+        assert abs(post.weights.sum().item() - 1) < 1e-12
+
+
+def test_noiseless_rank_check_is_relative_to_the_dimension():
+    """Rows e_1 and e_1 + delta e_2 in D = 10: singular values ~sqrt(2) and delta/sqrt(2) = 1e-15, below the numerical-rank
+    threshold sigma_max max(M, D) eps = 3.1e-15 (the SVD's absolute error is ~ eps sigma_max = 3e-16): refused as rank-deficient."""
+    mix = random_mixture(2, 10, generator=gen(44), dtype=torch.float64)
+    A = torch.zeros(2, 10, dtype=torch.float64)
+    A[0, 0], A[1, 0], A[1, 1] = 1.0, 1.0, math.sqrt(2) * 1e-15
+    with pytest.raises(ValueError, match="full row rank"):
+        mixture_posterior(mix, A, torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_measurement_likelihood_value_is_bayes_rule():
+    """log p_t(y | x_t) = log p_t(x_t | y) - log p_t(x_t) + log p(y), every term exact (the noisy posterior is a mixture on
+    all of R^D). M = 2 rows, so the normalizer M/2 log 2 pi is pinned; y given as (M,) and as (B, M); a batch of one.
+    Tolerance 1e-9: float64 Cholesky solves of matrices with condition number < 1e3."""
+    mix = random_mixture(3, 3, generator=gen(50), dtype=torch.float64)
+    A, y, s = torch.randn(2, 3, generator=gen(51), dtype=torch.float64), torch.tensor([0.4, 1.1], dtype=torch.float64), 0.3
+    post = mixture_posterior(mix, A, y, s)
+    x = 2 * torch.randn(7, 3, generator=gen(52), dtype=torch.float64)
+    t = 0.05 + 0.9 * torch.rand(7, generator=gen(53), dtype=torch.float64)
+    want = post.reduced.marginal_log_prob(x, t, VP) - mix.marginal_log_prob(x, t, VP) + post.log_evidence
+    for yy in (y, y.expand(7, 2).clone()):
+        got = mixture_measurement_log_prob(mix, VP, A, yy, s)(x, t)
+        assert (got - want).abs().max() <= 1e-9 * want.abs().max(), (got, want)
+    one = mixture_measurement_log_prob(mix, VP, A, y, s)(x[:1], t[:1])
+    assert one.shape == (1,) and (one - want[:1]).abs().max() <= 1e-9 * want.abs().max()
+
+
+def test_noisy_measurement_has_the_law_of_A_x_t():
+    """A x_t given A x_0 = y is N(alpha y, sigma^2 A A^T): the sampled covariance against it, entry by entry within 4 SE
+    (SE of a covariance entry of a Gaussian: sqrt((S_ij^2 + S_ii S_jj)/n)); A A^T with eigenvalues 0.25 and 4. A
+    rank-one A, whose Gram matrix has a rounding-negative eigenvalue (-1.8e-15), still gives finite draws."""
+    n, t = 20000, torch.full((20000,), 0.5, dtype=torch.float64)
+    A = torch.tensor([[0.5, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64) @ torch.linalg.qr(
+        torch.randn(3, 3, generator=gen(54), dtype=torch.float64))[0]
+    y = torch.tensor([0.3, -1.0], dtype=torch.float64).expand(n, 2)
+    draws = noisy_measurement(VP, A, y, t, gen(55))
+    alpha, sigma = (v[0].item() for v in VP.marginal_coeffs(t[:1]))
+    S = sigma**2 * A @ A.mT
+    d = draws - alpha * y
+    se = ((S**2 + S.diagonal()[:, None] * S.diagonal()[None, :]) / n).sqrt()
+    assert ((d.T.cov() - S).abs() < 4 * se).all(), (d.T.cov(), S)
+    assert (d.mean(0).abs() < 4 * S.diagonal().sqrt() / math.sqrt(n)).all()
+    g = gen(0)
+    u, v = torch.randn(3, 1, generator=g, dtype=torch.float64), torch.randn(1, 4, generator=g, dtype=torch.float64)
+    assert torch.linalg.eigh((u @ v) @ (u @ v).mT)[0].min() < 0              # the rounding this case is about
+    assert torch.isfinite(noisy_measurement(VP, u @ v, torch.zeros(5, 3, dtype=torch.float64), t[:5], gen(56))).all()
+
+
+def test_sampler_defaults_x_T_and_one_element_tensors():
+    """replacement: 1000 steps (NFE 1001 with the denoising step), snr 0.16 and one corrector step by default; a valid x_T
+    is used, a wrong dtype refused; dps' zeta as a one-element tensor equals the number; RePaint's U = j = 10 by default."""
+    score, mask = PAIR.score_fn(VP), PAIR_MASK
+    y = torch.tensor([[0.5], [-0.3]])
+    assert replacement(VP, lambda x, t: -x, mask, y, generator=gen(57)).nfe == 1001
+    kw = dict(corrector="langevin", steps=3, generator=None)
+    a = replacement(VP, score, mask, y, **dict(kw, generator=gen(58))).samples
+    b = replacement(VP, score, mask, y, snr=0.16, corrector_steps=1, **dict(kw, generator=gen(58))).samples
+    assert torch.equal(a, b)
+    x_T = VP.prior_sampling((2, 2), generator=gen(59))
+    out = replacement(VP, score, mask, y, steps=3, x_T=x_T, denoise=False, generator=gen(60)).samples
+    assert torch.equal(out, replacement(VP, score, mask, y, steps=3, x_T=x_T.clone(), denoise=False, generator=gen(60)).samples)
+    with pytest.raises(ValueError, match="`x_T`"):
+        replacement(VP, score, mask, y, steps=3, x_T=x_T.double())
+    z1 = dps(VP, score, mask, y, zeta=torch.tensor(0.5), steps=3, generator=gen(61)).samples
+    assert torch.equal(z1, dps(VP, score, mask, y, zeta=0.5, steps=3, generator=gen(61)).samples)
+    assert repaint_schedule(45) == repaint_schedule(45, 10, 10)
+
+
+@pytest.mark.parametrize("x0_variance", ["reconstruction", "zero", 0.3])
+def test_guided_score_against_the_gaussian_approximation_written_out(x0_variance):
+    """s + w grad_x log N(y; A x0_hat, nu_t A A^T + s_y^2 I), x0_hat = (x + sigma^2 s)/alpha, by autograd on the formula
+    written out: nu_t = sigma^2/alpha^2 ('reconstruction'), 0 ('zero'), or the number; w = 1.7 and s_y = 0.2 (neither 0
+    nor 1, where alternatives coincide). Tolerance 1e-10 relative: float64, a 2 x 2 solve."""
+    mix = random_mixture(2, 3, generator=gen(62), dtype=torch.float64)
+    A = torch.randn(2, 3, generator=gen(63), dtype=torch.float64)
+    x = torch.randn(9, 3, generator=gen(64), dtype=torch.float64)
+    t = 0.05 + 0.9 * torch.rand(9, generator=gen(65), dtype=torch.float64)
+    y = torch.randn(9, 2, generator=gen(66), dtype=torch.float64)
+    w, sy, score = 1.7, 0.2, mix.score_fn(VP)
+    got = likelihood_guided_score(VP, score, A, y, noise_std=sy, weight=w, x0_variance=x0_variance)(x, t)
+    alpha, sigma = VP.marginal_coeffs(t)
+    nu = {"reconstruction": sigma**2 / alpha**2, "zero": torch.zeros_like(t), 0.3: torch.full_like(t, 0.3)}[x0_variance]
+    xg = x.clone().requires_grad_(True)
+    s = score(xg, t)
+    r = y - ((xg + sigma[:, None] ** 2 * s) / alpha[:, None]) @ A.mT
+    Sy = nu[:, None, None] * (A @ A.mT) + sy**2 * torch.eye(2, dtype=torch.float64)
+    neg_log_lik = 0.5 * (r[:, None, :] @ torch.linalg.solve(Sy, r[:, :, None])).sum()
+    (grad,) = torch.autograd.grad(neg_log_lik, xg)
+    want = s.detach() - w * grad
+    assert (got - want).abs().max() <= 1e-10 * want.abs().max(), (got - want).abs().max()
+
+
+def test_repaint_defaults_are_the_papers():
+    "RePaint defaults to N = 250 steps, U = 10 resamplings, jumps of j = 10: NFE = the reverse steps of that schedule + 1."
+    sched = lambda *a: sum(b == a_ + 1 for a_, b in zip(repaint_schedule(*a)[:-1], repaint_schedule(*a)[1:]))
+    n = sched(250, 10, 10)
+    assert n not in (sched(251, 10, 10), sched(250, 11, 10), sched(250, 10, 11))
+    out = repaint(VP, lambda x, t: -x, PAIR_MASK, torch.tensor([[0.5], [-0.3]]), generator=gen(67))
+    assert out.nfe == n + 1
+
+
+def test_repaint_jumps_have_the_forward_transition_law():
+    """With a predictor that leaves x in place and no measurement (M = 0), RePaint's output is x_T = 0 moved by its jumps
+    alone: each back-step t_k -> t_{k-1} is x -> a x + sqrt(v) z, a = alpha_{k-1}/alpha_k, v = sigma_{k-1}^2 - a^2 sigma_k^2
+    (the forward kernel's transition), so Var = the recursion V -> a^2 V + v over the schedule. Coarse grid (4 steps),
+    where a is far from 1. Sample variance of 2 x 20000 coordinates within 4 SE (sqrt(2/(n-1)) V)."""
+    from sde_diffusion.sampling import Predictor, sampling_times
+
+    class Still(Predictor):
+        stochastic = False
+
+        def coefficients(self, sde, t, t_next):
+            return {"one": torch.ones_like(t)}
+
+        def apply(self, c, score, x, t, t_next, generator=None):
+            return x, x
+    n, steps, U, j = 20000, 4, 3, 2
+    none = MaskOperator(torch.tensor([False, False]))
+    out = repaint(VP, lambda x, t: -x, none, torch.zeros(n, 0, dtype=torch.float64), steps=steps, resamplings=U,
+                  jump_length=j, predictor=Still(), denoise=False, x_T=torch.zeros(n, 2, dtype=torch.float64), generator=gen(68))
+    alpha, sigma = VP.marginal_coeffs(sampling_times(VP, steps, 1e-3, dtype=torch.float64))
+    seq, V = repaint_schedule(steps, U, j), 0.0
+    for k, kn in zip(seq[:-1], seq[1:]):
+        if kn == k - 1:
+            a = (alpha[kn] / alpha[k]).item()
+            V = a**2 * V + sigma[kn].item() ** 2 - a**2 * sigma[k].item() ** 2
+    x = out.samples.reshape(-1)
+    assert V > 0.1 and abs(x.var().item() - V) < 4 * math.sqrt(2 / (x.numel() - 1)) * V, (x.var().item(), V)
+
+
+def test_dps_step_by_hand():
+    """One DPS step from x_T: a DDIM step, then minus zeta / ||y - A x0_hat|| times the gradient of ||y - A x0_hat||^2,
+    x0_hat = (x + sigma^2 s)/alpha, by autograd on the formula written out (zeta = 0.7, not 1). Tolerance 1e-10 relative."""
+    from sde_diffusion.sampling import DDIM, sampling_times
+    mix = random_mixture(2, 3, generator=gen(69), dtype=torch.float64)
+    A, score = torch.randn(2, 3, generator=gen(70), dtype=torch.float64), mix.score_fn(VP)
+    y, x = torch.randn(6, 2, generator=gen(71), dtype=torch.float64), torch.randn(6, 3, generator=gen(72), dtype=torch.float64)
+    got = dps(VP, score, A, y, zeta=0.7, steps=1, predictor="ddim", denoise=False, x_T=x).samples
+    ts = sampling_times(VP, 1, dtype=torch.float64)
+    t, tn = ts[0].expand(6), ts[1].expand(6)
+    xg = x.clone().requires_grad_(True)
+    alpha, sigma = (v[:, None] for v in VP.marginal_coeffs(t))
+    r2 = (y - ((xg + sigma**2 * score(xg, t)) / alpha) @ A.mT).square().sum(1)
+    (grad,) = torch.autograd.grad(r2.sum(), xg)
+    want = DDIM().step(VP, score, x, t, tn)[0] - 0.7 / r2.detach().sqrt()[:, None] * grad
+    assert (got - want).abs().max() <= 1e-10 * want.abs().max(), (got - want).abs().max()
+
+
+def test_guidance_defaults_and_a_zero_numeric_x0_variance():
+    """reconstruction_guidance: weight 1, snr 0.16 and one corrector step by default; dps: zeta 1 by default; the number
+    0.0 as x0_variance without measurement noise is refused like 'zero' (N(y; A x0_hat, 0) has no gradient)."""
+    score, mask, y = PAIR.score_fn(VP), PAIR_MASK, torch.tensor([[0.5], [-0.3]])
+    rg = lambda **kw: reconstruction_guidance(VP, score, mask, y, steps=3, corrector="langevin", generator=gen(73), **kw).samples
+    assert torch.equal(rg(), rg(weight=1.0, snr=0.16, corrector_steps=1))
+    d = lambda **kw: dps(VP, score, mask, y, steps=3, generator=gen(74), **kw).samples
+    assert torch.equal(d(), d(zeta=1.0))
+    with pytest.raises(ValueError, match="`x0_variance`"):
+        likelihood_guided_score(VP, score, mask, y, x0_variance=0.0)
+
+
+@pytest.mark.slow
+def test_guidance_samplers_default_to_1000_steps():
+    "NFE 1001 (1000 steps and the denoising step) for reconstruction guidance and DPS by default (about 3 s: marked slow)."
+    y = torch.tensor([[0.5]])
+    assert reconstruction_guidance(VP, PAIR.score_fn(VP), PAIR_MASK, y, generator=gen(75)).nfe == 1001
+    assert dps(VP, PAIR.score_fn(VP), PAIR_MASK, y, generator=gen(76)).nfe == 1001
+
+
+def test_measurement_likelihood_refuses_x_without_a_batch_dimension():
+    "x must be (B, *D): a 1-D x for a 1-D mixture (D = 1, where x[0].numel() == D) is refused by name, not read as B samples."
+    mix = GaussianMixture([1.0], [[0.0]], torch.ones(1, 1, 1, dtype=torch.float64), dtype=torch.float64)
+    f = mixture_measurement_log_prob(mix, VP, torch.ones(1, 1, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64), 0.1)
+    with pytest.raises(ValueError, match="`x`"):
+        f(torch.zeros(4, dtype=torch.float64), torch.full((4,), 0.5, dtype=torch.float64))
+
+
+def test_repaint_starts_from_the_measurement_noised_to_T():
+    """RePaint's first state has A x = alpha(T) y + sigma(T) A z (the measurement noised to the grid's first time, T), the
+    first draw of the generator when x_T is given; one DDIM step from it, by hand, gives the unobserved entry exactly."""
+    from sde_diffusion.sampling import DDIM, sampling_times
+    pair = GaussianMixture([1.0], [[0.0, 0.0]], torch.tensor([[[1.0, RHO], [RHO, 1.0]]], dtype=torch.float64), dtype=torch.float64)
+    score, y = pair.score_fn(VP), torch.tensor([[0.5], [-0.3], [1.2]], dtype=torch.float64)
+    x_T = torch.randn(3, 2, generator=gen(77), dtype=torch.float64)
+    out = repaint(VP, score, PAIR_MASK, y, steps=1, resamplings=1, predictor="ddim", denoise=False, x_T=x_T, generator=gen(78))
+    ts = sampling_times(VP, 1, dtype=torch.float64)
+    alpha, sigma = (v.item() for v in VP.marginal_coeffs(ts[:1]))
+    x0 = x_T.clone()
+    x0[:, :1] = alpha * y + sigma * torch.randn(3, 1, generator=gen(78), dtype=torch.float64)
+    want = DDIM().step(VP, score, x0, ts[0].expand(3), ts[1].expand(3))[0]
+    assert (out.samples[:, 1] - want[:, 1]).abs().max() <= 1e-12 * want.abs().max()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.metrics import (NoiseFloor, energy_distance, energy_distance_gaussian_1d, expected_log_prob,
+from sde_diffusion.metrics import (EnergyReference, NoiseFloor, energy_distance, energy_distance_gaussian_1d, expected_log_prob,
                                    mean_logp_gap, noise_floor, random_directions, sample_metrics, sliced_wasserstein)
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
@@ -129,6 +129,31 @@ def test_energy_distance_blocks_and_brute_force_agree():
         assert abs(energy_distance(x, y, block_entries=block) - u.item()) < 1e-12
         assert abs(energy_distance(x, y, unbiased=False, block_entries=block) - v.item()) < 1e-12
     assert energy_distance(x, x, unbiased=False) == pytest.approx(0.0, abs=1e-14)
+
+
+def test_energy_reference_reuses_the_within_set_term_and_agrees():
+    g = _gen(15)
+    y = 0.5 + torch.randn(177, 3, generator=g, dtype=F64)
+    ref = EnergyReference(y, block_entries=1000)          # different blocks from the calls: a different summation order
+    assert len(ref) == 177 and ref.self_sum.dtype == F64
+    dist = lambda a, b: (a[:, None] - b[None]).norm(dim=-1)
+    assert abs(ref.self_sum.item() - dist(y, y).sum().item()) < 1e-9      # sums of ~3e4 distances of order 2: rounding only
+    for x in (torch.randn(301, 3, generator=g, dtype=F64), torch.randn(2, 3, generator=g, dtype=F64)):
+        for unbiased in (True, False):
+            assert abs(energy_distance(x, ref, unbiased) - energy_distance(x, y, unbiased)) < 1e-12
+    # float32 reference: values of order 1 summed in float64 from float32 distances, so rounding of float32 size
+    y32, x32 = y.float(), torch.randn(50, 3, generator=g)
+    assert abs(energy_distance(x32, EnergyReference(y32)) - energy_distance(x32, y32)) < 1e-6
+    # x in float64 promotes the float32 reference: the within-set term is recomputed in float64, exactly as uncached
+    assert energy_distance(x32.double(), EnergyReference(y32)) == energy_distance(x32.double(), y32)
+    with pytest.raises(ValueError, match="`block_entries`"):
+        EnergyReference(y, block_entries=0)
+    with pytest.raises(ValueError, match="`y`"):
+        EnergyReference(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(TypeError, match="`y`"):
+        EnergyReference(torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        energy_distance(torch.randn(5, 2, dtype=F64), ref)
 
 
 def test_energy_v_statistic_is_twice_the_integrated_squared_cdf_difference():

@@ -986,3 +986,25 @@ def test_langevin_kappa_scales_with_the_sdes_time_horizon():
         torch.testing.assert_close(c["kappa"], 1 - sde.beta(t) * sde.T / sde.N, rtol=1e-15, atol=0)
     c = Langevin(snr=0.16).coefficients(CosineVPSDE(N=100, T=2.0), t)
     assert (c["kappa"] < 1 - CosineVPSDE(N=100, T=2.0).beta(t) / 100).all()   # the T-free formula would be too large
+
+
+# ------------------------------------------------------------------ mutation-test survivors of the new solvers (issue 17)
+@pytest.mark.parametrize("make", [DPMSolver3M, lambda: UniPC(3), lambda: UniPC(2, "bh1"), lambda: IPNDM(4, lower_order_final=True),
+                                  DPMSolver2M, Heun], ids=["3m", "unipc3", "unipc2", "ipndm_lof", "2m", "heun"])
+def test_a_fresh_multistep_instance_steps_like_a_long_run(make):
+    """`step` without `reset` (a fresh instance) never counts a step as one of a short run's last: its orders are the
+    warm-up 1, 2, ..., p and then p, as after `reset(20)` (20 >= 15: no final lowering). Bit for bit, 5 unequal steps."""
+    sde, x = SDES["vp"], x_start(40)
+    ts = torch.tensor([0.9, 0.7, 0.45, 0.3, 0.12, 0.05], dtype=F64)
+    fresh, ref = make(), make()
+    ref.reset(20)
+    a, b = x, x
+    for k in range(5):
+        t, tn = ts[k].expand(B), ts[k + 1].expand(B)
+        a, b = fresh.step(sde, score, a, t, tn)[0], ref.step(sde, score, b, t, tn)[0]
+    assert torch.equal(a, b)
+
+
+def test_unipc_order_zero_is_refused():
+    with pytest.raises(ValueError, match="`order`"):
+        UniPC(order=0)

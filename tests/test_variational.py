@@ -205,3 +205,163 @@ def test_argument_errors_name_the_argument():
             elbo(args.pop("sde"), args.pop("model_fn"), args.pop("x"), **args)
     with pytest.raises(ValueError, match="non-finite|NaN"):
         elbo(sde, lambda y, t: y * float("nan"), x, n_t=4)
+
+
+# ------------------------------------------------------------------ mutation-test survivors (issue 17)
+def _zero_model_variance(sde, D, eps, H, J, cv_var):
+    """Var of the bound for the model eps_hat = 0, in closed form: h = |z|^2 (1 - c^2) + c^2 D with c = v SNR/(1 + v SNR)
+    (eq. eq-var-cv), so E[h | t] = D and Var(h | t) = 2D (1 - c^2)^2; node k adds w_k^2 E_k[(1 - c^2)^2] 2D / J (the stratum
+    average by 50-point Gauss-Legendre in u), the prior term (x = 0, VP prior N(0, I)) Var(log ratio)/n_t = (1 - s_T^2)^2 D/2 / n_t."""
+    import numpy as np
+    u_lo, u_hi = (-log_snr(sde, torch.tensor([eps, sde.T], **F64))).tolist()
+    du = (u_hi - u_lo) / H
+    gx, gw = np.polynomial.legendre.leggauss(50)
+
+    def g(u):
+        if cv_var is None:
+            return np.ones_like(u)
+        r = cv_var * np.exp(-u)
+        return (1 - (r / (1 + r)) ** 2) ** 2
+    total = 0.25 * g(np.array([u_lo]))[0]                              # the decoder node, weight 1/2, at t = eps
+    for k in range(H):
+        uu = u_lo + du * (k + (gx + 1) / 2)
+        total += (du / 2) ** 2 * float(np.sum(gw / 2 * g(uu)))          # weight (u_hi - u_lo)/(2H) = du/2
+    s_T = sde.marginal_coeffs(torch.tensor([sde.T], **F64))[1].item()
+    return 2 * D * total / J + (1 - s_T**2) ** 2 * D / 2 / H
+
+
+@pytest.mark.parametrize("n_t,n_z,cv_var", [(8, 2, 20.0), (8, 1, None), (9, 1, None)],
+                         ids=["pairs-per-stratum-cv", "collapsed-odd-K", "collapsed-even-K"])
+def test_standard_error_is_calibrated_against_the_closed_form_variance(n_t, n_z, cv_var):
+    """Model eps_hat = 0 at x = 0 (B iid points): the mean reported se^2 and the spread of the bound both equal the
+    closed-form variance, within 4 standard errors of the mean over B points (SE from the samples). n_z = 2 takes the
+    per-stratum branch of the variance (its (J - 1)-df spread), n_z = 1 the collapsed strata (groups of two, and one of
+    three when K = n_t + 1 is odd), unbiased here because every node's h has the same mean and variance (no control
+    variate). With cv_var = 20 the control variate's c^2 enters the variance: c in its place lowers it by 16 %, SNR^(1/2)
+    in place of SNR by 39 %, against 4 SE of about 6 %."""
+    sde, D, B, eps = VPSDE(), 2, 6000, 1e-5
+    est = elbo_terms(sde, lambda y, t: torch.zeros_like(y), torch.zeros(B, D, **F64), prediction="eps", eps=eps,
+                     n_t=n_t, n_z=n_z, cv_var=cv_var, generator=gen(30))
+    V = _zero_model_variance(sde, D, eps, n_t, n_z, cv_var)
+    se2, dev2 = est.se.square(), (est.elbo - est.elbo.mean()).square()
+    assert abs(se2.mean().item() - V) < 4 * se2.std().item() / math.sqrt(B), (se2.mean().item(), V)
+    assert abs(dev2.mean().item() - V) < 4 * dev2.std().item() / math.sqrt(B), (dev2.mean().item(), V)
+
+
+@pytest.mark.parametrize("where,n_z,want", [("decoder", 2, 1.0), ("decoder", 1, 1.0), ("last_stratum", 1, 2.0), ("prior", 2, 7.0)])
+def test_degrees_of_freedom_of_a_dominant_variance_part(where, n_z, want):
+    """Welch-Satterthwaite: when one variance part exceeds all others by a factor F, df equals that part's own degrees
+    of freedom to relative order 1/F (df = V^2 / sum p_i^2/d_i with V = p_0 (1 + 1/F)). A model whose h is ~1e12 times
+    larger at one node makes F > 1e20: df = J - 1 (a node's spread over J pairs), 1 (a collapsed group of two), 2 (the
+    group of three when K = n_t + 1 is odd), n_t - 1 (the prior term's n_t draws). Tolerance 1e-9 relative."""
+    sde, D, B, eps, H = VPSDE(), 2, 50, 1e-5, 8
+    u_lo, u_hi = (-log_snr(sde, torch.tensor([eps, sde.T], **F64))).tolist()
+    cut = u_hi - (1 - 1e-6) * (u_hi - u_lo) / H   # the last stratum (P = 1 - 1e-6 per draw); the others end below u_hi - du
+
+    def model(y, t):
+        if where == "decoder":
+            big = t == eps
+        elif where == "last_stratum":
+            big = -log_snr(sde, t) > cut
+        else:
+            big = torch.zeros_like(t, dtype=torch.bool)
+        return torch.where(big[:, None], 1e6 * y / sde.marginal_coeffs(t)[1][:, None], torch.zeros_like(y))
+    prior_logp = (lambda z: 1e12 * z[:, 0]) if where == "prior" else None
+    est = elbo_terms(sde, model, torch.zeros(B, D, **F64), prediction="eps", eps=eps, n_t=H, n_z=n_z, cv_var=None,
+                     prior_logp=prior_logp, generator=gen(31))
+    assert ((est.df - want).abs() <= 1e-9 * want).all(), est.df
+    if where == "prior":   # se^2 = sample variance of log ratio = -1e12 s_T z_0 over n_t draws / n_t: E = 1e24 s_T^2 / n_t
+        se2 = est.se.square()
+        s_T = sde.marginal_coeffs(torch.tensor([sde.T], **F64))[1].item()
+        assert abs(se2.mean().item() - 1e24 * s_T**2 / H) < 4 * se2.std().item() / math.sqrt(B)
+
+
+@pytest.mark.parametrize("where", ["decoder", "last_stratum"])
+def test_collapsed_strata_variance_of_a_dominant_node(where):
+    """n_z = 1, K = 9 nodes: groups (0, 1), (2, 3), (4, 5), (6, 7, 8). One node with h = L ~ 1e12 |z|^2 (eps_hat = 1e6 z)
+    dominates both the bound (elbo = -w L to relative order 1e-10) and its group's variance: the group of two gives
+    se^2 = (w_0^2 + w_1^2) L^2 / 2, the group of three (equal weights w) se^2 = 3 w^2 L^2/3 = w^2 L^2 (the sample variance of
+    three numbers of which one is L is L^2/3). So se/|elbo| = sqrt((w_0^2 + w_1^2)/2)/w_0, resp. 1. Tolerance 1e-8 relative."""
+    sde, D, B, eps, H = VPSDE(), 2, 50, 1e-5, 8
+    u_lo, u_hi = (-log_snr(sde, torch.tensor([eps, sde.T], **F64))).tolist()
+    cut = u_hi - (1 - 1e-6) * (u_hi - u_lo) / H   # the last stratum (P = 1 - 1e-6 per draw); the others end below u_hi - du
+
+    def model(y, t):
+        big = (t == eps) if where == "decoder" else (-log_snr(sde, t) > cut)
+        return torch.where(big[:, None], 1e6 * y / sde.marginal_coeffs(t)[1][:, None], torch.zeros_like(y))
+    est = elbo_terms(sde, model, torch.zeros(B, D, **F64), prediction="eps", eps=eps, n_t=H, n_z=1, cv_var=None,
+                     generator=gen(32))
+    w0, w = 0.5, (u_hi - u_lo) / (2 * H)
+    want = math.sqrt((w0**2 + w**2) / 2) / w0 if where == "decoder" else 1.0
+    ratio = est.se / est.elbo.abs()
+    assert ((ratio - want).abs() <= 1e-8 * want).all(), (ratio, want)
+
+
+def _node_sigma_model(sde, v):
+    """An eps model at x = 0 with eps_hat = x_t / b_k - v, b_k = sqrt(1 - alphabar_k) of the node whose time the model is
+    called at (DDPM's matched, clipped times): z - eps_hat = v for z and for -z, so h = |v|^2 at every node, no noise."""
+    s = ddpm_schedule(sde, torch.float64)
+    times = ddpm_timesteps_to_t(sde, torch.arange(s.N), torch.float64).clamp(max=sde.T)
+    b_of = dict(zip(times.tolist(), s.sqrt_one_minus_alphas_cumprod.tolist()))
+    return lambda y, t: y / torch.tensor([b_of[u] for u in t.tolist()], **F64)[:, None] - v
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "twice_small"])
+def test_discrete_terms_in_closed_form_for_a_noise_free_model(variance):
+    """With h = |v|^2 at every node (`_node_sigma_model`), the DDPM bound's terms are deterministic: L_0 =
+    (D/2)(log 2 pi - log SNR_1) + (D/2) sum_i (r_i - 1 - log r_i) + |v|^2/2 with r_i = tilde beta_i / w_i, and
+    L_diff = |v|^2 sum_{i>=2} beta_i^2 / (2 w_i alpha_i (1 - alphabar_i)) (Ho et al.'s weights, eq. eq-var-lt-eps).
+    Tolerance 1e-10 relative: rounding only (x_t / b_k = z to one ulp)."""
+    sde, D, B = VPSDE(0.1, 20.0, N=40), 2, 3
+    s = ddpm_schedule(sde, torch.float64)
+    w = {"fixed_small": s.posterior_variance, "fixed_large": s.betas, "twice_small": 2 * s.posterior_variance}[variance]
+    v = torch.tensor([0.7, -1.3], **F64)
+    est = elbo_terms(sde, _node_sigma_model(sde, v), torch.zeros(B, D, **F64), prediction="eps", discrete=True,
+                     variance=w.clone() if variance == "twice_small" else variance, cv_var=None, generator=gen(33))
+    v2 = v.square().sum().item()
+    r = (s.posterior_variance[1:] / w[1:]).tolist()
+    a0 = s.alphas_cumprod[0].item()
+    L0 = 0.5 * D * (math.log(2 * math.pi) - math.log(a0 / (1 - a0))) + 0.5 * D * sum(x - 1 - math.log(x) for x in r) + 0.5 * v2
+    gamma = s.betas[1:] ** 2 / (2 * w[1:] * s.alphas[1:] * (1 - s.alphas_cumprod[1:]))
+    L_diff = v2 * gamma.sum().item()
+    close(est.reconstruction, torch.full((B,), L0, **F64), rtol=1e-10, atol=0)
+    close(est.diffusion, torch.full((B,), L_diff, **F64), rtol=1e-10, atol=0)
+
+
+def test_variance_entry_zero_is_unused_and_a_zero_variance_is_refused():
+    "The decoder's entry 0 of a `variance` tensor is documented as unused (NaN there changes nothing); w_i = 0 at i >= 1 is refused."
+    sde, x = VPSDE(0.1, 20.0, N=40), torch.randn(3, 2, generator=gen(34), **F64)
+    w = ddpm_schedule(sde, torch.float64).betas.clone()
+    score = lambda y, t: -y
+    ref = elbo(sde, score, x, discrete=True, variance=w, generator=gen(35))
+    w_nan = w.clone()
+    w_nan[0] = float("nan")
+    close(elbo(sde, score, x, discrete=True, variance=w_nan, generator=gen(35)), ref, rtol=0, atol=0)
+    w_zero = w.clone()
+    w_zero[5] = 0.0
+    with pytest.raises(ValueError, match="`variance`"):
+        elbo(sde, score, x, discrete=True, variance=w_zero)
+
+
+def test_defaults_batch_of_one_rows_per_call_and_cv_var_zero():
+    """n_t = 64 strata and n_z = 2 pairs by default; a batch of one works (continuous and discrete); `max_batch` bounds the
+    rows of every model call; cv_var = 0 is refused (it must be positive, or None)."""
+    sde, score = VPSDE(), lambda y, t: -y
+    x = torch.randn(2, 3, generator=gen(36), **F64)
+    close(elbo(sde, score, x, generator=gen(37)), elbo(sde, score, x, n_t=64, n_z=2, generator=gen(37)), rtol=0, atol=0)
+    assert elbo(sde, score, x[:1], n_t=4, generator=gen(38)).shape == (1,)
+    assert elbo(VPSDE(0.1, 20.0, N=40), score, x[:1], discrete=True, generator=gen(38)).shape == (1,)
+    rows = []
+    elbo(sde, lambda y, t: rows.append(y.shape[0]) or -y, torch.randn(5, 3, generator=gen(39), **F64), n_t=8, max_batch=40)
+    assert max(rows) <= 40 and sum(rows) == 2 * 5 * 2 * 9, rows
+    with pytest.raises(ValueError, match="`cv_var`"):
+        elbo(sde, score, x, n_t=4, cv_var=0.0)
+
+
+def test_bits_per_dim_of_a_batch_of_one():
+    "`elbo(..., bpd=True)` for a single sample: D is the size of one sample (x[0]), as for any batch."
+    sde, x = VPSDE(), ring_of_gaussians(**F64).sample(3, generator=gen(45)) / 4
+    score = lambda y, t: -y
+    one = elbo(sde, score, x[:1], n_t=4, bpd=True, generator=gen(46))
+    nats = elbo(sde, score, x[:1], n_t=4, generator=gen(46))
+    close(one, bits_per_dim(nats, x[:1].shape))

@@ -1,0 +1,184 @@
+"""The design-space measurement of chapter 16 (nbs/16_design.ipynb): digits Fréchet distance over training steps for
+epsilon-, v-, x0- and EDM-preconditioned models, and for two training noise distributions, at equal compute.
+
+    OMP_NUM_THREADS=1 nice -n 5 python bench/design_space.py            # the sweep (resumes: finished designs are kept)
+    python bench/design_space.py --report                               # only rewrite DESIGN.md and the figure
+
+Writes bench/design_space.json, bench/DESIGN.md and bench/design_space.png. Every model is the same small U-Net
+(`sde_diffusion.models.UNet`, channels (16, 32), class-conditional with label dropout), wrapped by
+`sde_diffusion.design.PredictionModel` on the VP SDE, trained by `sde_diffusion.design.train_design` with the same data
+draws, learning-rate schedule and EMA; only the target, the noise distribution and the weighting differ. Samples: 500,
+DPM-Solver++(2M) with 20 log-SNR steps (chapter 12's sampler), "no class" label; the Fréchet distance is chapter 12's
+(`sde_diffusion.quality.sample_quality` against the 359 held-out digits, in the features of its classifier) and the
+floor is `frechet_floor` at the same n.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from sde_diffusion.data import load_digits
+from sde_diffusion.design import DESIGNS, PredictionModel, train_design
+from sde_diffusion.guidance import model_score
+from sde_diffusion.models import UNet
+from sde_diffusion.quality import frechet_floor, sample_quality, train_digit_classifier
+from sde_diffusion.sampling import sample
+from sde_diffusion.sde import VPSDE
+
+HERE = Path(__file__).resolve().parent
+JSON, MD, PNG = HERE / "design_space.json", HERE / "DESIGN.md", HERE / "design_space.png"
+
+SETTINGS = dict(steps=800, checkpoints=[200, 400, 800], batch_size=128, lr=2e-3, lr_warmup=100, ema_decay=0.999,
+                label_dropout=0.1, channels=[16, 32], fourier_scale=4.0, n_samples=500, sampler_steps=20,
+                sample_seed=1, seed=0, spread_design="eps", spread_seeds=[1, 2])
+
+
+def build(prediction: str, seed: int, sigma_data: float, s=SETTINGS) -> PredictionModel:
+    "The model of one design: the same U-Net for all, initialized from `seed`."
+    net = UNet(channels=tuple(s["channels"]), num_classes=10, fourier_scale=s["fourier_scale"], seed=seed)
+    return PredictionModel(net, VPSDE(), prediction, sigma_data)
+
+
+def evaluate(ema, model, clf, x_test, floor, s=SETTINGS) -> dict:
+    "Fréchet distance (and coverage, confidence) of `n_samples` unconditional samples of the EMA weights."
+    avg = ema.averaged_model(model)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = sample(avg.sde, model_score(avg), (s["n_samples"], 1, 8, 8), predictor="dpm_solver_2m",
+                     steps=s["sampler_steps"], spacing="logsnr", generator=torch.Generator().manual_seed(s["sample_seed"]))
+    q = sample_quality(clf, out.samples.clamp(-1, 1), x_test, floor=floor)
+    return {"fd": q["fd"], "coverage": q["coverage"], "mean_confidence": q["mean_confidence"],
+            "sample_seconds": time.perf_counter() - t0}
+
+
+def run_design(name: str, seed: int, clf, data, floor, stop_at=None, s=SETTINGS) -> dict:
+    "Train one design with `seed`, evaluating at the checkpoints (up to `stop_at`)."
+    x_train, y_train, x_test, sigma_data = data
+    prediction, noise, weighting = DESIGNS[name]
+    model = build(prediction, seed, sigma_data)
+    curve, t0 = [], time.perf_counter()
+
+    def callback(step, ema):
+        r = evaluate(ema, model, clf, x_test, floor)
+        r["step"], r["train_seconds"] = step, time.perf_counter() - t0
+        curve.append(r)
+        print(f"  {name} seed {seed} step {step}: FD {r['fd']:.3f} (floor {floor.mean:.3f}), "
+              f"coverage {r['coverage']:.2f}, {r['train_seconds']:.0f} s", flush=True)
+
+    _, losses = train_design(model, x_train, y_train, steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
+                             lr_warmup=s["lr_warmup"], ema_decay=s["ema_decay"], label_dropout=s["label_dropout"],
+                             noise=noise, weighting=weighting, seed=seed, stop_at=stop_at, callback=callback,
+                             checkpoints=tuple(s["checkpoints"]))
+    k = max(1, len(losses) // 10)
+    return {"design": name, "prediction": prediction, "noise": noise, "weighting": weighting, "seed": seed,
+            "curve": curve, "final_loss": sum(losses[-k:]) / k, "seconds": time.perf_counter() - t0}
+
+
+def setup():
+    torch.set_num_threads(1)
+    x_train, y_train = load_digits("train")
+    x_test, _ = load_digits("test")
+    sigma_data = x_train.square().mean().sqrt().item()   # root mean square per entry (see the chapter)
+    clf, report = train_digit_classifier(seed=0)
+    floor = frechet_floor(clf, x_train, x_test, n=SETTINGS["n_samples"], repeats=10, seed=0)
+    return clf, (x_train, y_train, x_test, sigma_data), floor, report
+
+
+def report(res: dict) -> None:
+    "Write DESIGN.md and the figure from the JSON."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    floor, floor_std = res["floor"]["mean"], res["floor"]["std"]
+    runs = res["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, names, title in ((axes[0], ["eps", "v", "x0", "edm"], "prediction target (noise as each recipe has it)"),
+                             (axes[1], ["eps", "eps-lognormal", "edm-uniform", "edm"], "training noise distribution")):
+        for name in names:
+            if name in runs:
+                c = runs[name]["curve"]
+                ax.plot([p["step"] for p in c], [p["fd"] for p in c], "o-", label=name)
+        ax.axhline(floor, color="k", lw=1, ls="--", label="real-vs-real floor")
+        ax.axhline(2 * floor, color="0.5", lw=1, ls=":", label="2 × floor (the goal)")
+        ax.set(xlabel="training step", title=title, yscale="log")
+        ax.legend(fontsize=8, loc="center left")
+    axes[0].set_ylabel("Fréchet distance (classifier features)")
+    fig.suptitle("Digits Fréchet distance over training, equal compute per design")
+    fig.tight_layout()
+    fig.savefig(PNG, dpi=110)
+    spread = res.get("spread", {})
+    s = res["settings"]
+    lines = ["# Design space on the digits (chapter 16)", "",
+             "Written by `bench/design_space.py` from `bench/design_space.json`; the chapter reads the JSON.", "",
+             f"Every design: the same U-Net (channels {tuple(s['channels'])}, class-conditional, label dropout "
+             f"{s['label_dropout']}), {s['steps']} AdamW steps at batch {s['batch_size']}, lr {s['lr']} (warm-up "
+             f"{s['lr_warmup']}, cosine decay), EMA {s['ema_decay']}, on the VP SDE through `PredictionModel`. "
+             f"Samples: {s['n_samples']}, DPM-Solver++(2M), {s['sampler_steps']} log-SNR steps, 'no class' label. "
+             f"Fréchet distance against the 359 held-out digits; real-vs-real floor at n = {s['n_samples']}: "
+             f"{floor:.3f} ± {floor_std:.3f}.", "",
+             "| design | target | noise | " + " | ".join(f"FD @ {k}" for k in s["checkpoints"]) + " | final FD / floor | train s |",
+             "|---|---|---|" + "---|" * len(s["checkpoints"]) + "---|---|"]
+    for name, r in runs.items():
+        fds = {p["step"]: p["fd"] for p in r["curve"]}
+        cells = " | ".join(f"{fds[k]:.3f}" if k in fds else "–" for k in s["checkpoints"])
+        last = r["curve"][-1]["fd"] if r["curve"] else float("nan")
+        lines.append(f"| {name} | {r['prediction']} | {r['noise']} | {cells} | {last / floor:.2f} | {r['seconds']:.0f} |")
+    if spread:
+        lines += ["", f"Seed-to-seed spread at step {spread['step']} ({spread['design']}, seeds {spread['seeds']}): "
+                  f"FD {', '.join(f'{v:.3f}' for v in spread['fd'])}; standard deviation {spread['std']:.3f}."]
+    best = min(runs.values(), key=lambda r: r["curve"][-1]["fd"]) if runs else None
+    if best:
+        b = best["curve"][-1]["fd"]
+        lines += ["", f"Best: {best['design']} at {b:.3f} = {b / floor:.2f} × the floor; the goal (≤ 2 × floor) is "
+                  + ("met." if b <= 2 * floor else "not met at this budget.")]
+    total = res.get("seconds") or sum(r["seconds"] for r in runs.values())
+    lines += ["", f"Machine: {res.get('machine', '?')} (shared with other jobs); total {total:.0f} s.", "",
+              "![](design_space.png)", ""]
+    MD.write_text("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report", action="store_true", help="only rewrite DESIGN.md and the figure")
+    ap.add_argument("--designs", nargs="*", default=list(DESIGNS))
+    args = ap.parse_args()
+    res = json.loads(JSON.read_text()) if JSON.exists() else {}
+    if not args.report:
+        t_start = time.perf_counter()
+        clf, data, floor, rep = setup()
+        if res.get("settings") != SETTINGS:
+            res = {}
+        res.update(settings=SETTINGS, floor={"mean": floor.mean, "std": floor.std}, sigma_data=data[3],
+                   classifier_accuracy=rep.test_accuracy, torch=torch.__version__,
+                   machine=f"{platform.machine()}, {os.cpu_count()} cores, torch threads 1")
+        res.setdefault("runs", {})
+        print(f"floor {floor.mean:.3f} ± {floor.std:.3f}; sigma_data {data[3]:.4f}", flush=True)
+        for name in args.designs:
+            if name not in res["runs"]:
+                res["runs"][name] = run_design(name, SETTINGS["seed"], clf, data, floor)
+                JSON.write_text(json.dumps(res, indent=1))
+            d = SETTINGS["spread_design"]
+            if name == d and "spread" not in res:   # seed-to-seed spread at the first checkpoint, right after its design
+                first = SETTINGS["checkpoints"][0]
+                fds = [p["fd"] for p in res["runs"][d]["curve"] if p["step"] == first]
+                for seed in SETTINGS["spread_seeds"]:
+                    r = run_design(d, seed, clf, data, floor, stop_at=first)
+                    fds.append(r["curve"][0]["fd"])
+                m = sum(fds) / len(fds)
+                res["spread"] = {"design": d, "step": first, "seeds": [SETTINGS["seed"], *SETTINGS["spread_seeds"]],
+                                 "fd": fds, "std": math.sqrt(sum((v - m) ** 2 for v in fds) / (len(fds) - 1))}
+                JSON.write_text(json.dumps(res, indent=1))
+        res["seconds"] = res.get("seconds", 0) + time.perf_counter() - t_start
+        JSON.write_text(json.dumps(res, indent=1))
+    report(res)
+
+
+if __name__ == "__main__":
+    main()
