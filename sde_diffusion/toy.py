@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .solvers import batch_broadcast
+from .core import batch_broadcast, check_generator, generator_device, nonneg_int, positive_int, work_dtype
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'GaussianMixture', 'ring_of_gaussians', 'grid_of_gaussians', 'random_mixture', 'sample_moons',
@@ -22,22 +22,8 @@ _LOGIT_FLOOR = -80.0   # shifted log-terms below this are set to 0: exp(-80) ~ 2
 _LOG_2PI = math.log(2 * math.pi)
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _wide_dtype(dtype: torch.dtype) -> torch.dtype:
-    "The dtype the factors and log-joints are computed in: float32 for half precision (no Cholesky there), else `dtype`."
-    return torch.float32 if dtype in _HALF else dtype
-
-
-def _check_generator(generator, device):
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are drawn on {device}")
-
-
 def _check_count(n, name="n"):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, got {n!r}")
+    n = nonneg_int(name, n)
     return n
 
 
@@ -136,7 +122,7 @@ class GaussianMixture:
         if (weights <= 0).any():
             raise ValueError("`weights` must be positive (they are divided by their sum)")
         covs = _full_covs(covs, K, D, dtype, device)
-        _, info = torch.linalg.cholesky_ex(covs.to(_wide_dtype(dtype)))
+        _, info = torch.linalg.cholesky_ex(covs.to(work_dtype(dtype)))
         if (info > 0).any():
             k = int((info > 0).nonzero()[0])
             raise ValueError(f"`covs` must be symmetric positive definite: component {k} is not (Cholesky failed)")
@@ -157,7 +143,7 @@ class GaussianMixture:
 
     def _factors(self, dtype, device) -> dict:
         "log-normalizers, Cholesky and eigen-factors of the covariances in `dtype` (float32 for half) on `device` (cached)."
-        dtype = _wide_dtype(dtype)
+        dtype = work_dtype(dtype)
         key = (dtype, torch.device(device))
         if key not in self._factor_cache:
             covs = self.covs.to(device=device, dtype=dtype)
@@ -184,7 +170,7 @@ class GaussianMixture:
             raise TypeError(f"`x` must be a floating-point tensor, got {got}")
         if x.ndim < 2 or x.shape[1:].numel() != self.D:   # shape, not x[0]: an empty batch (0, *D) is valid
             raise ValueError(f"`x` must have shape (B, *D) with {self.D} numbers per sample, got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.D).to(_wide_dtype(x.dtype))
+        return x.reshape(x.shape[0], self.D).to(work_dtype(x.dtype))
 
     def mean(self) -> Tensor:
         "Mixture mean $\\sum_k w_k \\mu_k$, shape (D,)."
@@ -206,7 +192,7 @@ def _sample(self: GaussianMixture,
             ) -> Tensor:                                # samples, shape (n, D), the mixture's dtype and device
     "Exact samples from the mixture: labels, then $x = \\mu_c + L_c z$."
     n = _check_count(n)
-    _check_generator(generator, self.device)
+    check_generator(generator, self.device)
     if stratified:
         counts = _stratified_counts(self.weights, n).to(self.device)
         labels = torch.repeat_interleave(torch.arange(self.K, device=self.device), counts)
@@ -267,8 +253,7 @@ def ring_of_gaussians(
     dtype=None, device=None,
 ) -> GaussianMixture:
     "`k` equally weighted isotropic Gaussians with means equally spaced on a circle."
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be a positive integer, got {k!r}")
+    k = positive_int("k", k)
     angles = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
     means = radius * torch.stack([angles.cos(), angles.sin()], -1)
     return GaussianMixture(torch.ones(k, dtype=torch.float64), means, torch.full((k,), float(std) ** 2, dtype=torch.float64),
@@ -282,8 +267,7 @@ def grid_of_gaussians(
     dtype=None, device=None,
 ) -> GaussianMixture:
     "`side`$\\times$`side` equally weighted isotropic Gaussians on a square grid centred at the origin."
-    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-        raise ValueError(f"`side` must be a positive integer, got {side!r}")
+    side = positive_int("side", side)
     c = spacing * (torch.arange(side, dtype=torch.float64) - (side - 1) / 2)
     means = torch.cartesian_prod(c, c).reshape(-1, 2)
     return GaussianMixture(torch.ones(side**2, dtype=torch.float64), means, torch.full((side**2,), float(std) ** 2, dtype=torch.float64),
@@ -299,7 +283,7 @@ def random_mixture(
 ) -> GaussianMixture:
     "A random mixture with unequal weights and full, anisotropic covariances (for tests)."
     dtype = dtype or torch.get_default_dtype()
-    _check_generator(generator, device or "cpu")
+    check_generator(generator, device or "cpu")
     kw = dict(generator=generator, dtype=dtype, device=device)
     means = spread * torch.randn(k, d, **kw)
     A = torch.randn(k, d, d, **kw) / math.sqrt(d)
@@ -404,8 +388,8 @@ GaussianMixture.score_fn, GaussianMixture.log_prob_fn = _score_fn, _log_prob_fn
 def _dataset_kw(n, generator, dtype, device):
     _check_count(n)
     dtype = dtype or torch.get_default_dtype()
-    device = torch.device(device) if device is not None else (torch.device(generator.device) if generator is not None else torch.device("cpu"))
-    _check_generator(generator, device)
+    device = generator_device(generator, device)
+    check_generator(generator, device)
     return dict(generator=generator, dtype=dtype, device=device)
 
 
