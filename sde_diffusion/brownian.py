@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-from .core import check_generator, positive_int
+from .core import check_generator, document_arguments, positive_int
 
 # %% auto #0
 __all__ = ['check_time_grid', 'time_grid', 'brownian_increments', 'brownian_path', 'increments_to_path', 'quadratic_variation',
@@ -118,3 +118,5 @@ def stratonovich_sum(
 def _check_same_grid(h, W):
     if h.shape[0] != W.shape[0] or h.shape[0] < 2:
         raise ValueError(f"`h` and `W` must be sampled on the same grid of at least 2 times, got {h.shape[0]} and {W.shape[0]}")
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

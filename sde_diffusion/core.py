@@ -5,9 +5,12 @@
 # %% ../nbs/00_core.ipynb #0ddebbc5
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import math
 import numbers
+import sys
 from typing import Callable
 
 import torch
@@ -17,7 +20,7 @@ from torch import Tensor
 __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_norm', 'check_reduce', 'reduce_batch',
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
-           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite']
+           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -261,3 +264,90 @@ def flag_nonfinite(
 ) -> Tensor:            # `first_bad`, set to `k` if it was -1 and `x` holds NaN or inf
     "Record step `k` as the first non-finite one, on the device (no host synchronisation); every sampler loop uses this."
     return torch.where((first_bad < 0) & ~torch.isfinite(x).all(), k, first_bad)
+
+# %% ../nbs/00_core.ipynb #eae11a01
+def document_arguments(
+    module_name: str,   # the module to document: `__name__`, in the module's last exported cell
+) -> int:               # how many docstrings changed
+    """Append an "Arguments" section, made from the docments comments, to the docstring of every public function and
+    class of the module (classes: `__init__`'s arguments, also when inherited from a class of the same module; dataclass
+    and NamedTuple fields), so that `help(name)` and IPython's `name?` show them. One `ast.parse` of the module's source:
+    cheap enough to run at import. Idempotent; nothing for a module without a source file (a notebook's `__main__`)."""
+    module = sys.modules[module_name]
+    try:
+        src = inspect.getsource(module)
+    except (OSError, TypeError):      # a notebook or an interactive session: no file to read the comments from
+        return 0
+    lines = src.splitlines()
+
+    def trailing(lineno: int, after: int) -> str:
+        "The comment on line `lineno` after column `after` (past the argument and its default: no string to confuse)."
+        rest = lines[lineno - 1].encode()[after:].decode(errors="replace")
+        k = rest.find("#")
+        return rest[k + 1:].strip() if k >= 0 else ""
+
+    def above(lineno: int) -> str:
+        "Comment-only lines right above `lineno` (docments' rule for an argument without a comment on its line)."
+        out, k = [], lineno - 1
+        while k >= 1 and lines[k - 1].lstrip().startswith("#"):
+            out.insert(0, lines[k - 1].lstrip()[1:].strip())
+            k -= 1
+        return " ".join(out)
+
+    def fn_args(node) -> tuple[list[tuple[str, str]], str]:
+        a = node.args
+        params = [*a.posonlyargs, *a.args, *([a.vararg] if a.vararg else []), *a.kwonlyargs, *([a.kwarg] if a.kwarg else [])]
+        defaults = dict(zip([*a.posonlyargs, *a.args][len([*a.posonlyargs, *a.args]) - len(a.defaults):], a.defaults))
+        defaults.update({p: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+        ends = [((defaults.get(p) or p).end_lineno, (defaults.get(p) or p).end_col_offset) for p in params]
+        out = []
+        for i, (p, (line, col)) in enumerate(zip(params, ends)):
+            if p.arg in ("self", "cls"):
+                continue
+            last_on_line = i + 1 == len(params) or params[i + 1].lineno != line
+            text = (trailing(line, col) if last_on_line else "") or (above(p.lineno) if p.lineno != node.lineno else "")
+            out.append((p.arg, text))
+        ret = ""
+        if node.returns is not None:
+            ret = trailing(node.returns.end_lineno, node.returns.end_col_offset)
+        return out, ret
+
+    tree = ast.parse(src)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    public = set(getattr(module, "__all__", []))
+    changed = 0
+    for node in tree.body:
+        if getattr(node, "name", None) not in public:
+            continue
+        obj = getattr(module, node.name)
+        args, ret = [], ""
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args, ret = fn_args(node)
+        elif isinstance(node, ast.ClassDef):
+            owner = next((c for c in obj.__mro__ if "__init__" in vars(c)), object) if inspect.isclass(obj) else object
+            body = classes[owner.__name__].body if owner.__module__ == module.__name__ and owner.__name__ in classes else []
+            init = next((b for b in body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
+            if init is not None:
+                args, _ = fn_args(init)
+            else:
+                args = [(b.target.id, trailing(b.end_lineno, b.end_col_offset) or above(b.lineno)) for b in node.body
+                        if isinstance(b, ast.AnnAssign) and isinstance(b.target, ast.Name)]
+        args = [(n, c) for n, c in args if c]
+        if not args and not ret:
+            continue
+        section = ("Arguments:\n" + "".join(f"    {n}: {c}\n" for n, c in args)) if args else ""
+        if ret:
+            section += f"Returns: {ret}\n"
+        doc = inspect.cleandoc(obj.__doc__ or "")   # the docstring without its indentation, as help() shows it
+        if section.strip() in doc:
+            continue
+        try:
+            obj.__doc__ = (doc.rstrip() + "\n\n" + section).lstrip()
+        except (AttributeError, TypeError):
+            continue
+        changed += 1
+    return changed
+
+
+document_arguments(__name__)   # this module's own help(); every module's last exported cell ends with this line
+

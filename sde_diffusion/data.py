@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .core import check_real, check_seed, nonneg_int, positive_int
+from .core import check_real, check_seed, document_arguments, nonneg_int, positive_int
 from .likelihood import quantize
 
 # %% auto #0
@@ -249,3 +249,5 @@ def load_mnist(
             raise
         raise FileNotFoundError(f"MNIST is not under {str(root)!r}; pass download=True to fetch it (needs internet)") from e
     return _mnist_tensors(ds.data, ds.targets, dtype, device)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

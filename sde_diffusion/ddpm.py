@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .sde import VPSDE
-from .core import batch_broadcast, check_generator, flag_nonfinite
+from .core import batch_broadcast, check_generator, document_arguments, flag_nonfinite
 
 # %% auto #0
 __all__ = ['DDPMSchedule', 'ddpm_schedule', 'q_sample', 'ddpm_timesteps_to_t', 'eps_from_score', 'score_from_eps',
@@ -289,3 +289,5 @@ def ddpm_sample(
     if k >= 0:
         raise FloatingPointError(f"DDPM sampling became NaN/inf at step i = {k} (t = {times[k].item():.4g}); check `model_fn`")
     return torch.stack(path) if return_path else x
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

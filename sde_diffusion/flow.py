@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .brownian import time_grid
-from .core import (NonFiniteError, check_batch, check_eps, check_reduce, checked_call, nonneg_float, positive_float,
-                                reduce_batch, sq_norm, widen)
+from .core import (NonFiniteError, check_batch, check_eps, check_reduce, checked_call, document_arguments,
+                                nonneg_float, positive_float, reduce_batch, sq_norm, widen)
 from .losses import perturb
 from .reverse import checked_score, grad_mode, initial_state
 from .sde import SDE, gaussian_prior_logp, gaussian_prior_sample
@@ -301,3 +301,5 @@ def sample_interpolant_sde(
     if out_dtype != x.dtype and not torch.isfinite(out).all():
         raise NonFiniteError(f"the samples overflow `dtype` {out_dtype}; sample in float32")
     return out
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

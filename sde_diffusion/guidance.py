@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .core import (batch_broadcast, check_eps, check_int, check_seed, nonneg_float, nonneg_int, optional_seed,
-                                positive_float, positive_int, randn_like)
+from .core import (batch_broadcast, check_eps, check_int, check_seed, document_arguments, nonneg_float,
+                                nonneg_int, optional_seed, positive_float, positive_int, randn_like)
 from .models import GaussianFourierProjection
 from .reverse import initial_state
 from .sampling import SamplerOutput, sample
@@ -451,3 +451,5 @@ def train_noisy_classifier(
         sched.step()
         losses.append(loss.detach())
     return model.eval(), torch.stack(losses).tolist()   # one host synchronisation, after the loop
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

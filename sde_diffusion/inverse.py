@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import NonFiniteError, batch_broadcast, nonneg_float, positive_int
+from .core import NonFiniteError, batch_broadcast, document_arguments, nonneg_float, positive_int
 from .sampling import (PREDICTORS, Predictor, SamplerOutput, ScoreCounter, sample, sampling_times,
                                     tweedie_denoise)
 from .sde import SDE
@@ -702,3 +702,5 @@ def dps(
         if denoise:
             x = tweedie_denoise(sde, score, x, ts[-1].expand(B))
     return SamplerOutput(_finite(x, "DPS"), score.nfe)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .core import NonFiniteError, check_eps, check_generator, check_int, generator_device, positive_int, work_dtype
+from .core import (NonFiniteError, check_eps, check_generator, check_int, document_arguments,
+                                generator_device, positive_int, work_dtype)
 from .reverse import (ADAPTIVE_METHODS, FIXED_STEP_METHODS, WatchedField, checked_score, ode_setup,
                                    solve_ode)
 from .sde import SDE
@@ -287,3 +288,5 @@ def bits_per_dim(
         raise ValueError("`logp` contains NaN or inf: no bits/dim to report")
     log2_a = math.log2((hi - lo) / n_bins)
     return -logp / (D * math.log(2)) - log2_a
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from .sde import SDE
-from .core import (batch_broadcast, check_eps, check_generator, check_reduce, checked_call, positive_int,
-                                reduce_batch, sq_norm)
+from .core import (batch_broadcast, check_eps, check_generator, check_reduce, checked_call,
+                                document_arguments, positive_int, reduce_batch, sq_norm)
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'weighting', 'Perturbed', 'perturb', 'denoising_loss', 'dsm_loss', 'irreducible_dsm_constant',
@@ -281,3 +281,5 @@ def ism_loss(
     if not (isinstance(weighting, str) and weighting == "none"):
         per = _weighted(sde, weighting, t, per)
     return reduce_batch(per, reduce)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .core import check_int, positive_int
+from .core import check_int, document_arguments, positive_int
 
 # %% auto #0
 __all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'mean_logp_gap',
@@ -261,3 +261,5 @@ def glue(
     if get_ipython() is not None:
         myst_glue(name, value, display=False)
     return value
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

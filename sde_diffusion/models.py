@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sde import SDE
-from .core import batch_broadcast, check_real, optional_seed, positive_float, positive_int, seeded
+from .core import (batch_broadcast, check_real, document_arguments, optional_seed, positive_float,
+                                positive_int, seeded)
 
 # %% auto #0
 __all__ = ['TIME_INPUTS', 'GaussianFourierProjection', 'ScoreMLP', 'UNet']
@@ -331,3 +332,5 @@ class UNet(_ScoreNet):
             if level.up is not None:
                 h = level.up(h, hs[-1].shape[-2:])
         return self._unscale(self.conv_out(F.silu(self.norm_out(h))), sigma)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

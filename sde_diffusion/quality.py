@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import check_int, check_seed, nonneg_int, positive_int, seeded
+from .core import check_int, check_seed, document_arguments, nonneg_int, positive_int, seeded
 from .data import load_digits
 from .metrics import NoiseFloor
 
@@ -409,3 +409,5 @@ def sample_quality(
         out.update(fd_floor=floor.mean, fd_floor_std=floor.std,
                    fd_z=(out["fd"] - floor.mean) / floor.std if floor.std > 0 else math.inf)
     return out
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

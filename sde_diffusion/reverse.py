@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .core import NonFiniteError, check_eps, check_generator, positive_float, work_dtype
+from .core import (NonFiniteError, check_eps, check_generator, document_arguments, positive_float,
+                                work_dtype)
 from .brownian import time_grid
 from .sde import SDE
 from .solvers import euler_maruyama
@@ -280,3 +281,5 @@ def probability_flow(
         out = solve_ode(field, y0, grid, method, rtol, atol, opts, "the probability-flow ODE")
     out = out.to(out_dtype)
     return (out[-1] if ts is None else out), field.nfe
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import NonFiniteError, batch_broadcast, check_eps, positive_float, positive_int, randn_like
+from .core import (NonFiniteError, batch_broadcast, check_eps, document_arguments, positive_float,
+                                positive_int, randn_like)
 from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
 
@@ -730,3 +731,5 @@ def ode_sample(
         what = "overflow `dtype` " + str(out_dtype) if torch.isfinite(x).all() else "became NaN/inf"
         raise NonFiniteError(f"the probability-flow ODE ({method}) samples {what} after {score.nfe} score evaluations; check `score_fn`")
     return SamplerOutput(out, score.nfe)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import batch_broadcast, check_batch, check_generator, generator_device, positive_float, positive_int, widen
+from .core import (batch_broadcast, check_batch, check_generator, document_arguments, generator_device,
+                                positive_float, positive_int, widen)
 
 # %% auto #0
 __all__ = ['SDE', 'gaussian_prior_sample', 'gaussian_prior_logp', 'VPSDE', 'SubVPSDE', 'VESDE', 'CosineVPSDE', 'ReverseSDE']
@@ -450,3 +451,5 @@ class ReverseSDE:
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log p_T(z)$ of the forward SDE's prior, shape (B,)."
         return self.forward.prior_logp(z)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

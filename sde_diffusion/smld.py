@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import check_generator, flag_nonfinite, generator_device, positive_float, positive_int
+from .core import (check_generator, document_arguments, flag_nonfinite, generator_device, positive_float,
+                                positive_int)
 from .sde import VESDE, gaussian_prior_sample
 
 # %% auto #0
@@ -188,3 +189,5 @@ def smld_reverse_diffusion(
         raise FloatingPointError(f"the reverse-diffusion chain became NaN/inf at step {k} (sigma = {sigmas[k].item():.4g}); "
                                  "check `score_fn`")
     return torch.stack(path) if return_path else x
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

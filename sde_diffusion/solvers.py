@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .brownian import brownian_increments, check_time_grid, coarsen_increments
-from .core import batch_broadcast, check_real, flag_nonfinite, positive_float
+from .core import batch_broadcast, check_real, document_arguments, flag_nonfinite, positive_float
 
 # %% auto #0
 __all__ = ['OrnsteinUhlenbeck', 'GeometricBrownianMotion', 'euler_maruyama', 'milstein', 'ConvergenceFit', 'convergence_order']
@@ -241,3 +241,5 @@ def convergence_order(
     boot = torch.stack([_fit_slope(dts.log(), e.clamp_min(1e-300).log())[0] for e in boot_err])
     return ConvergenceFit(order=coef[0].item(), order_se=boot.std().item(), log_C=coef[1].item(), dts=dts,
                           errors=err, errors_se=samples.std(1) / math.sqrt(samples.shape[1]))
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

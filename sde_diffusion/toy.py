@@ -11,7 +11,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .core import batch_broadcast, check_generator, generator_device, nonneg_int, positive_int, work_dtype
+from fastcore.basics import patch
+
+from .core import (batch_broadcast, check_generator, document_arguments, generator_device, nonneg_int,
+                                positive_int, work_dtype)
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'GaussianMixture', 'ring_of_gaussians', 'grid_of_gaussians', 'random_mixture', 'sample_moons',
@@ -183,13 +186,14 @@ class GaussianMixture:
         return second - torch.outer(m, m)
 
 # %% ../nbs/A1_toy.ipynb #cc06a035
+@patch
 @torch.no_grad()
-def _sample(self: GaussianMixture,
-            n: int,                                     # number of samples
-            generator: torch.Generator | None = None,   # on the mixture's device
-            stratified: bool = False,                   # fix the per-component counts to round(n * w_k)
-            return_labels: bool = False,                # also return the component labels, shape (n,)
-            ) -> Tensor:                                # samples, shape (n, D), the mixture's dtype and device
+def sample(self: GaussianMixture,
+           n: int,                                     # number of samples
+           generator: torch.Generator | None = None,   # on the mixture's device
+           stratified: bool = False,                   # fix the per-component counts to round(n * w_k)
+           return_labels: bool = False,                # also return the component labels, shape (n,)
+           ) -> Tensor:                                # samples, shape (n, D), the mixture's dtype and device
     "Exact samples from the mixture: labels, then $x = \\mu_c + L_c z$."
     n = _check_count(n)
     check_generator(generator, self.device)
@@ -211,6 +215,7 @@ def _sample(self: GaussianMixture,
     return (x, labels) if return_labels else x
 
 
+@patch
 def _logits(self: GaussianMixture, xf: Tensor):
     "Log-joints $a_k(x)$ (B, K) and the whitened residuals $y_k = L_k^{-1}(x - \\mu_k)$ (K, D, B)."
     f = self._factors(xf.dtype, xf.device)
@@ -219,31 +224,30 @@ def _logits(self: GaussianMixture, xf: Tensor):
     return (f["log_norm"][:, None] - 0.5 * y.square().sum(1)).T, y, f
 
 
-def _log_prob(self: GaussianMixture,
-              x: Tensor,   # points, shape (B, *D)
-              ) -> Tensor: # $\log p_0(x)$, shape (B,)
+@patch
+def log_prob(self: GaussianMixture,
+             x: Tensor,   # points, shape (B, *D)
+             ) -> Tensor: # $\log p_0(x)$, shape (B,)
     "Exact log-density (eqs. `eq-toy-lse`, `eq-toy-chol`)."
     logits, _, _ = self._logits(self._flat(x))
     return _lse_softmax(logits)[0].to(x.dtype)
 
 
-def _responsibilities(self: GaussianMixture, x: Tensor) -> Tensor:
+@patch
+def responsibilities(self: GaussianMixture, x: Tensor) -> Tensor:
     "Posterior component probabilities $r_k(x)$, shape (B, K) (eq. `eq-toy-score`)."
     return _lse_softmax(self._logits(self._flat(x))[0])[1].to(x.dtype)
 
 
-def _score(self: GaussianMixture,
-           x: Tensor,   # points, shape (B, *D)
-           ) -> Tensor: # $\nabla_x \log p_0(x)$, shape of `x`
+@patch
+def score(self: GaussianMixture,
+          x: Tensor,   # points, shape (B, *D)
+          ) -> Tensor: # $\nabla_x \log p_0(x)$, shape of `x`
     "Exact score $\\sum_k r_k(x)\\,(-\\Sigma_k^{-1}(x - \\mu_k))$ (eq. `eq-toy-score`)."
     logits, y, f = self._logits(self._flat(x))
     r = _lse_softmax(logits)[1]
     v = torch.linalg.solve_triangular(f["chol"].mT, y, upper=True)            # Sigma_k^{-1}(x - mu_k), (K, D, B)
     return -torch.einsum("bk,kdb->bd", r, v).reshape(x.shape).to(x.dtype)
-
-
-GaussianMixture.sample, GaussianMixture._logits = _sample, _logits
-GaussianMixture.log_prob, GaussianMixture.responsibilities, GaussianMixture.score = _log_prob, _responsibilities, _score
 
 # %% ../nbs/A1_toy.ipynb #77d4972e
 def ring_of_gaussians(
@@ -291,10 +295,11 @@ def random_mixture(
     return GaussianMixture(0.5 + torch.rand(k, **kw), means, covs)
 
 # %% ../nbs/A1_toy.ipynb #9524ca0b
-def _marginal(self: GaussianMixture,
-              alpha,   # $\alpha$: a number (or 0-d tensor)
-              sigma,   # $\sigma \ge 0$: a number (or 0-d tensor)
-              ) -> GaussianMixture:  # the law of $\alpha x_0 + \sigma z$ (eq. `eq-toy-marginal`)
+@patch
+def marginal(self: GaussianMixture,
+             alpha,   # $\alpha$: a number (or 0-d tensor)
+             sigma,   # $\sigma \ge 0$: a number (or 0-d tensor)
+             ) -> GaussianMixture:  # the law of $\alpha x_0 + \sigma z$ (eq. `eq-toy-marginal`)
     "The mixture $p_t$ for one pair $(\\alpha, \\sigma)$: means $\\alpha\\mu_k$, covariances $\\alpha^2\\Sigma_k + \\sigma^2 I$."
     alpha, sigma = float(alpha), float(sigma)
     if not (math.isfinite(alpha) and math.isfinite(sigma)) or sigma < 0:
@@ -305,6 +310,7 @@ def _marginal(self: GaussianMixture,
     return GaussianMixture(self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye)
 
 
+@patch
 def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     "Per-sample (alpha, sigma), each shape (B,), from `sde.marginal_coeffs(t)`, checked."
     B = xf.shape[0]
@@ -330,6 +336,7 @@ def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     return alpha, sigma
 
 
+@patch
 def _marginal_terms(self: GaussianMixture, x: Tensor, t, sde):
     "Log-joints (B, K), rotated residuals $U_k^\\top(x - m_k)$ (B, K, D), eigenvalues of $C_k(t)$ (B, K, D) (eq. `eq-toy-eig`)."
     xf = self._flat(x)
@@ -344,20 +351,22 @@ def _marginal_terms(self: GaussianMixture, x: Tensor, t, sde):
     return logits, u, var, f
 
 
-def _marginal_log_prob(self: GaussianMixture,
-                       x: Tensor,   # $x_t$, shape (B, *D)
-                       t,           # times, shape (B,) (or a number: the same t for all)
-                       sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
-                       ) -> Tensor: # $\log p_t(x_t)$, shape (B,)
+@patch
+def marginal_log_prob(self: GaussianMixture,
+                      x: Tensor,   # $x_t$, shape (B, *D)
+                      t,           # times, shape (B,) (or a number: the same t for all)
+                      sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
+                      ) -> Tensor: # $\log p_t(x_t)$, shape (B,)
     "Exact $\\log p_t(x)$, each sample at its own time (eqs. `eq-toy-marginal`, `eq-toy-eig`)."
     return _lse_softmax(self._marginal_terms(x, t, sde)[0])[0].to(x.dtype)
 
 
-def _marginal_score(self: GaussianMixture,
-                    x: Tensor,   # $x_t$, shape (B, *D)
-                    t,           # times, shape (B,)
-                    sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
-                    ) -> Tensor: # $\nabla_x \log p_t(x_t)$, shape of `x`
+@patch
+def marginal_score(self: GaussianMixture,
+                   x: Tensor,   # $x_t$, shape (B, *D)
+                   t,           # times, shape (B,)
+                   sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
+                   ) -> Tensor: # $\nabla_x \log p_t(x_t)$, shape of `x`
     "Exact score of $p_t$, each sample at its own time (eq. `eq-toy-marginal-score`)."
     logits, u, var, f = self._marginal_terms(x, t, sde)
     r = _lse_softmax(logits)[1]
@@ -365,7 +374,8 @@ def _marginal_score(self: GaussianMixture,
     return -(w @ f["rot"].mT).reshape(x.shape).to(x.dtype)   # sum_k U_k (...): back to the standard basis, summed
 
 
-def _score_fn(self: GaussianMixture, sde) -> Callable:
+@patch
+def score_fn(self: GaussianMixture, sde) -> Callable:
     "The exact score as `score_fn(x, t)`: x of shape (B, *D), t of shape (B,), the signature samplers call."
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         return self.marginal_score(x, t, sde)
@@ -373,16 +383,12 @@ def _score_fn(self: GaussianMixture, sde) -> Callable:
     return score_fn
 
 
-def _log_prob_fn(self: GaussianMixture, sde) -> Callable:
+@patch
+def log_prob_fn(self: GaussianMixture, sde) -> Callable:
     "The exact log-density as `log_prob_fn(x, t)` -> shape (B,)."
     def log_prob_fn(x: Tensor, t: Tensor) -> Tensor:
         return self.marginal_log_prob(x, t, sde)
     return log_prob_fn
-
-
-GaussianMixture.marginal, GaussianMixture._coeffs, GaussianMixture._marginal_terms = _marginal, _coeffs, _marginal_terms
-GaussianMixture.marginal_log_prob, GaussianMixture.marginal_score = _marginal_log_prob, _marginal_score
-GaussianMixture.score_fn, GaussianMixture.log_prob_fn = _score_fn, _log_prob_fn
 
 # %% ../nbs/A1_toy.ipynb #ac5204d0
 def _dataset_kw(n, generator, dtype, device):
@@ -456,3 +462,5 @@ def make_2d_dataset(
     if name not in DATASETS_2D:
         raise ValueError(f"`name` must be one of {sorted(DATASETS_2D)}, got {name!r}")
     return DATASETS_2D[name](n, generator=generator, dtype=dtype, device=device, **kwargs)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from .ddpm import ddpm_schedule, ddpm_timesteps_to_t
-from .core import NonFiniteError, check_eps, check_generator, check_int, positive_float, work_dtype
+from .core import (NonFiniteError, check_eps, check_generator, check_int, document_arguments,
+                                positive_float, work_dtype)
 from .likelihood import bits_per_dim, check_bins, check_data
 from .sampling import invert_log_snr
 from .sde import SDE, VPSDE
@@ -262,3 +263,5 @@ def _continuous_nodes(sde: SDE, x: Tensor, eps: float, H: int, J: int, generator
     weight = torch.cat([torch.full((1, 1), 0.5, **kw), ((u_hi - u_lo) / (2 * H)).reshape(1, 1).expand(H, 1)])
     const = (0.5 * D * (math.log(2 * math.pi) + u_lo)).expand(B)        # D/2 log(2 pi / SNR(eps)) of eq. eq-var-celbo
     return _Nodes(t, alpha, sigma, weight, const, alpha_T, sigma_T)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -9,7 +9,6 @@ from sde_diffusion.likelihood import (bits_per_dim, dequantize, divergence, hutc
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 F64 = torch.float64
 
@@ -165,7 +164,6 @@ def test_dequantize_and_quantize():
     assert y64.dtype == F64 and torch.equal(quantize(y64, data_range=(0.0, 1.0)), x.long())
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(8, 4), (8, 1, 2, 2)], ids=["BD", "BCHW"])
 def test_shapes_dtypes_devices(device, dtype, shape):
