@@ -10,14 +10,14 @@ ASSETS := book/offline
 # Tell Chromium-based tests and the book build where things are.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
-# One torch thread per process. The course's tensors are small: spreading each operation over two threads costs more
-# than it saves (measured on this 2-core machine: chapter 5 in 57 s with one thread, 445 s with two while another
-# process was busy), and the book and the tests run two processes at once. A reader's GPU or a bigger CPU is unaffected.
+# One torch thread per process. The course's tensors are small: spreading each operation over several threads costs
+# more than it saves, the more so when the book and the tests run JOBS processes at once, one per core. A reader's GPU
+# is unaffected.
 export OMP_NUM_THREADS ?= 1
 # Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: help install book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite
+.PHONY: help install prepare book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite
 
 help:
 	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
@@ -25,13 +25,15 @@ help:
 	@echo "make test-fast  pytest without the tests marked slow (a quick check while editing)"
 	@echo "make test-nb execute the notebooks only (the first half of make book; cached notebooks are skipped)"
 	@echo "make api     regenerate book/api.md, the API reference, from the package"
+	@echo "make prepare after editing notebooks: export the package, strip outputs, check the two are in sync"
 
 ## Environment ---------------------------------------------------------------
 $(STAMP): constraints.txt settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	# torch first, pinned: the CPU wheel comes from local disk, never a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
+	# torch first, at the one pin of constraints.txt (binder/requirements.txt repeats it; tests/test_binder.py checks that):
+	# the CPU wheel comes from local disk, never a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt torch
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -65,6 +67,16 @@ book: $(STAMP) $(ASSETS)/.installed api
 	    --path-output book -W -n --keep-going
 	@echo "The book: $(CURDIR)/book/_build/html/index.html"
 
+## Before a commit ------------------------------------------------------------
+# The notebooks are the source: export every module from them (nbdev_export), strip outputs and execution counts
+# (nbdev_clean), check that the exported package matches the notebooks (what `make test` checks first), and regenerate
+# the API reference book/api.md (tests/test_api_reference.py fails when it is stale).
+prepare: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	PATH="$(CURDIR)/$(BIN):$$PATH" tools/check_sync.sh
+	$(BIN)/python tools/api_reference.py
+
 ## Tests ---------------------------------------------------------------------
 check-sync: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" tools/check_sync.sh
@@ -93,7 +105,7 @@ clean:
 
 ## Benchmark -----------------------------------------------------------------
 # Our samplers vs diffusers, torchsde, torchdiffeq and a plain loop on an exact score: writes bench/RESULTS.md and
-# bench/samplers.png (~15 min on 2 cores; `$(BIN)/python bench/bench_samplers.py --quick` for a smoke run).
+# bench/samplers.png (the slowest target here; `$(BIN)/python bench/bench_samplers.py --quick` for a smoke run).
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/bench_samplers.py
@@ -105,7 +117,7 @@ bench-suite: $(STAMP)
 ## Mutation testing ----------------------------------------------------------
 # Single-point mutants of sde_diffusion/<module>.py, each run against the module's tests in a temp copy of the package;
 # writes bench/MUTATION.md. MODULES=sampling by default (also sde, reverse, likelihood, losses, toy, ddpm, smld);
-# MUTATE_ARGS for e.g. `--max 60 --timeout 120`. Slow: minutes per dozen mutants on 2 cores.
+# MUTATE_ARGS for e.g. `--max 60 --timeout 120`. Slow: each mutant runs the module's tests.
 .PHONY: mutate
 MODULES ?= sampling
 mutate: $(STAMP)

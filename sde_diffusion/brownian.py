@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from .core import check_generator, document_arguments, positive_int
+
 # %% auto #0
 __all__ = ['check_time_grid', 'time_grid', 'brownian_increments', 'brownian_path', 'increments_to_path', 'quadratic_variation',
            'coarsen_increments', 'ito_sum', 'stratonovich_sum']
@@ -43,18 +45,12 @@ def time_grid(
     device=None,   # device of the grid
 ) -> Tensor:
     "A uniform grid of `steps`+1 times from `t0` to `t1`."
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
+    steps = positive_int("steps", steps)
     if not (math.isfinite(t0) and math.isfinite(t1)) or t1 <= t0:
         raise ValueError(f"`t1` must be finite and greater than `t0`, got t0={t0}, t1={t1}")
     return torch.linspace(t0, t1, steps + 1, dtype=dtype, device=device)
 
 # %% ../nbs/01_brownian.ipynb #0d33f209
-def _check_generator(generator, device):
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are drawn on {device}")
-
-
 def brownian_increments(
     ts: Tensor,               # time grid, shape (N+1,); sets dtype and device
     size=(),                  # shape of one sample of $W_t$, e.g. (B,) or (B, D)
@@ -63,7 +59,7 @@ def brownian_increments(
     "Exact Brownian increments $\\Delta W_k \\sim \\mathcal{N}(0, t_{k+1}-t_k)$ on the grid `ts`."
     ts = check_time_grid(ts)
     size = (size,) if isinstance(size, int) else tuple(size)
-    _check_generator(generator, ts.device)
+    check_generator(generator, ts.device)
     dt = ts.diff().reshape(-1, *([1] * len(size)))
     xi = torch.randn((ts.numel() - 1, *size), generator=generator, dtype=ts.dtype, device=ts.device)
     return xi * dt.sqrt()
@@ -95,8 +91,7 @@ def coarsen_increments(
     factor: int,    # how many fine steps make one coarse step; must divide N
 ) -> Tensor:        # increments on the coarse grid, shape (N // factor, ...)
     "Sum blocks of `factor` consecutive increments: the same Brownian path seen on a coarser grid."
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"`factor` must be a positive integer, got {factor!r}")
+    factor = positive_int("factor", factor)
     if dW.shape[0] % factor:
         raise ValueError(f"`factor`={factor} must divide the number of increments {dW.shape[0]}")
     return dW.reshape(dW.shape[0] // factor, factor, *dW.shape[1:]).sum(1)
@@ -123,3 +118,5 @@ def stratonovich_sum(
 def _check_same_grid(h, W):
     if h.shape[0] != W.shape[0] or h.shape[0] < 2:
         raise ValueError(f"`h` and `W` must be sampled on the same grid of at least 2 times, got {h.shape[0]} and {W.shape[0]}")
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .core import document_arguments
+
 # %% auto #0
 __all__ = ['DATA_2D', 'DATA', 'PREDICTOR_NAMES', 'CORRECTOR_NAMES', 'build_parser', 'main']
 
@@ -386,3 +388,5 @@ def main(
             raise
         print(f"{prefix}: error: out of memory on the device; use a smaller --batch-size or --n", file=sys.stderr)
         return 1
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .core import check_real, check_seed, document_arguments, nonneg_int, positive_int
 from .likelihood import quantize
 
 # %% auto #0
@@ -39,15 +40,7 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_fraction(test_fraction) -> float:
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
-        raise ValueError(f"`test_fraction` must be a number in (0, 1), got {test_fraction!r}")
-    return float(test_fraction)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
-    return int(seed)
+    return check_real("test_fraction", test_fraction, 0, 1, lo_open=True, hi_open=True)
 
 
 def _check_split(split, allowed=SPLITS) -> str:
@@ -62,7 +55,7 @@ def stratified_split(
     seed: int = 0,               # seeds the per-class permutations
 ) -> tuple[Tensor, Tensor]:      # train and test indices into `labels`, each sorted, shape (N_train,) and (N_test,)
     "Deterministic stratified split (eq. `eq-data-split`): per class, a seeded permutation; its first $\\lfloor f n_c + 1/2\\rfloor$ go to test."
-    f, seed = _check_fraction(test_fraction), _check_seed(seed)
+    f, seed = _check_fraction(test_fraction), check_seed(seed)
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.is_complex():
         got = f"{labels.dtype}, shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"`labels` must be an integer tensor of shape (N,), got {got}")
@@ -94,7 +87,7 @@ def load_digits(
         raise ValueError(f"`size` must be an integer >= 8 (the digits are 8x8; upsampling only), got {size!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}")
-    test_fraction, seed = _check_fraction(test_fraction), _check_seed(seed)
+    test_fraction, seed = _check_fraction(test_fraction), check_seed(seed)
     images, labels = _raw_digits()
     x = torch.from_numpy(images.astype(np.float64))[:, None] * (2 / (DIGITS_LEVELS - 1)) - 1
     y = torch.from_numpy(labels.copy())
@@ -114,10 +107,8 @@ def image_grid(
     pad_value: float = 1.0,      # value of the padding (and of empty cells), in the images' scale
 ) -> np.ndarray:                 # the grid, (H, W) for one channel, (H, W, 3) for three; float32
     "Tile images into one array for `plt.imshow` or `save_image_grid`: row by row, `nrow` per row."
-    if isinstance(nrow, bool) or not isinstance(nrow, numbers.Integral) or nrow < 1:
-        raise ValueError(f"`nrow` must be a positive integer, got {nrow!r}")
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-        raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}")
+    nrow = positive_int("nrow", nrow)
+    padding = nonneg_int("padding", padding)
     x = images.detach().cpu().float().numpy() if isinstance(images, Tensor) else np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
         x = x[:, None]
@@ -141,8 +132,7 @@ def save_image_grid(
 ) -> Path:                       # the path written
     "Write `image_grid(images)` as a PNG, mapping $[-1, 1]$ to black..white; matplotlib only."
     import matplotlib.image                      # imported here: the package does not need matplotlib otherwise
-    if isinstance(zoom, bool) or not isinstance(zoom, numbers.Integral) or zoom < 1:
-        raise ValueError(f"`zoom` must be a positive integer, got {zoom!r}")
+    zoom = positive_int("zoom", zoom)
     grid = image_grid(images, nrow, padding)
     grid = np.clip((grid + 1) / 2, 0, 1).repeat(zoom, axis=0).repeat(zoom, axis=1)
     path = Path(path)
@@ -218,8 +208,7 @@ def digits_loader(
     num_workers: int = 0,                     # worker processes (0: load in the main process)
 ) -> DataLoader:                              # batches (images (B, 1, size, size), labels (B,))
     "A `DataLoader` over `DigitsDataset(split, size, ...)`; seeded shuffling, or any sampler."
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     if sampler is not None and shuffle:
         raise ValueError("pass `shuffle` or `sampler`, not both: a sampler (e.g. DistributedSampler) does its own shuffling")
     if generator is not None and torch.device(generator.device).type != "cpu":
@@ -260,3 +249,5 @@ def load_mnist(
             raise
         raise FileNotFoundError(f"MNIST is not under {str(root)!r}; pass download=True to fetch it (needs internet)") from e
     return _mnist_tensors(ds.data, ds.targets, dtype, device)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .sde import VPSDE
-from .solvers import _flag_nonfinite, batch_broadcast
+from .core import batch_broadcast, check_generator, document_arguments, flag_nonfinite
 
 # %% auto #0
 __all__ = ['DDPMSchedule', 'ddpm_schedule', 'q_sample', 'ddpm_timesteps_to_t', 'eps_from_score', 'score_from_eps',
@@ -259,8 +259,7 @@ def ddpm_sample(
     elif tuple(x_T.shape) != tuple(shape):
         raise ValueError(f"`x_T` has shape {tuple(x_T.shape)} but `shape` is {tuple(shape)}")
     x = _check_state("x_T", x_T)
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are on {x.device}")
+    check_generator(generator, x.device, "the samples are on")
     s = ddpm_schedule(sde, x.dtype, x.device)
     if times is None:
         times = ddpm_timesteps_to_t(sde, torch.arange(s.N), x.dtype).clamp(max=sde.T).to(x.device)
@@ -283,10 +282,12 @@ def ddpm_sample(
             eps = out if prediction == "eps" else -s.sqrt_one_minus_alphas_cumprod[i] * out
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if i > 0 else None
             x = _ancestral(s, x, i, eps, noise, variance)
-            first_bad = _flag_nonfinite(first_bad, x, i)
+            first_bad = flag_nonfinite(first_bad, x, i)
             if return_path:
                 path.append(x)
     k = int(first_bad)   # the one host synchronisation, after the loop
     if k >= 0:
         raise FloatingPointError(f"DDPM sampling became NaN/inf at step i = {k} (t = {times[k].item():.4g}); check `model_fn`")
     return torch.stack(path) if return_path else x
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

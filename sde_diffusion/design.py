@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .sde import SDE
-from .solvers import batch_broadcast
+from .core import batch_broadcast, check_eps, document_arguments, positive_float, positive_int
 from .training import EMA
 
 # %% auto #0
@@ -148,8 +148,7 @@ def min_snr_weight(
     sigma_data: float = 0.5,     # for 'edm'
 ) -> Tensor:                     # the factor on $\|\hat\theta - \theta\|^2$, shape (B,)
     "Min-SNR-$\\gamma$ weighting (eq. `eq-design-minsnr`): the factor that turns the plain loss of `target` into $\\min(\\mathrm{SNR}, \\gamma)\\|\\hat x_0 - x_0\\|^2$."
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not gamma > 0 or not math.isfinite(gamma):
-        raise ValueError(f"`gamma` must be a positive finite number, got {gamma!r}")
+    gamma = positive_float("gamma", gamma)
     lam = implied_weight(target, alpha, sigma, sigma_data)
     lam_x0 = implied_weight("x0", alpha, sigma)
     snr = (alpha / sigma) ** 2
@@ -161,8 +160,7 @@ def edm_coefficients(
     sigma_data: float = 0.5,     # $\sigma_{data}$, the root mean square of a data entry
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:   # $c_{skip}, c_{out}, c_{in}, c_{noise}$, each of the shape of `sigma`
     "EDM's preconditioning (eq. `eq-design-edm-coeffs`): unit-variance input and target, the smallest $c_{out}$, $c_{noise} = \\tfrac14\\log\\tau$."
-    if isinstance(sigma_data, bool) or not isinstance(sigma_data, numbers.Real) or not math.isfinite(sigma_data) or sigma_data <= 0:
-        raise ValueError(f"`sigma_data` must be a positive finite number, got {sigma_data!r}")
+    sigma_data = positive_float("sigma_data", sigma_data)
     sigma = torch.as_tensor(sigma, dtype=sigma.dtype if isinstance(sigma, Tensor) else torch.get_default_dtype())
     if not sigma.is_floating_point():
         sigma = sigma.to(torch.get_default_dtype())
@@ -197,8 +195,7 @@ def time_from_sigma(
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if not isinstance(sigma, Tensor) or sigma.ndim != 1 or not sigma.is_floating_point():
         raise ValueError(f"`sigma` must be a floating-point tensor of shape (B,), got {sigma!r:.60}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < sde.T:
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
+    check_eps(eps, sde.T)
     if sigma.device.type != "meta" and not bool((sigma > 0).all()):
         raise ValueError("`sigma` must be > 0")
     target = sigma.double().log()
@@ -219,18 +216,16 @@ def sample_training_times(
     eps: float = 1e-5,           # smallest time
     p_mean: float = -1.2,        # EDM's $P_{mean}$
     p_std: float = 1.2,          # EDM's $P_{std}$
-    generator: torch.Generator | None = None,
-    dtype=None, device=None,
+    generator: torch.Generator | None = None,   # the random stream (its device is the default device)
+    dtype=None,                  # dtype of the times (default: torch's default dtype)
+    device=None,                 # device of the times (default: the generator's)
 ) -> Tensor:                     # times in $[\epsilon, T]$, shape (n,)
     "Training times: uniform in $t$ (score SDE, DDPM) or EDM's log-normal noise level mapped to $t$ (eq. `eq-design-lognormal`)."
     if noise not in NOISE_DISTRIBUTIONS:
         raise ValueError(f"`noise` must be one of {NOISE_DISTRIBUTIONS}, got {noise!r}")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"`n` must be a positive integer, got {n!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < sde.T:
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
-    if isinstance(p_std, bool) or not isinstance(p_std, numbers.Real) or not p_std > 0:
-        raise ValueError(f"`p_std` must be a positive number, got {p_std!r}")
+    positive_int("n", n)
+    check_eps(eps, sde.T)
+    positive_float("p_std", p_std)
     dtype = dtype or torch.get_default_dtype()
     device = device if device is not None else (generator.device if generator is not None else None)
     if noise == "uniform":
@@ -316,7 +311,11 @@ class PredictionModel(nn.Module):
 class EDMPrecond(PredictionModel):
     "Karras et al.'s preconditioned denoiser $D_\\theta = c_{skip}y + c_{out}F_\\theta(c_{in}y, c_{noise})$ (eq. `eq-design-edm`), as a score model of `sde`."
 
-    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 0.5):
+    def __init__(self,
+                 net: nn.Module,            # the raw network $F_\theta$(x, c_noise[, y])
+                 sde: SDE,                  # the forward SDE whose score the model returns
+                 sigma_data: float = 0.5,   # $\sigma_{data}$, the root mean square of a data entry
+                ):
         super().__init__(net, sde, "edm", sigma_data)
 
 # %% ../nbs/16_design.ipynb #d1c8efdc
@@ -382,14 +381,14 @@ def train_design(
     y: Tensor | None = None,     # labels (N,), or None for an unconditional model
     *,
     steps: int = 1000,           # optimizer steps
-    batch_size: int = 128,
+    batch_size: int = 128,       # images per step
     lr: float = 2e-3,            # AdamW, linear warm-up over `lr_warmup` steps then cosine decay to 0 at `steps`
-    lr_warmup: int = 100,
+    lr_warmup: int = 100,        # steps of linear warm-up
     ema_decay: float = 0.999,    # EMA of the weights, with warm-up (as `sde_diffusion.training.EMA`)
     label_dropout: float = 0.1,  # share of labels replaced by the 'no class' label `model.num_classes`
     noise: str = "uniform",      # as in `prediction_loss`
-    weighting: str = "none",
-    grad_clip: float | None = 1.0,
+    weighting: str = "none",     # 'none' or 'min_snr' (see `prediction_loss`)
+    grad_clip: float | None = 1.0,  # clip the gradient norm to this (None: no clipping)
     seed: int = 0,               # seeds the draws (data, labels, t, z)
     stop_at: int | None = None,  # stop after this many steps (the schedule stays that of `steps`)
     callback: Callable | None = None,   # callback(step, ema) at every step in `checkpoints`
@@ -398,8 +397,7 @@ def train_design(
     "A minimal training loop for `prediction_loss`: the same data draws, schedule and EMA for every design, so that only the design differs."
     if not isinstance(model, PredictionModel):
         raise TypeError(f"`model` must be a PredictionModel, got {type(model).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
+    positive_int("steps", steps)
     x = _check_batch("x", x)
     g = torch.Generator(x.device).manual_seed(int(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -423,3 +421,6 @@ def train_design(
         if callback is not None and step + 1 in checkpoints:
             callback(step + 1, ema)
     return ema, losses
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+

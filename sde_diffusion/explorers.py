@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 from matplotlib.figure import Figure
 
+from .core import document_arguments
+
 # %% auto #0
 __all__ = ['figure_png', 'FramePlayer', 'frame_player']
 
@@ -197,3 +199,5 @@ def frame_player(
         frames.append(figure_png(fig, dpi, colors))
         plt.close(fig)
     return FramePlayer(params, frames, initial, dict(labels or {}), time.perf_counter() - t0)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 from .brownian import time_grid
-from .losses import _call, _check_reduce, _reduce, _sq_norm, perturb
-from .reverse import NonFiniteError, _checked_score, _grad_mode, _initial_state
-from .sde import SDE, _check_x, _gaussian_prior_logp, _gaussian_prior_sample, _positive_float, _wide
+from .core import (NonFiniteError, check_batch, check_eps, check_reduce, checked_call, document_arguments,
+                                nonneg_float, positive_float, reduce_batch, sq_norm, widen)
+from .losses import perturb
+from .reverse import checked_score, grad_mode, initial_state
+from .sde import SDE, gaussian_prior_logp, gaussian_prior_sample
 from .solvers import batch_broadcast, euler_maruyama
 
 # %% auto #0
@@ -33,7 +35,7 @@ class LinearInterpolantSDE(SDE):
         N: int = 1000,           # number of discretization steps
     ):
         super().__init__(N)
-        T = _positive_float("T", T)
+        T = positive_float("T", T)
         if not T < 1:
             raise ValueError(f"`T` must lie in (0, 1): the SDE is singular at t = 1, got {T!r}")
         self._T = T
@@ -45,7 +47,7 @@ class LinearInterpolantSDE(SDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-x/(1 - t)$ and diffusion $\\sqrt{2t/(1 - t)}$, shape (B, 1, ..., 1)."
-        t = _wide(self._t(t, x))
+        t = widen(self._t(t, x))
         rest = 1 - t
         return -batch_broadcast(1 / rest, x) * x, batch_broadcast((2 * t / rest).sqrt(), x)
 
@@ -61,15 +63,15 @@ class LinearInterpolantSDE(SDE):
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the prior $\\mathcal{N}(0, T^2 I)$ (the kernel at $T$ without its data term), of shape `shape` = (B, *D)."
-        return _gaussian_prior_sample(shape, self.T, generator, dtype, device)
+        return gaussian_prior_sample(shape, self.T, generator, dtype, device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log\\mathcal{N}(z; 0, T^2 I)$ summed over all non-batch dimensions, shape (B,)."
-        return _gaussian_prior_logp(z, self.T)
+        return gaussian_prior_logp(z, self.T)
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "The exact transition of one step $t \\to t' = \\min(t + T/N, T)$ (eq. `eq-fm-li-step`): $f_i$, shape of `x`; $G_i$, shape (B, 1, ..., 1)."
-        t = _wide(self._t(t, x))
+        t = widen(self._t(t, x))
         t_next = (t + self.T / self.N).clamp(max=self.T)
         rate = (t_next - t) / (1 - t)
         G2 = rate * (t_next + (1 - t_next) / (1 - t) * t)
@@ -94,8 +96,8 @@ def kernel_rates(
         dalpha, dsigma = rates(t)
         return alpha, sigma, dalpha, dsigma
     t = sde._t(t)
-    drift, g = sde.sde(torch.ones(t.shape[0], 1, dtype=_wide(t).dtype, device=t.device), t)
-    a, g2, aw, sw = drift[:, 0], g.reshape(-1) ** 2, _wide(alpha), _wide(sigma)
+    drift, g = sde.sde(torch.ones(t.shape[0], 1, dtype=widen(t).dtype, device=t.device), t)
+    a, g2, aw, sw = drift[:, 0], g.reshape(-1) ** 2, widen(alpha), widen(sigma)
     return alpha, sigma, (a * aw).to(alpha.dtype), (a * sw + g2 / (2 * sw)).to(sigma.dtype)
 
 
@@ -120,7 +122,7 @@ def convert(
     "Convert between score, velocity, $\\hat x_0$ and $\\hat z$ predictions for the kernel of `sde` (eq. `eq-fm-conversions`)."
     sde = _check_sde(sde)
     source, target = _check_parameterization("source", source), _check_parameterization("target", target)
-    x = _check_x(x)
+    x = check_batch(x)
     if not isinstance(value, Tensor) or value.shape != x.shape:
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"`value` must be a tensor of the shape of x {tuple(x.shape)}, got {got}")
@@ -129,12 +131,12 @@ def convert(
     if source == target:
         return value
     t = sde._t(t, x)
-    alpha, sigma, dalpha, dsigma = (_wide(c) for c in kernel_rates(sde, t))
+    alpha, sigma, dalpha, dsigma = (widen(c) for c in kernel_rates(sde, t))
     if sde.check_args and sigma.device.type != "meta" and not bool((sigma > 0).all()):   # skipped inside `sde.unchecked()`
         raise ValueError("`t` must be > 0: sigma(t) = 0 there, and the score, noise and velocity are undefined")
     alpha, sigma, dalpha, dsigma = (batch_broadcast(c, x) for c in (alpha, sigma, dalpha, dsigma))
     delta = alpha * dsigma - dalpha * sigma          # eq. eq-fm-det
-    xw, vw = _wide(x), _wide(value)
+    xw, vw = widen(x), widen(value)
     x0 = vw if source == "x0" else None
     if source == "score":
         z = -sigma * vw
@@ -199,13 +201,13 @@ def conditional_velocity(
     t: Tensor,    # times, shape (B,)
 ) -> Tensor:      # $\dot\alpha(t)x_0 + \dot\sigma(t)z$, shape of `x0`
     "The velocity $\\frac{\\mathrm{d}}{\\mathrm{d}t}(\\alpha x_0 + \\sigma z)$ of one conditional path (eq. `eq-fm-cond-velocity`)."
-    x0 = _check_x(x0, "x0")
+    x0 = check_batch(x0, "x0")
     if not isinstance(z, Tensor) or z.shape != x0.shape:
         got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise ValueError(f"`z` must be a tensor of the shape of x0 {tuple(x0.shape)}, got {got}")
     t = _check_sde(sde)._t(t, x0)
     _, _, dalpha, dsigma = kernel_rates(sde, t)
-    return (batch_broadcast(_wide(dalpha), x0) * _wide(x0) + batch_broadcast(_wide(dsigma), x0) * _wide(z)).to(x0.dtype)
+    return (batch_broadcast(widen(dalpha), x0) * widen(x0) + batch_broadcast(widen(dsigma), x0) * widen(z)).to(x0.dtype)
 
 
 def flow_matching_loss(
@@ -219,19 +221,19 @@ def flow_matching_loss(
     reduce: str = "mean",        # 'mean' or 'sum' over the batch, or 'none' for per-sample losses, shape (B,)
 ) -> Tensor:
     "Conditional flow matching (eq. `eq-fm-cfm`): $\\tfrac12\\|v_\\theta(x_t, t) - \\dot\\alpha x_0 - \\dot\\sigma z\\|^2$ summed over entries."
-    reduce = _check_reduce(reduce)
+    reduce = check_reduce(reduce)
     p = perturb(_check_sde(sde), x0, eps=eps, t=t, generator=generator)
     target = conditional_velocity(sde, x0, p.z, p.t)
-    v = _call("velocity_fn", velocity_fn, p.x_t, p.t)
-    return _reduce(0.5 * _sq_norm(_wide(v) - _wide(target)).to(x0.dtype), reduce)
+    v = checked_call("velocity_fn", velocity_fn, p.x_t, p.t)
+    return reduce_batch(0.5 * sq_norm(widen(v) - widen(target)).to(x0.dtype), reduce)
 
 # %% ../nbs/15_flow_matching.ipynb #50391192
 def _check_nu(nu):
     if callable(nu):
         return nu
-    if isinstance(nu, bool) or not isinstance(nu, numbers.Real) or not math.isfinite(nu) or nu < 0:
+    if isinstance(nu, bool) or not isinstance(nu, numbers.Real):
         raise ValueError(f"`nu` must be a finite number >= 0 or a callable nu(t) -> (B,), got {nu!r}")
-    return float(nu)
+    return nonneg_float("nu", nu)
 
 
 def _nu_values(nu, t: Tensor) -> Tensor:
@@ -262,7 +264,7 @@ def interpolant_clock(
     def drift(y: Tensor, s: Tensor) -> Tensor:      # minus [u - nu s / 2] = minus [f - (g^2 + nu) s / 2]
         t = T - s
         f, g = sde.sde(y, t)
-        return -(f - 0.5 * (g**2 + batch_broadcast(nu_at(t), y)) * _checked_score(score_fn, y, t))
+        return -(f - 0.5 * (g**2 + batch_broadcast(nu_at(t), y)) * checked_score(score_fn, y, t))
 
     def diffusion(y: Tensor, s: Tensor) -> Tensor:
         return batch_broadcast(nu_at(T - s).sqrt(), y)
@@ -286,12 +288,11 @@ def sample_interpolant_sde(
 ) -> Tensor:
     "Samples of $p_\\epsilon$: Euler–Maruyama on $\\mathrm{d}x = [u - \\tfrac{\\nu}{2}s]\\,\\mathrm{d}t + \\sqrt{\\nu}\\,\\mathrm{d}\\bar w$ from $T$ to $\\epsilon$ (eq. `eq-fm-si-reverse`)."
     drift, diffusion = interpolant_clock(sde, score_fn, nu)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 < eps < sde.T):
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    eps = check_eps(eps, sde.T)
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     s_grid = time_grid(0.0, sde.T - eps, steps, dtype=x.dtype, device=x.device)   # the clock s = T - t, validated once
     _nu_values(_check_nu(nu), (sde.T - s_grid).clamp(min=eps))                    # nu checked once, on the grid
-    with _grad_mode(enable_grad), sde.unchecked():
+    with grad_mode(enable_grad), sde.unchecked():
         try:
             out = euler_maruyama(drift, diffusion, x, s_grid, generator=generator, return_path=return_path)
         except FloatingPointError as err:
@@ -300,3 +301,5 @@ def sample_interpolant_sde(
     if out_dtype != x.dtype and not torch.isfinite(out).all():
         raise NonFiniteError(f"the samples overflow `dtype` {out_dtype}; sample in float32")
     return out
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .models import GaussianFourierProjection, _positive_int
-from .sampling import SamplerOutput, _kernel, _randn_like, _start, sample
+from .core import (batch_broadcast, check_eps, check_int, check_seed, document_arguments, nonneg_float,
+                                nonneg_int, optional_seed, positive_float, positive_int, randn_like)
+from .models import GaussianFourierProjection
+from .reverse import initial_state
+from .sampling import SamplerOutput, sample
 from .sde import SDE
 from .toy import GaussianMixture
 
@@ -35,9 +38,7 @@ def _check_scale(name: str, value) -> float:
     "A guidance scale: a finite number >= 0 (or a one-element tensor)."
     if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < math.inf:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return nonneg_float(name, value)
 
 
 def _check_label(y):
@@ -144,8 +145,7 @@ def mixture_component(
     "Component `k` of a mixture as a one-component mixture (with its exact marginals and score)."
     if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"`mixture` must be a GaussianMixture, got {type(mixture).__name__}")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < mixture.K:
-        raise ValueError(f"`k` must be a component index in 0..{mixture.K - 1}, got {k!r}")
+    k = check_int("k", k, 0, mixture.K - 1)                  # a component index
     return GaussianMixture(mixture.weights[k:k + 1], mixture.means[k:k + 1], mixture.covs[k:k + 1])
 
 # %% ../nbs/13_guidance.ipynb #9f19ae80
@@ -192,9 +192,7 @@ def cfg_score_from_model(
         null_class = getattr(model, "num_classes", None)
         if null_class is None:
             raise ValueError("`null_class` must be given: the model has no `num_classes` attribute naming its 'no class' label")
-    if isinstance(null_class, bool) or not isinstance(null_class, numbers.Integral) or null_class < 0:
-        raise ValueError(f"`null_class` must be an int >= 0, got {null_class!r}")
-    null_class = int(null_class)
+    null_class = nonneg_int("null_class", null_class)
 
     def guided_score(x: Tensor, t: Tensor) -> Tensor:
         labels = _labels(y, x)
@@ -258,13 +256,14 @@ def inpaint(
         raise ValueError("`known` contains NaN or inf where `mask` is True")
     if x_T is not None and isinstance(x_T, Tensor) and x_T.shape != known.shape:
         raise ValueError(f"`x_T` must have the shape of `known` {tuple(known.shape)}, got {tuple(x_T.shape)}")
-    x = _start(sde, None if x_T is not None else known.shape, generator, known.dtype, known.device, x_T)
+    x, out_dtype = initial_state(sde, None if x_T is not None else known.shape, generator, known.dtype, known.device, x_T)
+    x = x.to(out_dtype)
     if x.dtype != known.dtype or x.device != known.device:
         raise ValueError(f"`x_T` is {x.dtype} on {x.device} but `known` is {known.dtype} on {known.device}")
 
     def replace(x: Tensor, t: Tensor) -> Tensor:   # x^o <- alpha(t) a + sigma(t) z, fresh z (eq. `eq-guid-replacement`)
-        alpha, sigma = _kernel(sde, x, t)
-        return torch.where(mask, alpha * known + sigma * _randn_like(x, generator), x)
+        alpha, sigma = (batch_broadcast(c, x) for c in sde.marginal_coeffs(t))
+        return torch.where(mask, alpha * known + sigma * randn_like(x, generator), x)
 
     x, nfe = sample(sde, score_fn, x_T=x, predictor=predictor, corrector=corrector, steps=steps, snr=snr,
                     corrector_steps=corrector_steps, eps=eps, spacing=spacing, denoise=denoise, generator=generator,
@@ -347,14 +346,13 @@ class NoisyClassifier(nn.Module):
     ):
         super().__init__()
         self.size = _image_size(size)
-        self.in_channels, self.n_classes = _positive_int("in_channels", in_channels), _positive_int("n_classes", n_classes)
-        width, embed_dim, groups = (_positive_int(n, v) for n, v in (("width", width), ("embed_dim", embed_dim), ("groups", groups)))
+        self.in_channels, self.n_classes = positive_int("in_channels", in_channels), positive_int("n_classes", n_classes)
+        width, embed_dim, groups = (positive_int(n, v) for n, v in (("width", width), ("embed_dim", embed_dim), ("groups", groups)))
         if width % groups:
             raise ValueError(f"`width` = {width} must be a multiple of `groups` = {groups}")
         if sde is not None and not isinstance(sde, SDE):
             raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ValueError(f"`seed` must be an integer or None, got {seed!r}")
+        optional_seed(seed)
         self.sde = sde
         self.n_down = max(0, math.floor(math.log2(min(self.size) / 2)) - 1)   # 2x poolings: 8 -> 1, 16 and 28 -> 2, 32 -> 3
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -427,16 +425,11 @@ def train_noisy_classifier(
         raise ValueError(f"`y` must be an integer tensor of shape (N,) = ({len(x)},), got {got}")
     if y.device != x.device:
         raise ValueError(f"`y` is on {y.device} but `x` is on {x.device}")
-    steps, batch_size = _positive_int("steps", steps), _positive_int("batch_size", batch_size)
-    for name, v in (("lr", lr), ("weight_decay", weight_decay)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
-            raise ValueError(f"`{name}` must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < sde.T:
-        raise ValueError(f"`eps` must be a number in (0, T) = (0, {sde.T:g}), got {eps!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
+    positive_float("lr", lr), nonneg_float("weight_decay", weight_decay)
+    eps, seed = check_eps(eps, sde.T), check_seed(seed)
     lo, hi = torch.stack(torch.aminmax(y)).tolist()
-    K = hi + 1 if n_classes is None else _positive_int("n_classes", n_classes)
+    K = hi + 1 if n_classes is None else positive_int("n_classes", n_classes)
     if lo < 0 or hi >= K:
         raise ValueError(f"`y` must take values in 0..{K - 1} (`n_classes` = {K}), got values in [{lo}, {hi}]")
     model_kwargs.setdefault("sde", sde)
@@ -458,3 +451,5 @@ def train_noisy_classifier(
         sched.step()
         losses.append(loss.detach())
     return model.eval(), torch.stack(losses).tolist()   # one host synchronisation, after the loop
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -16,6 +16,7 @@ import warnings
 import torch
 
 import sde_diffusion
+from .core import document_arguments
 from .data import load_digits
 from .training import (CKPT_NAME, EMA, TrainConfig, TrainResult, build_model, data_fingerprint,
                                     load_checkpoint, train)
@@ -134,3 +135,5 @@ def train_digits(
     if ckpt_dir is None:
         ckpt_dir = default_cache_dir() / f"digits-{config_key(config)}"
     return train(config, (x, y), ckpt_dir=ckpt_dir, resume=True, device=device, progress=progress)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

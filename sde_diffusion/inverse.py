@@ -13,11 +13,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .reverse import NonFiniteError
+from .core import NonFiniteError, batch_broadcast, document_arguments, nonneg_float, positive_int
 from .sampling import (PREDICTORS, Predictor, SamplerOutput, ScoreCounter, sample, sampling_times,
                                     tweedie_denoise)
 from .sde import SDE
-from .solvers import batch_broadcast
 from .toy import GaussianMixture
 
 # %% auto #0
@@ -223,9 +222,7 @@ def _noise_std(value) -> float:
     "$\\sigma_y$: a finite number >= 0 (or a one-element tensor)."
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < math.inf:
-        raise ValueError(f"`noise_std` must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return nonneg_float("noise_std", value)
 
 
 def _mixture_operator(mixture, A) -> LinearOperator:
@@ -463,18 +460,10 @@ def replacement(
     return SamplerOutput(op.project(x, y), nfe)
 
 # %% ../nbs/17_inverse.ipynb #6e400602
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _nonnegative(name: str, value) -> float:
     if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < math.inf:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return nonneg_float(name, value)
 
 
 def _predictor(predictor) -> Predictor:
@@ -512,7 +501,7 @@ def repaint_schedule(
     jump_length: int = 10,    # $j$: grid steps per jump back in time
 ) -> list[int]:               # grid indices k (0 at $T$, N at $\epsilon$) in the order visited; ends at N
     "The order in which RePaint visits the grid (Lugmayr et al.'s `get_schedule_jump`): down, and $U - 1$ times back up $j$ steps."
-    steps, U, j = (_positive_int(n, v) for n, v in (("steps", steps), ("resamplings", resamplings), ("jump_length", jump_length)))
+    steps, U, j = (positive_int(n, v) for n, v in (("steps", steps), ("resamplings", resamplings), ("jump_length", jump_length)))
     jumps = {tau: U - 1 for tau in range(0, steps - j, j)}   # tau = N - k counts steps left, as in the paper's code
     tau, seq = steps, [0]
     while tau >= 1:
@@ -713,3 +702,5 @@ def dps(
         if denoise:
             x = tweedie_denoise(sde, score, x, ts[-1].expand(B))
     return SamplerOutput(_finite(x, "DPS"), score.nfe)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

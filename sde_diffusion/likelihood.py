@@ -12,12 +12,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .reverse import (ADAPTIVE_METHODS, FIXED_STEP_METHODS, NonFiniteError, _checked_score, _ode_setup,
-                                   _solve, _tolerance, _WatchedField, _work_dtype)
+from .core import (NonFiniteError, check_eps, check_generator, check_int, document_arguments,
+                                generator_device, positive_int, work_dtype)
+from .reverse import (ADAPTIVE_METHODS, FIXED_STEP_METHODS, WatchedField, checked_score, ode_setup,
+                                   solve_ode)
 from .sde import SDE
 
 # %% auto #0
-__all__ = ['divergence', 'hutchinson_probes', 'log_likelihood', 'dequantize', 'quantize', 'bits_per_dim']
+__all__ = ['divergence', 'hutchinson_probes', 'check_data', 'log_likelihood', 'check_bins', 'dequantize', 'quantize',
+           'bits_per_dim']
 
 # %% ../nbs/10_likelihood.ipynb #ea974595
 def divergence(
@@ -85,10 +88,8 @@ def hutchinson_probes(
         raise TypeError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
-    if device is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the probes are drawn on {device}")
+    device = generator_device(generator, device)
+    check_generator(generator, device, "the probes are drawn on")
     if noise == "gaussian":
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
@@ -96,11 +97,12 @@ def hutchinson_probes(
 
 # %% ../nbs/10_likelihood.ipynb #c03f5707
 _ADAPTIVE = ADAPTIVE_METHODS
-_positive_number = _tolerance   # the tolerance check shared with `probability_flow` and `ode_sample`
 
 
-def _check_data(x) -> Tensor:
-    "Floating-point data of shape (B, *D), finite."
+def check_data(
+    x,              # data points, shape (B, *D) with D >= 1
+) -> Tensor:        # `x` itself
+    "Floating-point data of shape (B, *D), finite, on a device that holds values; or a ValueError naming `x`."
     if not isinstance(x, Tensor):
         raise ValueError(f"`x` must be a tensor of shape (B, *D), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -120,7 +122,7 @@ def log_likelihood(
     score_fn: Callable,         # $s(x, t) \approx \nabla_x\log p_t(x)$: x (B, *D), t (B,) -> (B, *D)
     x: Tensor,                  # data points at the model's scale, shape (B, *D), floating point
     *,
-    eps: float = 1e-5,          # start time $\epsilon \in [0, T)$: `x` is taken as $x(\epsilon)$
+    eps: float = 1e-5,          # start time $\epsilon \in (0, T)$: `x` is taken as $x(\epsilon)$
     trace: str = "exact",       # 'exact' (D backward passes per evaluation) or 'hutchinson' (`n_probes` passes)
     noise: str = "rademacher",  # Hutchinson probes: 'rademacher' or 'gaussian'
     n_probes: int = 1,          # Hutchinson probes per sample, fixed for the whole solve, averaged
@@ -137,23 +139,20 @@ def log_likelihood(
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
-    x = _check_data(x)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 <= eps < sde.T):
-        raise ValueError(f"`eps` must lie in [0, T) = [0, {sde.T:g}), got {eps!r}")
+    x = check_data(x)
+    eps = check_eps(eps, sde.T)
     _choice("trace", trace, _TRACES)
     _choice("noise", noise, _NOISES)
-    if isinstance(n_probes, bool) or not isinstance(n_probes, numbers.Integral) or n_probes < 1:
-        raise ValueError(f"`n_probes` must be an integer >= 1, got {n_probes!r}")
+    n_probes = positive_int("n_probes", n_probes)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
+    check_generator(generator, x.device, "`x` is on")
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"`prior_logp` must be callable, got {type(prior_logp).__name__}")
     with torch.inference_mode(False):   # inference tensors cannot enter autograd: clone x, create everything else normally
-        x = (x.clone() if x.is_inference() else x).detach().to(_work_dtype(x.dtype))   # float16/bfloat16 data: float32
+        x = (x.clone() if x.is_inference() else x).detach().to(work_dtype(x.dtype))   # float16/bfloat16 data: float32
         grid = torch.tensor([float(eps), sde.T], dtype=x.dtype, device=x.device)
-        rtol, atol, opts = _ode_setup(method, rtol, atol, options, grid[-1:], sde.T - float(eps))
+        rtol, atol, opts = ode_setup(method, rtol, atol, options, grid[-1:], sde.T - float(eps))
         return _log_likelihood(sde, score_fn, x, grid, trace, noise, int(n_probes), method, rtol, atol, opts,
                                prior_logp, generator)
 
@@ -172,7 +171,7 @@ def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol
         probes = hutchinson_probes((n_probes, *x.shape), noise, generator=generator, dtype=x.dtype, device=x.device)
 
     def pf_drift(y: Tensor, t: Tensor) -> Tensor:   # $\tilde f = f - \frac12 g^2 s$, with the score checked
-        s = _checked_score(score_fn, y, t)
+        s = checked_score(score_fn, y, t)
         if not s.requires_grad:   # metadata, no host synchronisation
             raise _no_graph_error()
         f, g = sde.sde(y, t)
@@ -181,11 +180,11 @@ def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol
     def augmented(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:   # (dx/dt, dl/dt)
         return divergence(lambda y: pf_drift(y, t.expand(B)), state[0], probes)
 
-    field = _WatchedField(augmented)
+    field = WatchedField(augmented)
     state = (x, torch.zeros(B, dtype=x.dtype, device=x.device))
     try:
         with sde.unchecked():   # every time stays inside [eps, T]: skip the per-call range check (a host sync)
-            xs, ells = _solve(field, state, grid, method, rtol, atol, opts, "the probability-flow field or its divergence")
+            xs, ells = solve_ode(field, state, grid, method, rtol, atol, opts, "the probability-flow field or its divergence")
     except RuntimeError as err:
         if "nference tensor" in str(err):   # e.g. parameters created under torch.inference_mode()
             raise ValueError(f"`score_fn` uses tensors created under torch.inference_mode(), which autograd cannot "
@@ -202,10 +201,12 @@ def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol
     return logp.detach(), field.nfe
 
 # %% ../nbs/10_likelihood.ipynb #eba10461
-def _check_bins(n_bins, data_range) -> tuple[int, float, float]:
+def check_bins(
+    n_bins,         # number of quantization levels per dimension, >= 2
+    data_range,     # (lo, hi): the interval the data were scaled to, lo < hi
+) -> tuple[int, float, float]:  # n_bins, lo, hi
     "Validated `n_bins` >= 2 and `data_range` = (lo, hi) with lo < hi finite."
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 2:
-        raise ValueError(f"`n_bins` must be an integer >= 2, got {n_bins!r}")
+    n_bins = check_int("n_bins", n_bins, 2)
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError):
@@ -224,7 +225,7 @@ def dequantize(
     dtype: torch.dtype = torch.float32,         # floating dtype of the result
 ) -> Tensor:                                    # $y = a(x + u) + \mathrm{lo}$, $a = (\mathrm{hi}-\mathrm{lo})/n_{\mathrm{bins}}$, shape of `x`
     "Uniform dequantization (eq. `eq-lik-dequant`): $y = a(x+u) + \\mathrm{lo}$ with $u \\sim \\mathcal{U}[0,1)^D$."
-    n_bins, lo, hi = _check_bins(n_bins, data_range)
+    n_bins, lo, hi = check_bins(n_bins, data_range)
     if not isinstance(x, Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"`x` must be an integer tensor of levels in {{0, ..., {n_bins - 1}}}, got {got}")
@@ -234,8 +235,7 @@ def dequantize(
         raise ValueError("`x` is on the meta device: it holds no values")
     if x.numel() and (int(x.min()) < 0 or int(x.max()) > n_bins - 1):
         raise ValueError(f"`x` must take values in {{0, ..., {n_bins - 1}}}, got values in [{int(x.min())}, {int(x.max())}]")
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
+    check_generator(generator, x.device, "`x` is on")
     a, xf = (hi - lo) / n_bins, x.to(dtype)
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     lower, upper = lo + a * xf, lo + a * (xf + 1)            # the bin's edges, as `quantize` computes them
@@ -250,7 +250,7 @@ def quantize(
     data_range: Sequence[float] = (-1.0, 1.0),  # (lo, hi), as in `dequantize`
 ) -> Tensor:                                    # levels $\lfloor (y - \mathrm{lo})/a \rfloor$ in {0, ..., n_bins - 1}, dtype long
     "The bin of each value, the inverse of `dequantize` (values outside [lo, hi) go to the edge bins)."
-    n_bins, lo, hi = _check_bins(n_bins, data_range)
+    n_bins, lo, hi = check_bins(n_bins, data_range)
     if not isinstance(y, Tensor) or not y.is_floating_point():
         raise ValueError(f"`y` must be a floating-point tensor, got {y.dtype if isinstance(y, Tensor) else type(y).__name__}")
     if y.device.type != "meta" and torch.isnan(y).any():   # NaN has no bin (`.long()` would make it -2**63, then 0)
@@ -269,7 +269,7 @@ def bits_per_dim(
     data_range: Sequence[float] = (-1.0, 1.0),  # (lo, hi), as in `dequantize`
 ) -> Tensor:                                    # $-\log p(y)/(D\ln 2) - \log_2 a$, shape (B,)
     "Bits per dimension of the discrete data (eq. `eq-lik-bpd`): an upper bound, from a log-density at dequantized points."
-    n_bins, lo, hi = _check_bins(n_bins, data_range)
+    n_bins, lo, hi = check_bins(n_bins, data_range)
     if not isinstance(logp, Tensor) or not logp.is_floating_point() or logp.ndim != 1:
         got = f"shape {tuple(logp.shape)}, dtype {logp.dtype}" if isinstance(logp, Tensor) else type(logp).__name__
         raise ValueError(f"`logp` must be a floating-point tensor of shape (B,), got {got}")
@@ -288,3 +288,5 @@ def bits_per_dim(
         raise ValueError("`logp` contains NaN or inf: no bits/dim to report")
     log2_a = math.log2((hi - lo) / n_bins)
     return -logp / (D * math.log(2)) - log2_a
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchdiffeq import odeint
 
+from .core import document_arguments
 from .brownian import check_time_grid
 from .solvers import batch_broadcast
 
@@ -247,3 +248,5 @@ def fokker_planck_1d(
                 _check_fp_stability(min_rate, worst, h, t.item(), dx)
         out.append(p)
     return torch.stack(out)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

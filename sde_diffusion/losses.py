@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .sde import SDE
-from .solvers import batch_broadcast
+from .core import (batch_broadcast, check_eps, check_generator, check_reduce, checked_call,
+                                document_arguments, positive_int, reduce_batch, sq_norm)
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'weighting', 'Perturbed', 'perturb', 'denoising_loss', 'dsm_loss', 'irreducible_dsm_constant',
@@ -21,7 +21,6 @@ __all__ = ['WEIGHTINGS', 'weighting', 'Perturbed', 'perturb', 'denoising_loss', 
 
 # %% ../nbs/06_score_matching.ipynb #d9077bce
 WEIGHTINGS = ("sigma2", "likelihood", "none")
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 def _check_sde(sde) -> SDE:
@@ -38,16 +37,6 @@ def _check_batch(name: str, x) -> Tensor:
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"`{name}` must have shape (B, *D) with B >= 1, got {tuple(x.shape)}")
     return x
-
-
-def _check_reduce(reduce) -> str:
-    if reduce not in _REDUCTIONS:
-        raise ValueError(f"`reduce` must be one of {_REDUCTIONS}, got {reduce!r}")
-    return reduce
-
-
-def _reduce(per_sample: Tensor, reduce: str) -> Tensor:
-    return per_sample.mean() if reduce == "mean" else per_sample.sum() if reduce == "sum" else per_sample
 
 
 def _check_weighting(weighting, sde) -> None:
@@ -84,25 +73,6 @@ def _check_times(t, x: Tensor, lo: float | None = None, hi: float | None = None,
     return t
 
 
-def _check_generator(generator, device) -> None:
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the draws are made on {device}")
-
-
-def _call(name: str, fn: Callable, x: Tensor, t: Tensor) -> Tensor:
-    "`fn(x, t)`, checked to be a tensor of the shape of `x`."
-    if not callable(fn):
-        raise TypeError(f"`{name}` must be callable as {name}(x, t), got {type(fn).__name__}")
-    s = fn(x, t)
-    if not isinstance(s, Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-        raise ValueError(f"`{name}` must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
-    return s
-
-
-def _sq_norm(v: Tensor) -> Tensor:
-    "Squared Euclidean norm over all non-batch dimensions, shape (B,)."
-    return v.reshape(v.shape[0], -1).square().sum(1)
 
 
 def _weighted(sde, weighting, t: Tensor, per: Tensor) -> Tensor:
@@ -160,9 +130,8 @@ def perturb(
     _check_sde(sde)
     x0 = _check_batch("x0", x0)
     T = sde.T
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 < eps < T):   # NaN fails too
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {T:g}), got {eps!r}")
-    _check_generator(generator, x0.device)
+    eps = check_eps(eps, T)
+    check_generator(generator, x0.device, "the draws are made on")
     B = x0.shape[0]
     if t is None:
         t = eps + (T - eps) * torch.rand(B, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -188,8 +157,8 @@ def denoising_loss(
     alpha, sigma = (batch_broadcast(c.to(wide), x0w) for c in sde.marginal_coeffs(t))
     s = score_fn((alpha * x0w + sigma * zw).to(x0.dtype), t).to(wide)     # the model sees x_t in the data's dtype
     if isinstance(weighting, str) and weighting == "sigma2":   # sigma^2 |s + z/sigma|^2 = |sigma s + z|^2
-        return (0.5 * _sq_norm(sigma * s + zw)).to(x0.dtype)
-    return (0.5 * _lambda(sde, weighting, t.to(wide)) * _sq_norm(s + zw / sigma)).to(x0.dtype)
+        return (0.5 * sq_norm(sigma * s + zw)).to(x0.dtype)
+    return (0.5 * _lambda(sde, weighting, t.to(wide)) * sq_norm(s + zw / sigma)).to(x0.dtype)
 
 
 def dsm_loss(
@@ -204,11 +173,11 @@ def dsm_loss(
     reduce: str = "mean",        # 'mean' or 'sum' over the batch, or 'none' for per-sample losses, shape (B,)
 ) -> Tensor:
     "Denoising score matching (eq. `eq-sm-weighted`): $\\lambda(t)\\,\\tfrac12\\|s_\\theta(x_t, t) + z/\\sigma(t)\\|^2$ summed over entries."
-    _check_reduce(reduce)
+    check_reduce(reduce)
     _check_weighting(weighting, sde)
     p = perturb(sde, x0, eps=eps, t=t, generator=generator)
-    checked = lambda x, t: _call("score_fn", score_fn, x, t)
-    return _reduce(denoising_loss(sde, checked, x0, p.t, p.z, weighting=weighting), reduce)
+    checked = lambda x, t: checked_call("score_fn", score_fn, x, t)
+    return reduce_batch(denoising_loss(sde, checked, x0, p.t, p.z, weighting=weighting), reduce)
 
 
 def irreducible_dsm_constant(
@@ -223,16 +192,16 @@ def irreducible_dsm_constant(
     reduce: str = "mean",
 ) -> Tensor:
     "The loss at the exact score, $\\mathcal{L}^\\star_\\lambda$ (eq. `eq-sm-constant`): per sample $\\lambda\\,\\tfrac12(D/\\sigma^2 - \\|\\nabla\\log p_t(x_t)\\|^2)$."
-    _check_reduce(reduce)
+    check_reduce(reduce)
     _check_weighting(weighting, sde)
     p = perturb(sde, x0, eps=eps, t=t, generator=generator)
-    s = _call("true_score", true_score, p.x_t, p.t)
+    s = checked_call("true_score", true_score, p.x_t, p.t)
     D = x0[0].numel()
     if isinstance(weighting, str) and weighting == "sigma2":
-        per = 0.5 * (D - _sq_norm(batch_broadcast(p.sigma, x0) * s))
+        per = 0.5 * (D - sq_norm(batch_broadcast(p.sigma, x0) * s))
     else:
-        per = 0.5 * _lambda(sde, weighting, p.t) * (D / p.sigma**2 - _sq_norm(s))
-    return _reduce(per, reduce)
+        per = 0.5 * _lambda(sde, weighting, p.t) * (D / p.sigma**2 - sq_norm(s))
+    return reduce_batch(per, reduce)
 
 # %% ../nbs/06_score_matching.ipynb #cad87422
 def esm_loss(
@@ -246,18 +215,18 @@ def esm_loss(
     reduce: str = "mean",
 ) -> Tensor:
     "Explicit score matching (eq. `eq-sm-esm`): $\\lambda(t)\\,\\tfrac12\\|s_\\theta(x, t) - \\nabla_x\\log p_t(x)\\|^2$ summed over entries."
-    _check_reduce(reduce)
+    check_reduce(reduce)
     _check_weighting(weighting, sde)
     x = _check_batch("x", x)
     t = _check_times(t, x)
-    s = _call("score_fn", score_fn, x, t)
-    target = true_score if isinstance(true_score, Tensor) else _call("true_score", true_score, x, t)
+    s = checked_call("score_fn", score_fn, x, t)
+    target = true_score if isinstance(true_score, Tensor) else checked_call("true_score", true_score, x, t)
     if target.shape != x.shape:
         raise ValueError(f"`true_score` must have the shape of x {tuple(x.shape)}, got {tuple(target.shape)}")
-    per = 0.5 * _sq_norm(s - target)
+    per = 0.5 * sq_norm(s - target)
     if not (isinstance(weighting, str) and weighting == "none"):
         per = _weighted(sde, weighting, t, per)
-    return _reduce(per, reduce)
+    return reduce_batch(per, reduce)
 
 
 def _value_and_divergence(fn: Callable, x: Tensor, t: Tensor, method: str, num_probes: int, generator) -> tuple[Tensor, Tensor]:
@@ -265,7 +234,7 @@ def _value_and_divergence(fn: Callable, x: Tensor, t: Tensor, method: str, num_p
     B = x.shape[0]
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        s = _call("score_fn", fn, x, t)
+        s = checked_call("score_fn", fn, x, t)
         if not s.requires_grad:
             raise ValueError("`score_fn` output does not depend on `x` through autograd: its divergence cannot be taken")
         grad = lambda out: torch.autograd.grad(out, x, create_graph=True, allow_unused=True)[0]
@@ -299,17 +268,18 @@ def ism_loss(
     reduce: str = "mean",
 ) -> Tensor:
     "Implicit score matching (eq. `eq-sm-ism`): $\\lambda(t)\\,[\\operatorname{tr}\\nabla_x s_\\theta(x, t) + \\tfrac12\\|s_\\theta(x, t)\\|^2]$."
-    _check_reduce(reduce)
+    check_reduce(reduce)
     _check_weighting(weighting, sde)
     x = _check_batch("x", x)
     t = _check_times(t, x)
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, numbers.Integral) or num_probes < 1:
-        raise ValueError(f"`num_probes` must be a positive integer, got {num_probes!r}")
-    _check_generator(generator, x.device)
+    num_probes = positive_int("num_probes", num_probes)
+    check_generator(generator, x.device, "the draws are made on")
     s, div = _value_and_divergence(score_fn, x, t, divergence, int(num_probes), generator)
-    per = div + 0.5 * _sq_norm(s)
+    per = div + 0.5 * sq_norm(s)
     if not (isinstance(weighting, str) and weighting == "none"):
         per = _weighted(sde, weighting, t, per)
-    return _reduce(per, reduce)
+    return reduce_batch(per, reduce)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .core import check_int, document_arguments, positive_int
+
 # %% auto #0
 __all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'EnergyReference',
            'mean_logp_gap', 'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics', 'glue']
@@ -53,8 +55,7 @@ def random_directions(
     "Directions uniform on the sphere, drawn in blocks of `d` that form random orthonormal frames."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"`n` (`n_projections`) must be a positive integer, got {n!r}")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"`d` must be a positive integer, got {d!r}")
+    d = positive_int("d", d)
     blocks = -(-n // d)
     G = torch.randn(blocks, d, d, generator=generator, dtype=dtype, device=device)
     Q, R = torch.linalg.qr(G)
@@ -117,8 +118,7 @@ def energy_distance(
         raise TypeError(f"`unbiased` must be True or False, got {unbiased!r}")
     if unbiased and min(n, m) < 2:
         raise ValueError(f"`unbiased`=True needs at least 2 samples in each of `x` and `y`, got n={n}, m={m}")
-    if isinstance(block_entries, bool) or not isinstance(block_entries, int) or block_entries < 1:
-        raise ValueError(f"`block_entries` must be a positive integer, got {block_entries!r}")
+    block_entries = positive_int("block_entries", block_entries)
     block = max(1, block_entries // max(n, m))
     sxy = _pairwise_distance_sum(x, y, block)
     sxx = _pairwise_distance_sum(x, None, block)
@@ -202,8 +202,7 @@ def expected_log_prob(
     batch_size: int = 100_000,   # samples per batch
 ) -> tuple[float, float]:        # $\mathbb{E}_{p_0}\log p_0 = -H(p_0)$ and its standard error
     "Monte Carlo estimate of $\\mathbb{E}_{p_0}\\log p_0$ (minus the entropy) from `n` exact samples, in batches."
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"`n` must be an integer >= 2, got {n!r}")
+    n = check_int("n", n, 2)
     total, total_sq, done = 0.0, 0.0, 0
     while done < n:
         b = min(batch_size, n - done)
@@ -230,10 +229,8 @@ def noise_floor(
     return_values: bool = False,                # also return the `repeats` values, shape (repeats,)
 ):
     "The noise floor of `metric` at sample size `n`: its mean and std between exact sample sets."
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
-        raise ValueError(f"`repeats` must be an integer >= 2, got {repeats!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"`n` must be an integer >= 2, got {n!r}")
+    repeats = check_int("repeats", repeats, 2)
+    n = check_int("n", n, 2)
     values = []
     for _ in range(repeats):
         x = sampler(n, generator=generator)
@@ -286,3 +283,5 @@ def glue(
     if get_ipython() is not None:
         myst_glue(name, value, display=False)
     return value
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -5,7 +5,6 @@
 # %% ../nbs/A3_models.ipynb #38dcf171
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from typing import Sequence
@@ -15,44 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sde import SDE
-from .solvers import batch_broadcast
+from .core import (batch_broadcast, check_real, document_arguments, optional_seed, positive_float,
+                                positive_int, seeded)
 
 # %% auto #0
 __all__ = ['TIME_INPUTS', 'GaussianFourierProjection', 'ScoreMLP', 'UNet']
 
 # %% ../nbs/A3_models.ipynb #14fd73f8
-def _positive_int(name: str, value) -> int:
-    "A positive integer, or a ValueError naming the argument."
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value) -> float:
-    "A positive finite number, or a ValueError naming the argument."
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_seed(seed) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"`seed` must be an integer or None, got {seed!r}")
-    return None if seed is None else int(seed)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    "Within this block, draw from `torch.manual_seed(seed)` without changing the global CPU generator; nothing for None."
-    seed = _check_seed(seed)
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 class GaussianFourierProjection(nn.Module):
     "Random Fourier features $\\phi(v) = [\\sin 2\\pi W v, \\cos 2\\pi W v]$ with frozen $W_j \\sim \\mathcal N(0, s^2)$ (eq. `eq-models-fourier`)."
 
@@ -65,13 +33,13 @@ class GaussianFourierProjection(nn.Module):
         generator: torch.Generator | None = None,   # ... or from this generator; neither: from torch's global generator
     ):
         super().__init__()
-        embed_dim = _positive_int("embed_dim", embed_dim)
+        embed_dim = positive_int("embed_dim", embed_dim)
         if embed_dim % 2:
             raise ValueError(f"`embed_dim` must be even (a sine and a cosine per frequency), got {embed_dim}")
-        scale = _positive_float("scale", scale)
+        scale = positive_float("scale", scale)
         if seed is not None and generator is not None:
             raise ValueError("pass `seed` or `generator`, not both")
-        if _check_seed(seed) is not None:
+        if optional_seed(seed) is not None:
             generator = torch.Generator().manual_seed(int(seed))
         device = None if generator is None else generator.device
         self.embed_dim, self.scale = embed_dim, scale
@@ -107,7 +75,7 @@ class _ScoreNet(nn.Module):
         if time_input == "log_sigma" and sde is None:
             raise ValueError("`time_input`='log_sigma' needs the `sde` argument")
         if data_std is not None:
-            data_std = _positive_float("data_std", data_std)
+            data_std = positive_float("data_std", data_std)
         self.sde, self.time_input, self.data_std = sde, time_input, data_std
 
     def _check(self, x, t, expected: str, ok) -> Tensor:
@@ -161,11 +129,11 @@ class ScoreMLP(_ScoreNet):
         seed: int | None = None,      # seeds the initialization, without changing torch's global generator
     ):
         super().__init__()
-        dim, hidden, depth, embed_dim = (_positive_int(n, v) for n, v in
+        dim, hidden, depth, embed_dim = (positive_int(n, v) for n, v in
                                          (("dim", dim), ("hidden", hidden), ("depth", depth), ("embed_dim", embed_dim)))
         self._setup(sde, time_input, data_std)
         self.dim = dim
-        with _seeded(seed):
+        with seeded(seed):
             self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
             self.embed = nn.Linear(embed_dim, hidden)
             self.inp = nn.Linear(dim, hidden)
@@ -262,11 +230,11 @@ class UNet(_ScoreNet):
         seed: int | None = None,              # seeds the initialization, without changing torch's global generator
     ):
         super().__init__()
-        in_channels, num_res_blocks, embed_dim, groups = (_positive_int(n, v) for n, v in (
+        in_channels, num_res_blocks, embed_dim, groups = (positive_int(n, v) for n, v in (
             ("in_channels", in_channels), ("num_res_blocks", num_res_blocks), ("embed_dim", embed_dim), ("groups", groups)))
         if not isinstance(channels, (tuple, list)) or not channels:
             raise ValueError(f"`channels` must be a non-empty sequence of positive integers, got {channels!r}")
-        channels = tuple(_positive_int("channels", c) for c in channels)
+        channels = tuple(positive_int("channels", c) for c in channels)
         if any(c % groups for c in channels):
             raise ValueError(f"`groups` = {groups} must divide every entry of `channels` = {channels}")
         L = len(channels)
@@ -274,9 +242,8 @@ class UNet(_ScoreNet):
                 isinstance(i, bool) or not isinstance(i, numbers.Integral) or not -L <= i < L for i in attn_levels):
             raise ValueError(f"`attn_levels` must be a sequence of level indices in [-{L}, {L - 1}], got {attn_levels!r}")
         attn = {int(i) % L for i in attn_levels}
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}")
-        num_classes = None if num_classes is None else _positive_int("num_classes", num_classes)
+        check_real("dropout", dropout, 0, 1, hi_open=True)
+        num_classes = None if num_classes is None else positive_int("num_classes", num_classes)
         self._setup(sde, time_input, data_std)
         self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
         self.attn_levels = tuple(sorted(attn))
@@ -287,7 +254,7 @@ class UNet(_ScoreNet):
         def attn_or_identity(level, ch):
             return _AttnBlock(ch, groups) if level in attn else nn.Identity()
 
-        with _seeded(seed):
+        with seeded(seed):
             self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
             self.embed = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
             self.label = None if num_classes is None else nn.Embedding(num_classes + 1, embed_dim)
@@ -365,3 +332,5 @@ class UNet(_ScoreNet):
             if level.up is not None:
                 h = level.up(h, hs[-1].shape[-2:])
         return self._unscale(self.conv_out(F.silu(self.norm_out(h))), sigma)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

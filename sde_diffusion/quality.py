@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import _check_seed, load_digits
+from .core import check_int, check_seed, document_arguments, nonneg_int, positive_int, seeded
+from .data import load_digits
 from .metrics import NoiseFloor
-from .models import _positive_int, _seeded
 
 # %% auto #0
 __all__ = ['DigitClassifier', 'random_shift', 'ClassifierReport', 'confusion_matrix', 'train_digit_classifier',
@@ -43,15 +43,15 @@ class DigitClassifier(nn.Module):
         seed: int | None = None,    # initialise the weights from `torch.manual_seed(seed)`; None: the global generator
     ):
         super().__init__()
-        self.size, channels = _positive_int("size", size), _positive_int("channels", channels)
-        self.feature_dim, self.n_classes = _positive_int("feature_dim", feature_dim), _positive_int("n_classes", n_classes)
-        groups = _positive_int("groups", groups)
+        self.size, channels = positive_int("size", size), positive_int("channels", channels)
+        self.feature_dim, self.n_classes = positive_int("feature_dim", feature_dim), positive_int("n_classes", n_classes)
+        groups = positive_int("groups", groups)
         if size < 4:
             raise ValueError(f"`size` must be at least 4, got {size}")
         if channels % groups:
             raise ValueError(f"`channels` = {channels} must be a multiple of `groups` = {groups}")
         self.n_down = max(1, int(math.log2(size / 4)))         # 8 -> 1 pooling, 16 and 28 -> 2, 32 -> 3
-        with _seeded(seed):
+        with seeded(seed):
             layers, c_in = [], 1
             for k in range(self.n_down + 1):
                 c = channels * 2 ** min(k, 2)
@@ -109,7 +109,7 @@ def _images(model: DigitClassifier, images, name: str = "images") -> Tensor:
 
 @torch.no_grad()
 def _batched(fn, x: Tensor, batch_size: int) -> Tensor:
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double()
 
 
@@ -125,8 +125,7 @@ def random_shift(
     fill: float = -1.0,              # value of the pixels shifted in (the background)
 ) -> Tensor:                         # shifted images, same shape
     "Shift each image by its own integer offset in $\\{-s, \\dots, s\\}^2$, filling with the background."
-    if isinstance(max_shift, bool) or not isinstance(max_shift, numbers.Integral) or max_shift < 0:
-        raise ValueError(f"`max_shift` must be a non-negative integer, got {max_shift!r}")
+    max_shift = nonneg_int("max_shift", max_shift)
     if max_shift == 0:
         return images
     B, _, H, W = images.shape
@@ -178,8 +177,8 @@ def train_digit_classifier(
     verbose: bool = False,     # print the loss after every epoch
 ) -> tuple[DigitClassifier, ClassifierReport]:   # the model in eval mode, and its report
     "Train a `DigitClassifier` on the train split of the digits; report its test accuracy."
-    epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
-    seed = _check_seed(seed)
+    epochs, batch_size = positive_int("epochs", epochs), positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
     if not (isinstance(lr, numbers.Real) and lr > 0):
         raise ValueError(f"`lr` must be a positive number, got {lr!r}")
     max_shift = size // 8 if max_shift is None else max_shift
@@ -338,8 +337,7 @@ def frechet_floor_gaussian(
     "Predicted Fréchet distance between two independent sample sets of one Gaussian: the bias of FID, O(1/n)."
     n_b = n_a if n_b is None else n_b
     for name, v in (("n_a", n_a), ("n_b", n_b)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2:
-            raise ValueError(f"`{name}` must be an integer >= 2, got {v!r}")
+        v = check_int(name, v, 2)
     lam, _ = _sym_eigh("cov", _matrix("cov", cov, 2))
     s = lam[:, None] + lam[None, :]
     w = torch.where(s > 0, lam[:, None] * lam[None, :] / s.clamp(min=1e-300), torch.zeros_like(s))
@@ -366,9 +364,8 @@ def frechet_floor(
     batch_size: int = 1000,
 ):                                  # NoiseFloor(mean, std) of the Fréchet distance (and the values)
     "Real-vs-real Fréchet distance: what a perfect generator scores at these sample sizes; mean and std over draws."
-    seed = _check_seed(seed)
-    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 2:
-        raise ValueError(f"`repeats` must be an integer >= 2, got {repeats!r}")
+    seed = check_seed(seed)
+    repeats = check_int("repeats", repeats, 2)
     fa = _feats(model, real, "real", batch_size)
     if reference is None:
         n = _subset_size("n", n, len(fa) // 2, len(fa) - 2)
@@ -412,3 +409,5 @@ def sample_quality(
         out.update(fd_floor=floor.mean, fd_floor_std=floor.std,
                    fd_z=(out["fd"] - floor.mean) / floor.std if floor.std > 0 else math.inf)
     return out
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

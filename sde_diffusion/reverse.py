@@ -13,19 +13,22 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from .core import (NonFiniteError, check_eps, check_generator, document_arguments, positive_float,
+                                work_dtype)
 from .brownian import time_grid
 from .sde import SDE
 from .solvers import euler_maruyama
 
 # %% auto #0
-__all__ = ['ADAPTIVE_METHODS', 'FIXED_STEP_METHODS', 'NonFiniteError', 'reversed_clock', 'sample_reverse_sde', 'probability_flow']
+__all__ = ['ADAPTIVE_METHODS', 'FIXED_STEP_METHODS', 'checked_score', 'grad_mode', 'initial_state', 'reversed_clock',
+           'sample_reverse_sde', 'ode_setup', 'WatchedField', 'solve_ode', 'probability_flow']
 
 # %% ../nbs/05_reverse.ipynb #4e7e69a1
-class NonFiniteError(FloatingPointError, ValueError):
-    "NaN or inf appeared in a solve: a `FloatingPointError`, as the package's other loops raise, and a `ValueError` (bad input)."
-
-
-def _checked_score(score_fn: Callable, x: Tensor, t: Tensor) -> Tensor:
+def checked_score(
+    score_fn: Callable,     # $s_\\theta(x, t)$: x of shape (B, *D), t of shape (B,) -> shape of x
+    x: Tensor,              # states, shape (B, *D)
+    t: Tensor,              # times, shape (B,)
+) -> Tensor:                # score_fn(x, t), shape, dtype and device of x
     "`score_fn(x, t)`, checked on every call: a tensor of x's shape, dtype and device (metadata only, no host synchronisation)."
     s = score_fn(x, t)
     if not isinstance(s, Tensor):
@@ -39,20 +42,15 @@ def _checked_score(score_fn: Callable, x: Tensor, t: Tensor) -> Tensor:
     return s
 
 
-def _grad_mode(enable_grad):
+def grad_mode(
+    enable_grad: bool,      # record a graph through the sampler (True) or not (False)
+):                          # a context manager: torch.enable_grad() or torch.no_grad()
     "torch.no_grad() for a sampler's loop, or torch.enable_grad() when the caller wants gradients through it."
     if not isinstance(enable_grad, bool):
         raise TypeError(f"`enable_grad` must be True or False, got {enable_grad!r}")
     if enable_grad and torch.is_inference_mode_enabled():
         raise ValueError("`enable_grad` is True, but no graph can be recorded under torch.inference_mode()")
     return torch.enable_grad() if enable_grad else torch.no_grad()
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)   # samples in these dtypes are computed in float32
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
 def _check_device(device) -> torch.device | None:
@@ -70,7 +68,14 @@ def _check_device(device) -> torch.device | None:
     return device
 
 
-def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tensor, torch.dtype]:
+def initial_state(
+    sde: SDE,                           # the forward SDE, whose prior is drawn
+    shape,                              # (B, *D) of the prior draw, or None when `x_T` is given
+    generator: torch.Generator | None,  # for reproducible draws
+    dtype: torch.dtype | None,          # dtype of the samples (None: `x_T`'s, else the default dtype)
+    device,                             # device of the samples (None: `x_T`'s, else the generator's, else the CPU)
+    x_T: Tensor | None,                 # a given start instead of a prior draw, shape (B, *D)
+) -> tuple[Tensor, torch.dtype]:        # the start in the working dtype, and the dtype the samples are returned in
     "The prior draw or the given `x_T`, checked, in the working dtype (float32 for float16/bfloat16); and the samples' dtype."
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"`dtype` must be a floating-point torch.dtype (float64, float32, float16, bfloat16), got {dtype!r}")
@@ -81,7 +86,7 @@ def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tens
         if shape is None:
             raise ValueError("give `shape` or `x_T`")
         out_dtype = dtype or torch.get_default_dtype()
-        x = sde.prior_sampling(shape, generator=generator, dtype=_work_dtype(out_dtype), device=device)
+        x = sde.prior_sampling(shape, generator=generator, dtype=work_dtype(out_dtype), device=device)
     else:
         if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 1:
             got = x_T.dtype if isinstance(x_T, Tensor) and not x_T.is_floating_point() else type(x_T).__name__
@@ -100,9 +105,8 @@ def _initial_state(sde: SDE, shape, generator, dtype, device, x_T) -> tuple[Tens
         if device is not None and (x_T.device.type != device.type or device.type != "cpu" and device.index is not None
                                    and x_T.device.index != device.index):
             raise ValueError(f"`x_T` is on {x_T.device} but `device` is {device}: give one of them, or make them agree")
-        out_dtype, x = x_T.dtype, x_T.to(_work_dtype(x_T.dtype))
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are on {x.device}")
+        out_dtype, x = x_T.dtype, x_T.to(work_dtype(x_T.dtype))
+    check_generator(generator, x.device, "the samples are on")
     return x, out_dtype
 
 
@@ -141,12 +145,11 @@ def sample_reverse_sde(
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 <= eps < sde.T):
-        raise ValueError(f"`eps` must lie in [0, T) = [0, {sde.T}), got {eps!r}")
-    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    eps = check_eps(eps, sde.T)
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     s = time_grid(0.0, sde.T - eps, steps, dtype=x.dtype, device=x.device)   # validated once, inside [0, T]
-    drift, diffusion = reversed_clock(sde, lambda y, t: _checked_score(score_fn, y, t))
-    with _grad_mode(enable_grad), sde.unchecked():   # no per-step host synchronisation for the range check of t
+    drift, diffusion = reversed_clock(sde, lambda y, t: checked_score(score_fn, y, t))
+    with grad_mode(enable_grad), sde.unchecked():   # no per-step host synchronisation for the range check of t
         try:
             out = euler_maruyama(drift, diffusion, x, s, generator=generator, return_path=return_path)
         except FloatingPointError as err:
@@ -161,37 +164,40 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_STEP_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
-def _tolerance(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _ode_setup(method, rtol, atol, options, t_end: Tensor, span: float) -> tuple[float, float, dict]:
+def ode_setup(
+    method: str,            # a torchdiffeq method, one of ADAPTIVE_METHODS or FIXED_STEP_METHODS
+    rtol: float,            # relative tolerance (> 0)
+    atol: float,            # absolute tolerance (> 0)
+    options: dict | None,   # torchdiffeq options; a fixed-step method needs 'step_size'
+    t_end: Tensor,          # the final time, shape (1,): adaptive steps land on it
+    span: float,            # length of the time interval: the first step is 1 % of it
+) -> tuple[float, float, dict]:  # rtol, atol and the options to pass to torchdiffeq
     "Validated tolerances and torchdiffeq options: adaptive methods land on `t_end` and start with a given step; fixed-step ones need a step."
     if method not in ADAPTIVE_METHODS + FIXED_STEP_METHODS:
         raise ValueError(f"`method` must be one of {ADAPTIVE_METHODS + FIXED_STEP_METHODS}, got {method!r}")
-    rtol, atol = _tolerance("rtol", rtol), _tolerance("atol", atol)
+    rtol, atol = positive_float("rtol", rtol), positive_float("atol", atol)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict of torchdiffeq options or None, got {type(options).__name__}")
     opts = dict(options or {})
     if method in ADAPTIVE_METHODS:
         if "first_step" in opts:
-            _tolerance("options['first_step']", opts["first_step"])
+            positive_float("options['first_step']", opts["first_step"])
         opts.setdefault("step_t", t_end)          # land exactly on the final time, never step past it
         opts.setdefault("first_step", 1e-2 * span)  # no trial evaluation outside the interval
     elif "grid_constructor" not in opts:
         if "step_size" not in opts:   # torchdiffeq would take ONE step over the whole interval, silently
             raise ValueError(f"the fixed-step method {method!r} needs `options`={{'step_size': ...}} "
                              "(without it torchdiffeq takes a single step over the whole interval)")
-        _tolerance("options['step_size']", opts["step_size"])
+        positive_float("options['step_size']", opts["step_size"])
     return rtol, atol, opts
 
 
-class _WatchedField:
+class WatchedField:
     "An ODE field that counts its evaluations and keeps, on the device, the first time it returned NaN/inf (no host sync)."
 
-    def __init__(self, fn: Callable):
+    def __init__(self,
+                 fn: Callable,  # the ODE's right-hand side fn(t, y), y a tensor or a tuple of tensors
+                ):
         self.fn, self.nfe, self.t_last, self.t_bad = fn, 0, None, None
 
     def __call__(self, t: Tensor, y):
@@ -212,7 +218,16 @@ class _WatchedField:
         return None if math.isnan(v) else v
 
 
-def _solve(field: _WatchedField, y0, grid: Tensor, method: str, rtol: float, atol: float, opts: dict, what: str):
+def solve_ode(
+    field: WatchedField,    # the watched right-hand side
+    y0,                     # the start state: a tensor or a tuple of tensors
+    grid: Tensor,           # the times to return the state at, shape (K,)
+    method: str,            # a torchdiffeq method
+    rtol: float,            # relative tolerance
+    atol: float,            # absolute tolerance
+    opts: dict,             # torchdiffeq options (from `ode_setup`)
+    what: str,              # how the error messages name the field
+):                          # torchdiffeq's solution at the times of `grid`
     "`odeint`, with NaN/inf in the field and a step-size underflow reported as errors that name their cause and time."
     try:
         out = odeint(field, y0, grid, method=method, rtol=rtol, atol=atol, options=opts)
@@ -257,12 +272,14 @@ def probability_flow(
     if float(t0) == float(t1):
         raise ValueError("`t0` and `t1` must differ")
     out_dtype, B = x.dtype, x.shape[0]
-    y0 = x.to(_work_dtype(x.dtype))   # float16/bfloat16 states are integrated in float32
+    y0 = x.to(work_dtype(x.dtype))   # float16/bfloat16 states are integrated in float32
     grid = torch.as_tensor([t0, t1] if ts is None else ts, dtype=y0.dtype, device=y0.device)
-    rtol, atol, opts = _ode_setup(method, rtol, atol, options, grid[-1:], abs(float(t1) - float(t0)))
-    rsde = sde.reverse(lambda y, t: _checked_score(score_fn, y, t), probability_flow=True)
-    field = _WatchedField(lambda t, y: rsde.drift(y, t.expand(B)))
-    with _grad_mode(enable_grad):
-        out = _solve(field, y0, grid, method, rtol, atol, opts, "the probability-flow ODE")
+    rtol, atol, opts = ode_setup(method, rtol, atol, options, grid[-1:], abs(float(t1) - float(t0)))
+    rsde = sde.reverse(lambda y, t: checked_score(score_fn, y, t), probability_flow=True)
+    field = WatchedField(lambda t, y: rsde.drift(y, t.expand(B)))
+    with grad_mode(enable_grad):
+        out = solve_ode(field, y0, grid, method, rtol, atol, opts, "the probability-flow ODE")
     out = out.to(out_dtype)
     return (out[-1] if ts is None else out), field.nfe
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

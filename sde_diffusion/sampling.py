@@ -13,15 +13,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .reverse import (NonFiniteError, _checked_score, _grad_mode, _initial_state, _ode_setup, _tolerance,
-                                   probability_flow)
+from .core import (NonFiniteError, batch_broadcast, check_eps, document_arguments, positive_float,
+                                positive_int, randn_like)
+from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
-from .solvers import batch_broadcast
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'ODE_METHODS', 'ScoreCounter', 'sampling_times', 'Predictor', 'EulerMaruyama',
-           'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM',
-           'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
+           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
+           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'sample',
+           'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,10 +39,6 @@ def _transition(sde: SDE, t: Tensor, t_next: Tensor) -> tuple[Tensor, Tensor, Te
     return a, (sigma**2 - a**2 * sigma_n**2).clamp_min(0), sigma, sigma_n
 
 
-def _randn_like(x: Tensor, generator) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
 class ScoreCounter:
     """Wrap `score_fn`: count its evaluations (the NFE) and check every output: a tensor of x's shape, dtype and device
     (metadata only, so no host synchronisation)."""
@@ -52,24 +49,12 @@ class ScoreCounter:
         self.score_fn, self.nfe = score_fn, 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        s = _checked_score(self.score_fn, x, t)
+        s = checked_score(self.score_fn, x, t)
         self.nfe += 1
         return s
 
 # %% ../nbs/09_sampling.ipynb #93cfce80
 SPACINGS = ("uniform", "logsnr", "edm")
-
-
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"`steps` must be a positive integer, got {steps!r}")
-    return int(steps)
-
-
-def _check_eps(sde: SDE, eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 < float(eps) < sde.T):
-        raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T}), got {eps!r}")
-    return float(eps)
 
 
 def _log_snr(sde: SDE, t: Tensor) -> Tensor:
@@ -78,7 +63,12 @@ def _log_snr(sde: SDE, t: Tensor) -> Tensor:
     return (alpha / sigma).log()
 
 
-def _invert_log_snr(sde: SDE, lam: Tensor, lo: float, hi: float) -> Tensor:
+def invert_log_snr(
+    sde: SDE,       # the SDE whose log-SNR $\\ell(t)$ is inverted
+    lam: Tensor,    # target values of $\\ell$, any shape
+    lo: float,      # the times searched lie in [lo, hi]
+    hi: float,      # (upper end)
+) -> Tensor:        # times t with $\\ell(t)$ = `lam`, shape of `lam`
     "Times in [lo, hi] with $\\ell(t)$ = `lam`, by bisection ($\\ell$ decreases in $t$)."
     a, b = torch.full_like(lam, lo), torch.full_like(lam, hi)
     for _ in range(64):
@@ -97,7 +87,7 @@ def sampling_times(
     dtype=None, device=None,  # of the returned grid
 ) -> Tensor:                  # $t_0 = T > t_1 > \dots > t_N = \epsilon$, shape (steps + 1,)
     "Decreasing times from $T$ to $\\epsilon$ for a sampler of `steps` steps (eq. `eq-spacings`)."
-    steps, eps = _check_steps(steps), _check_eps(sde, eps)
+    steps, eps = positive_int("steps", steps), check_eps(eps, sde.T)
     if spacing not in SPACINGS:
         raise ValueError(f"`spacing` must be one of {SPACINGS}, got {spacing!r}")
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho > 0:
@@ -115,7 +105,7 @@ def sampling_times(
             else:
                 lo, hi = math.exp(-lam_eps) ** (1 / rho), math.exp(-lam_T) ** (1 / rho)
                 target = -rho * torch.log(hi + (lo - hi) * u)
-            ts = _invert_log_snr(sde, target, eps, T)
+            ts = invert_log_snr(sde, target, eps, T)
     ts[0], ts[-1] = T, eps   # exactly, whatever the rounding above
     return ts.to(dtype=dtype or torch.get_default_dtype(), device=device)
 
@@ -166,7 +156,7 @@ def _linear_sde(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
 def _affine_step(c: dict, score: Callable, x: Tensor, t: Tensor, generator, stochastic: bool) -> tuple[Tensor, Tensor]:
     "The step shared by four predictors: mean $= c_x x + c_s s(x, t)$, plus $c_z z$ when stochastic."
     mean = c["cx"] * x + c["cs"] * score(x, t)
-    return (mean + c["cz"] * _randn_like(x, generator), mean) if stochastic else (mean, mean)
+    return (mean + c["cz"] * randn_like(x, generator), mean) if stochastic else (mean, mean)
 
 # %% ../nbs/09_sampling.ipynb #bfc3d2c2
 class EulerMaruyama(Predictor):
@@ -484,8 +474,7 @@ class Corrector:
     def __init__(self, snr: float = 0.16, n_steps: int = 1):   # signal-to-noise ratio $r$; steps per call
         if isinstance(snr, bool) or not isinstance(snr, numbers.Real) or not (0 < float(snr) < math.inf):
             raise ValueError(f"`snr` must be a positive number, got {snr!r}")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
-            raise ValueError(f"`n_steps` must be a positive integer, got {n_steps!r}")
+        n_steps = positive_int("n_steps", n_steps)
         self.snr, self.n_steps = float(snr), int(n_steps)
 
     def coefficients(self, sde: SDE, t: Tensor) -> dict:   # t of shape (K,) -> name -> (K,)
@@ -522,7 +511,7 @@ class Langevin(Corrector):
 
     def apply(self, c, score, x, t, generator=None):
         for _ in range(self.n_steps):
-            grad, z = score(x, t), _randn_like(x, generator)
+            grad, z = score(x, t), randn_like(x, generator)
             B = x.shape[0]
             z_norm, grad_norm = z.reshape(B, -1).norm(dim=1), grad.reshape(B, -1).norm(dim=1)   # shape (B,), any rank
             ratio = batch_broadcast(z_norm / grad_norm, x) if self.per_sample else z_norm.mean() / grad_norm.mean()
@@ -544,7 +533,7 @@ class AnnealedLangevin(Corrector):
         noise_scale = (2 * delta) ** 0.5
         for _ in range(self.n_steps):
             mean = x + delta * score(x, t)
-            x = mean + noise_scale * _randn_like(x, generator)
+            x = mean + noise_scale * randn_like(x, generator)
         return x, mean
 
 
@@ -571,8 +560,8 @@ def _make(kind, table: dict, name: str, base: type, **kw):
 
 
 def _start(sde: SDE, shape, generator, dtype, device, x_T) -> Tensor:
-    "The prior draw, or the given start `x_T`, checked, in the samples' dtype (see `_initial_state` for the working dtype)."
-    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    "The prior draw, or the given start `x_T`, checked, in the samples' dtype (see `initial_state` for the working dtype)."
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     return x.to(out_dtype)
 
 
@@ -610,7 +599,7 @@ def tweedie_denoise(
     if not isinstance(t, Tensor) or t.shape != x.shape[:1]:
         raise ValueError(f"`t` must be a tensor of shape (B,) = ({x.shape[0]},), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
     alpha, sigma = _kernel(sde, x, t)
-    return (x + sigma**2 * _checked_score(score_fn, x, t)) / alpha
+    return (x + sigma**2 * checked_score(score_fn, x, t)) / alpha
 
 
 def sample(
@@ -643,8 +632,8 @@ def sample(
     if project is not None and not callable(project):
         raise TypeError(f"`project` must be callable or None, got {type(project).__name__}")
     grid = sampling_times(sde, steps, eps, spacing, dtype=torch.float64)   # validated once, on the CPU
-    grad_mode = _grad_mode(enable_grad)
-    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)   # float32 for float16/bfloat16 samples
+    grad_ctx = grad_mode(enable_grad)
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)   # float32 for float16/bfloat16 samples
     with sde.unchecked():   # every step's coefficients at once, in float64, as plain numbers for the loop
         rows = _rows(pred.coefficients(sde, grid[:-1], grid[1:]))
         corr_table = None if corr is None else corr.coefficients(sde, grid[:-1])
@@ -658,7 +647,7 @@ def sample(
     pred.reset(steps)
     # NaN/inf shows in a sum: [0] the start, [1 + k] step k, [steps + 1] the denoised samples, [steps + 2] the output dtype
     sums = torch.zeros(steps + 3, dtype=torch.float64, device=x.device)
-    with grad_mode, sde.unchecked():   # no graph unless asked for; no host synchronisation inside the loop
+    with grad_ctx, sde.unchecked():   # no graph unless asked for; no host synchronisation inside the loop
         if move is not None:
             x = move(x, ts[0].expand(B))
         sums[0] = x.detach().sum(dtype=torch.float64)
@@ -719,18 +708,18 @@ def ode_sample(
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if method not in ODE_METHODS:
         raise ValueError(f"`method` must be one of {ODE_METHODS}, got {method!r}")
-    eps, options = _check_eps(sde, eps), None
+    eps, options = check_eps(eps, sde.T), None
     if method in _FIXED_STEP:
         if steps is None:
             raise ValueError(f"the fixed-step method {method!r} needs `steps`")
-        options = {"step_size": (sde.T - eps) / _check_steps(steps)}
+        options = {"step_size": (sde.T - eps) / positive_int("steps", steps)}
     elif steps is not None:
         raise ValueError(f"`steps` is for fixed-step methods; {method!r} is adaptive: set `rtol` and `atol`")
-    rtol, atol = _tolerance("rtol", rtol), _tolerance("atol", atol)   # the same check as `log_likelihood`
-    grad_mode = _grad_mode(enable_grad)
-    x, out_dtype = _initial_state(sde, shape, generator, dtype, device, x_T)
+    rtol, atol = positive_float("rtol", rtol), positive_float("atol", atol)   # the same check as `log_likelihood`
+    grad_ctx = grad_mode(enable_grad)
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     score = ScoreCounter(score_fn)
-    with grad_mode, sde.unchecked():
+    with grad_ctx, sde.unchecked():
         if not torch.isfinite(x).all():   # once, before the solve: the error names the start, not the score
             raise ValueError("`x_T` contains NaN or inf")
         x, _ = probability_flow(sde, score, x, sde.T, eps, method=method, rtol=rtol, atol=atol, options=options,
@@ -742,3 +731,5 @@ def ode_sample(
         what = "overflow `dtype` " + str(out_dtype) if torch.isfinite(x).all() else "became NaN/inf"
         raise NonFiniteError(f"the probability-flow ODE ({method}) samples {what} after {score.nfe} score evaluations; check `score_fn`")
     return SamplerOutput(out, score.nfe)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,44 +14,20 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .solvers import batch_broadcast
+from .core import (batch_broadcast, check_batch, check_generator, document_arguments, generator_device,
+                                positive_float, positive_int, widen)
 
 # %% auto #0
-__all__ = ['SDE', 'VPSDE', 'SubVPSDE', 'VESDE', 'CosineVPSDE', 'ReverseSDE']
+__all__ = ['SDE', 'gaussian_prior_sample', 'gaussian_prior_logp', 'VPSDE', 'SubVPSDE', 'VESDE', 'CosineVPSDE', 'ReverseSDE']
 
 # %% ../nbs/04_sde.ipynb #d98203ce
-def _positive_float(name, value) -> float:
-    "A schedule parameter: a finite number > 0, returned as a float."
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def _ordered_pair(lo_name, lo, hi_name, hi, allow_equal=False) -> tuple[float, float]:
     "Two positive schedule parameters with `hi` > `lo` (or `hi` >= `lo` when `allow_equal`)."
-    lo, hi = _positive_float(lo_name, lo), _positive_float(hi_name, hi)
+    lo, hi = positive_float(lo_name, lo), positive_float(hi_name, hi)
     if hi < lo or (hi == lo and not allow_equal):
         relation = "at least" if allow_equal else "greater than"
         raise ValueError(f"`{hi_name}` must be {relation} `{lo_name}`, got {lo_name}={lo}, {hi_name}={hi}")
     return lo, hi
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _wide(v: Tensor) -> Tensor:
-    "`v` in float32 when it is in half precision (float16, bfloat16), else unchanged: schedules are computed in at least float32."
-    return v.float() if v.dtype in _HALF else v
-
-
-def _check_x(x, name="x") -> Tensor:
-    "A floating-point tensor with a batch dimension, shape (B, *D)."
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {got}")
-    if x.ndim < 1:
-        raise ValueError(f"`{name}` must have a batch dimension: shape (B, *D), got shape ()")
-    return x
 
 
 def _check_time(
@@ -88,8 +64,7 @@ class SDE(abc.ABC):
     "A forward SDE $\\mathrm{d}x = f(x, t)\\,\\mathrm{d}t + g(t)\\,\\mathrm{d}w$ on $[0, T]$ with kernel $x_t = \\alpha(t)x_0 + \\sigma(t)z$ (eq. `eq-kernel`)."
 
     def __init__(self, N: int = 1000):   # number of discretization steps $N$
-        if isinstance(N, bool) or not isinstance(N, numbers.Integral) or N < 1:
-            raise ValueError(f"`N` must be a positive integer, got {N!r}")
+        N = positive_int("N", N)
         self.N = int(N)
 
     @property
@@ -112,7 +87,7 @@ class SDE(abc.ABC):
         "Validated times of shape (B,); on x's device and in x's dtype when `x` is given."
         if not self.check_args:
             return t if x is None or t.dtype == x.dtype else t.to(x.dtype)
-        return _check_time(t, self.T) if x is None else _check_time(t, self.T, _check_x(x))
+        return _check_time(t, self.T) if x is None else _check_time(t, self.T, check_batch(x))
 
     @abc.abstractmethod
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,7 +125,7 @@ class SDE(abc.ABC):
 
     def timestep(self, t: Tensor) -> Tensor:
         "Index $i = \\mathrm{round}(t(N-1)/T)$ of the discrete level nearest to `t`, shape (B,), dtype long, in $[0, N-1]$."
-        i = torch.round(_wide(self._t(t)) * ((self.N - 1) / self.T)).long()
+        i = torch.round(widen(self._t(t)) * ((self.N - 1) / self.T)).long()
         return i.clamp_(0, self.N - 1)    # a half-precision t*(N-1) can round past N-1 (float16: 4999 -> 5000)
 
     def discretize(
@@ -172,8 +147,14 @@ class SDE(abc.ABC):
         return ReverseSDE(self, score_fn, probability_flow)
 
 # %% ../nbs/04_sde.ipynb #298c74a5
-def _gaussian_prior_sample(shape, scale: float, generator, dtype, device) -> Tensor:
-    "Draw $\\mathcal{N}(0, \\mathrm{scale}^2 I)$ samples of shape `shape` = (B, *D)."
+def gaussian_prior_sample(
+    shape,                              # (B, *D), or an int B
+    scale: float,                       # the prior's standard deviation
+    generator: torch.Generator | None,  # for reproducible draws
+    dtype: torch.dtype | None,          # None: the default dtype
+    device,                             # None: the generator's device, else the CPU
+) -> Tensor:                            # samples, shape (B, *D)
+    "Draw $\\mathcal{N}(0, \\mathrm{scale}^2 I)$ samples of shape `shape` = (B, *D): the prior of every Gaussian SDE."
     shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
     if len(shape) < 1 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape):
         raise ValueError(f"`shape` must be a tuple (B, *D) of positive integers, got {shape!r}")
@@ -181,18 +162,19 @@ def _gaussian_prior_sample(shape, scale: float, generator, dtype, device) -> Ten
         raise TypeError(f"`dtype` must be a floating-point dtype for Gaussian samples, got {dtype!r}")
     if 16 * scale > torch.finfo(dtype or torch.get_default_dtype()).max:      # P(|z| > 16) ~ 1e-57
         raise ValueError(f"`dtype` {dtype or torch.get_default_dtype()} cannot hold samples of N(0, {scale:g}^2 I): use a wider dtype")
-    if device is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are drawn on {device}")
+    device = generator_device(generator, device)
+    check_generator(generator, device)
     return scale * torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
 
-def _gaussian_prior_logp(z, scale: float) -> Tensor:
+def gaussian_prior_logp(
+    z,                  # points, shape (B, *D)
+    scale: float,       # the prior's standard deviation
+) -> Tensor:            # log-density of each point, shape (B,)
     "$\\log\\mathcal{N}(z; 0, \\mathrm{scale}^2 I)$ summed over the non-batch dimensions, shape (B,)."
-    z = _check_x(z, "z")
+    z = check_batch(z, "z")
     D = math.prod(z.shape[1:])
-    sq = _wide(z).reshape(z.shape[0], D).square().sum(1)        # float32 for half precision: no overflow of the sum
+    sq = widen(z).reshape(z.shape[0], D).square().sum(1)        # float32 for half precision: no overflow of the sum
     return (-0.5 * D * math.log(2 * math.pi * scale**2) - sq / (2 * scale**2)).to(z.dtype)
 
 
@@ -218,11 +200,11 @@ class _LinearBetaSDE(SDE):
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the prior $\\mathcal{N}(0, I)$, of shape `shape` = (B, *D); device from `device`, else `generator`, else CPU."
-        return _gaussian_prior_sample(shape, 1.0, generator, dtype, device)
+        return gaussian_prior_sample(shape, 1.0, generator, dtype, device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log\\mathcal{N}(z; 0, I)$ summed over all non-batch dimensions, shape (B,)."
-        return _gaussian_prior_logp(z, 1.0)
+        return gaussian_prior_logp(z, 1.0)
 
 
 class VPSDE(_LinearBetaSDE):
@@ -230,13 +212,13 @@ class VPSDE(_LinearBetaSDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-\\tfrac12\\beta(t)x$ and diffusion $\\sqrt{\\beta(t)}$, shape (B, 1, ..., 1)."
-        beta = batch_broadcast(self.beta(_wide(self._t(t, x))), x)
+        beta = batch_broadcast(self.beta(widen(self._t(t, x))), x)
         return -0.5 * beta * x, beta.sqrt()
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t) = e^{-B(t)/2}$ and $\\sigma(t) = \\sqrt{1 - e^{-B(t)}}$ (eq. `eq-vp-marginal`), each of shape (B,)."
         t = self._t(t)
-        lmc = self.log_mean_coeff(_wide(t))
+        lmc = self.log_mean_coeff(widen(t))
         return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).sqrt().to(t.dtype)
 
     def discrete_betas(self, dtype=None, device=None) -> Tensor:
@@ -252,7 +234,7 @@ class VPSDE(_LinearBetaSDE):
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "DDPM discretization (eq. `eq-ddpm-chain`): $f_i = (\\sqrt{1-\\beta_i} - 1)x$, $G_i = \\sqrt{\\beta_i}$, $i$ = `timestep(t)`."
         t = self._t(t, x)
-        beta = self.discrete_betas(_wide(x).dtype, x.device)[self.timestep(t)]
+        beta = self.discrete_betas(widen(x).dtype, x.device)[self.timestep(t)]
         shrink = -beta / (1 + torch.sqrt(1 - beta))          # sqrt(1 - beta) - 1, without cancellation
         return batch_broadcast(shrink, x) * x, batch_broadcast(beta.sqrt(), x)
 
@@ -262,7 +244,7 @@ class SubVPSDE(_LinearBetaSDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-\\tfrac12\\beta(t)x$ and diffusion $\\sqrt{\\beta(t)(1 - e^{-2B(t)})}$, shape (B, 1, ..., 1)."
-        t = _wide(self._t(t, x))
+        t = widen(self._t(t, x))
         beta = self.beta(t)
         discount = -torch.expm1(4 * self.log_mean_coeff(t))   # 1 - exp(-2 B(t))
         return -0.5 * batch_broadcast(beta, x) * x, batch_broadcast((beta * discount).sqrt(), x)
@@ -270,7 +252,7 @@ class SubVPSDE(_LinearBetaSDE):
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t) = e^{-B(t)/2}$ and $\\sigma(t) = 1 - e^{-B(t)}$ (eq. `eq-subvp-marginal`), each of shape (B,)."
         t = self._t(t)
-        lmc = self.log_mean_coeff(_wide(t))
+        lmc = self.log_mean_coeff(widen(t))
         return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).to(t.dtype)
 
 # %% ../nbs/04_sde.ipynb #59e4229a
@@ -294,21 +276,21 @@ class VESDE(SDE):
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $0$ and diffusion $\\sigma(t)\\sqrt{2\\log(\\sigma_{\\max}/\\sigma_{\\min})}$ (eq. `eq-ve-g`), shape (B, 1, ..., 1)."
         t = self._t(t, x)
-        return torch.zeros_like(x), batch_broadcast(self.sigma(_wide(t)) * math.sqrt(2 * self.log_ratio), x)
+        return torch.zeros_like(x), batch_broadcast(self.sigma(widen(t)) * math.sqrt(2 * self.log_ratio), x)
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t) = 1$ and $\\sigma_{VE}(t) = \\sqrt{\\sigma(t)^2 - \\sigma_{\\min}^2} = \\sigma(t)\\sqrt{1 - e^{-2t\\log(\\sigma_{\\max}/\\sigma_{\\min})}}$ (eq. `eq-ve-marginal`), each of shape (B,)."
         t = self._t(t)
-        tw = _wide(t)       # sigma(t) times a factor <= 1: finite whenever sigma(t) is (float16, or sigma_max/sigma_min = 1e300)
+        tw = widen(t)       # sigma(t) times a factor <= 1: finite whenever sigma(t) is (float16, or sigma_max/sigma_min = 1e300)
         return torch.ones_like(t), (self.sigma(tw) * (-torch.expm1(-2 * self.log_ratio * tw)).sqrt()).to(t.dtype)
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the prior $\\mathcal{N}(0, \\sigma_{\\max}^2 I)$, of shape `shape` = (B, *D)."
-        return _gaussian_prior_sample(shape, self.sigma_max, generator, dtype, device)
+        return gaussian_prior_sample(shape, self.sigma_max, generator, dtype, device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log\\mathcal{N}(z; 0, \\sigma_{\\max}^2 I)$ summed over all non-batch dimensions, shape (B,)."
-        return _gaussian_prior_logp(z, self.sigma_max)
+        return gaussian_prior_logp(z, self.sigma_max)
 
     def discrete_sigmas(self, dtype=None, device=None) -> Tensor:
         "SMLD's noise levels $\\sigma_i$, geometric from $\\sigma_{\\min}$ to $\\sigma_{\\max}$, $i = 0, \\dots, N-1$, shape (N,)."
@@ -318,7 +300,7 @@ class VESDE(SDE):
         "SMLD discretization (eq. `eq-smld-chain`): $f_i = 0$, $G_i = \\sqrt{\\sigma_i^2 - \\sigma_{i-1}^2}$ with $\\sigma_{-1} = 0$, $i$ = `timestep(t)`."
         t = self._t(t, x)
         i = self.timestep(t)
-        sigma_i = self.discrete_sigmas(_wide(x).dtype, x.device)[i]
+        sigma_i = self.discrete_sigmas(widen(x).dtype, x.device)[i]
         # sigma_i^2 - sigma_{i-1}^2 = sigma_i^2 (1 - e^{-2 delta}), delta = log(sigma_max/sigma_min)/(N-1): no cancellation
         ratio = math.sqrt(-math.expm1(-2 * self.log_ratio / (self.N - 1))) if self.N > 1 else 1.0
         return torch.zeros_like(x), batch_broadcast(torch.where(i > 0, sigma_i * ratio, sigma_i), x)
@@ -337,8 +319,8 @@ class CosineVPSDE(SDE):
         super().__init__(N)
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or s < 0:
             raise ValueError(f"`s` must be a finite number >= 0, got {s!r}")
-        self.s, self._T = float(s), _positive_float("T", T)
-        self.beta_max = _positive_float("beta_max", beta_max)
+        self.s, self._T = float(s), positive_float("T", T)
+        self.beta_max = positive_float("beta_max", beta_max)
         self._u0, w0 = 0.5 * math.pi * self.s / (1 + self.s), 0.5 * math.pi / (1 + self.s)   # u(0) and pi/2 - u(0)
         self._tan_u0 = math.tan(self._u0) if self.s <= 1 else 1 / math.tan(w0)   # from the smaller angle: 0 at s = 0
         self._du = w0 / self._T                                         # du/dt; pi/2 - u(t) = du (T - t), since u(T) = pi/2
@@ -370,22 +352,22 @@ class CosineVPSDE(SDE):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $-\\tfrac12\\tilde\\beta(t)x$ and diffusion $\\sqrt{\\tilde\\beta(t)}$, shape (B, 1, ..., 1)."
-        beta = batch_broadcast(self.beta(_wide(self._t(t, x))), x)
+        beta = batch_broadcast(self.beta(widen(self._t(t, x))), x)
         return -0.5 * beta * x, beta.sqrt()
 
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         "$\\alpha(t)$ of eq. `eq-cosine-clipped` and $\\sigma(t) = \\sqrt{1 - \\alpha(t)^2}$, each of shape (B,)."
         t = self._t(t)
-        lmc = self.log_mean_coeff(_wide(t))
+        lmc = self.log_mean_coeff(widen(t))
         return lmc.exp().to(t.dtype), (-torch.expm1(2 * lmc)).sqrt().to(t.dtype)
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the prior $\\mathcal{N}(0, I)$, of shape `shape` = (B, *D); device from `device`, else `generator`, else CPU."
-        return _gaussian_prior_sample(shape, 1.0, generator, dtype, device)
+        return gaussian_prior_sample(shape, 1.0, generator, dtype, device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log\\mathcal{N}(z; 0, I)$ summed over all non-batch dimensions, shape (B,)."
-        return _gaussian_prior_logp(z, 1.0)
+        return gaussian_prior_logp(z, 1.0)
 
     def discrete_betas(self, dtype=None, device=None) -> Tensor:
         "Nichol & Dhariwal's rates $\\beta_i = \\min(1 - \\bar\\alpha(t_{i+1})/\\bar\\alpha(t_i), 0.999)$, $t_i = iT/N$, $i = 0, \\dots, N-1$ (eq. `eq-cosine-discrete`), shape (N,)."
@@ -401,7 +383,7 @@ class CosineVPSDE(SDE):
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Nichol & Dhariwal's chain (eq. `eq-ddpm-chain` with eq. `eq-cosine-discrete`): $f_i = (\\sqrt{1-\\beta_i} - 1)x$, $G_i = \\sqrt{\\beta_i}$, $i$ = `timestep(t)`."
         t = self._t(t, x)
-        beta = self.discrete_betas(_wide(x).dtype, x.device)[self.timestep(t)]
+        beta = self.discrete_betas(widen(x).dtype, x.device)[self.timestep(t)]
         shrink = -beta / (1 + torch.sqrt(1 - beta))                    # sqrt(1 - beta) - 1, without cancellation
         return batch_broadcast(shrink, x) * x, batch_broadcast(beta.sqrt(), x)
 
@@ -469,3 +451,5 @@ class ReverseSDE:
     def prior_logp(self, z: Tensor) -> Tensor:
         "$\\log p_T(z)$ of the forward SDE's prior, shape (B,)."
         return self.forward.prior_logp(z)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

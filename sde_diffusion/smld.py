@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .sde import VESDE, _gaussian_prior_sample
-from .solvers import _flag_nonfinite
+from .core import (check_generator, document_arguments, flag_nonfinite, generator_device, positive_float,
+                                positive_int)
+from .sde import VESDE, gaussian_prior_sample
 
 # %% auto #0
 __all__ = ['NoisePerturbation', 've_sigma_to_t', 'noise_conditional_score', 'annealed_langevin', 'smld_reverse_diffusion']
@@ -72,18 +73,6 @@ def noise_conditional_score(
     return score
 
 # %% ../nbs/07_smld.ipynb #b467fd6c
-def _positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def _check_sigmas(sigmas, dtype, device) -> Tensor:
     "Noise levels as a 1-D tensor in `dtype` on `device`: finite, positive, strictly decreasing (one host sync)."
     try:
@@ -114,11 +103,10 @@ def _start(x, sigmas, generator, dtype, device) -> tuple[Tensor, Tensor]:
                 or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape)):
             raise ValueError(f"`x` must be a tensor of start states or a shape (B, *D) of positive integers, got {x!r}")
         dtype = dtype or torch.get_default_dtype()
-        device = torch.device(device) if device is not None else (torch.device(generator.device) if generator is not None else torch.device("cpu"))
+        device = generator_device(generator, device)
         sigmas = _check_sigmas(sigmas, dtype, device)
-        x = sigmas[0] * _gaussian_prior_sample(tuple(shape), 1.0, generator, dtype, device)
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
+        x = sigmas[0] * gaussian_prior_sample(tuple(shape), 1.0, generator, dtype, device)
+    check_generator(generator, x.device, "`x` is on")
     return x, sigmas
 
 
@@ -144,7 +132,7 @@ def annealed_langevin(
     return_path: bool = False,    # the start and the state after each level (the last one denoised), (L+1, B, *D)
 ) -> Tensor:                      # samples, shape (B, *D)
     "Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1): `n_steps_each` Langevin steps at each level, largest first."
-    n_steps_each, step_lr = _positive_int("n_steps_each", n_steps_each), _positive_float("step_lr", step_lr)
+    n_steps_each, step_lr = positive_int("n_steps_each", n_steps_each), positive_float("step_lr", step_lr)
     x, sigmas = _start(x, sigmas, generator, dtype, device)
     B, L = x.shape[0], sigmas.numel()
     alphas = step_lr * (sigmas / sigmas[-1]) ** 2
@@ -156,12 +144,12 @@ def annealed_langevin(
             k = i * n_steps_each + j
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = x + 0.5 * alpha * _score_call(score_fn, x, sigma, check=k == 0) + alpha.sqrt() * noise
-            first_bad = _flag_nonfinite(first_bad, x, k)
+            first_bad = flag_nonfinite(first_bad, x, k)
         if return_path:
             path.append(x)
     if final_denoise:
         x = x + sigmas[-1] ** 2 * _score_call(score_fn, x, sigmas[-1].expand(B), check=False)
-        first_bad = _flag_nonfinite(first_bad, x, L * n_steps_each)
+        first_bad = flag_nonfinite(first_bad, x, L * n_steps_each)
         if return_path:
             path[-1] = x
     k = int(first_bad)   # the one host synchronisation, after the loop
@@ -193,7 +181,7 @@ def smld_reverse_diffusion(
         x = x + increments[k] * _score_call(score_fn, x, sigmas[k].expand(B), check=k == 0)
         if k < N - 1 or not final_denoise:
             x = x + increments[k].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        first_bad = _flag_nonfinite(first_bad, x, k)
+        first_bad = flag_nonfinite(first_bad, x, k)
         if return_path:
             path.append(x)
     k = int(first_bad)   # the one host synchronisation, after the loop
@@ -201,3 +189,5 @@ def smld_reverse_diffusion(
         raise FloatingPointError(f"the reverse-diffusion chain became NaN/inf at step {k} (sigma = {sigmas[k].item():.4g}); "
                                  "check `score_fn`")
     return torch.stack(path) if return_path else x
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -13,41 +13,16 @@ import torch
 from torch import Tensor
 
 from .brownian import brownian_increments, check_time_grid, coarsen_increments
+from .core import batch_broadcast, check_real, document_arguments, flag_nonfinite, positive_float
 
 # %% auto #0
-__all__ = ['batch_broadcast', 'OrnsteinUhlenbeck', 'GeometricBrownianMotion', 'euler_maruyama', 'milstein', 'ConvergenceFit',
-           'convergence_order']
-
-# %% ../nbs/02_solvers.ipynb #d1a99700
-def batch_broadcast(
-    v,              # scalar, or per-sample values of shape (B,)
-    x: Tensor,      # reference tensor of shape (B, *D)
-) -> Tensor:        # `v` on `x`'s device and dtype, shape () or (B, 1, ..., 1)
-    "Reshape a per-sample value so that it broadcasts against `x` of any rank."
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-    if v.ndim == 0:
-        return v
-    if v.ndim != 1 or v.shape[0] != x.shape[0]:
-        raise ValueError(f"per-sample value must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}, got {tuple(v.shape)}")
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
+__all__ = ['OrnsteinUhlenbeck', 'GeometricBrownianMotion', 'euler_maruyama', 'milstein', 'ConvergenceFit', 'convergence_order']
 
 # %% ../nbs/02_solvers.ipynb #15ded385
 def _as_t(t, x: Tensor) -> Tensor:
     "Time as a tensor that broadcasts against x: a scalar stays a scalar, shape (B,) becomes (B, 1, ..., 1)."
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     return t if t.ndim == 0 else batch_broadcast(t, x)
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _finite(name, value):
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _elapsed(t, x: Tensor | None = None) -> Tensor:
@@ -63,7 +38,7 @@ def _elapsed(t, x: Tensor | None = None) -> Tensor:
 class OrnsteinUhlenbeck:
     "Ornstein–Uhlenbeck process $\\mathrm{d}X = \\theta(\\mu - X)\\,\\mathrm{d}t + \\sigma\\,\\mathrm{d}W$ (eq. `eq-ou-solution`)."
     def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 1.0):
-        self.theta, self.sigma, self.mu = _positive("theta", theta), _positive("sigma", sigma), _finite("mu", mu)
+        self.theta, self.sigma, self.mu = positive_float("theta", theta), positive_float("sigma", sigma), check_real("mu", mu)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         "$f(x, t) = \\theta(\\mu - x)$"
@@ -99,7 +74,7 @@ class OrnsteinUhlenbeck:
 class GeometricBrownianMotion:
     "Geometric Brownian motion $\\mathrm{d}X = \\mu X\\,\\mathrm{d}t + \\sigma X\\,\\mathrm{d}W$ (eq. `eq-gbm-log`)."
     def __init__(self, mu: float = 1.0, sigma: float = 1.0):
-        self.mu, self.sigma = _finite("mu", mu), _positive("sigma", sigma)
+        self.mu, self.sigma = check_real("mu", mu), positive_float("sigma", sigma)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         "$f(x, t) = \\mu x$"
@@ -155,11 +130,6 @@ def _prepare(x0, ts, dW, generator):
     return ts, dW
 
 
-def _flag_nonfinite(first_bad: Tensor, x: Tensor, k: int) -> Tensor:
-    "Record step `k` as the first non-finite one, on the device (no host synchronisation); every sampler loop uses this."
-    return torch.where((first_bad < 0) & ~torch.isfinite(x).all(), k, first_bad)
-
-
 def _integrate(step, x0, ts, dW, return_path):
     "Run `step(x, t, dt, dW_n)` over the grid; flag the first non-finite step on the device, check once at the end."
     B, dts = x0.shape[0], ts.diff()
@@ -169,7 +139,7 @@ def _integrate(step, x0, ts, dW, return_path):
         x = step(x, ts[n].expand(B), dts[n], dW[n])
         if n == 0 and x.shape != x0.shape:
             raise ValueError(f"`drift`/`diffusion` produced a state of shape {tuple(x.shape)} from x of shape {tuple(x0.shape)}")
-        first_bad = _flag_nonfinite(first_bad, x, n)
+        first_bad = flag_nonfinite(first_bad, x, n)
         if return_path:
             path.append(x)
     k = int(first_bad)  # the one host synchronisation, after the loop
@@ -275,3 +245,5 @@ def convergence_order(
     boot = torch.stack([_fit_slope(dts.log(), e.clamp_min(1e-300).log())[0] for e in boot_err])
     return ConvergenceFit(order=coef[0].item(), order_se=boot.std().item(), log_C=coef[1].item(), dts=dts,
                           errors=err, errors_se=samples.std(1) / math.sqrt(samples.shape[1]))
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -11,7 +11,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .solvers import batch_broadcast
+from fastcore.basics import patch
+
+from .core import (batch_broadcast, check_generator, document_arguments, generator_device, nonneg_int,
+                                positive_int, work_dtype)
 
 # %% auto #0
 __all__ = ['DATASETS_2D', 'GaussianMixture', 'ring_of_gaussians', 'grid_of_gaussians', 'random_mixture', 'sample_moons',
@@ -22,22 +25,8 @@ _LOGIT_FLOOR = -80.0   # shifted log-terms below this are set to 0: exp(-80) ~ 2
 _LOG_2PI = math.log(2 * math.pi)
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _wide_dtype(dtype: torch.dtype) -> torch.dtype:
-    "The dtype the factors and log-joints are computed in: float32 for half precision (no Cholesky there), else `dtype`."
-    return torch.float32 if dtype in _HALF else dtype
-
-
-def _check_generator(generator, device):
-    if generator is not None and torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"`generator` is on {generator.device} but the samples are drawn on {device}")
-
-
 def _check_count(n, name="n"):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, got {n!r}")
+    n = nonneg_int(name, n)
     return n
 
 
@@ -136,7 +125,7 @@ class GaussianMixture:
         if (weights <= 0).any():
             raise ValueError("`weights` must be positive (they are divided by their sum)")
         covs = _full_covs(covs, K, D, dtype, device)
-        _, info = torch.linalg.cholesky_ex(covs.to(_wide_dtype(dtype)))
+        _, info = torch.linalg.cholesky_ex(covs.to(work_dtype(dtype)))
         if (info > 0).any():
             k = int((info > 0).nonzero()[0])
             raise ValueError(f"`covs` must be symmetric positive definite: component {k} is not (Cholesky failed)")
@@ -157,7 +146,7 @@ class GaussianMixture:
 
     def _factors(self, dtype, device) -> dict:
         "log-normalizers, Cholesky and eigen-factors of the covariances in `dtype` (float32 for half) on `device` (cached)."
-        dtype = _wide_dtype(dtype)
+        dtype = work_dtype(dtype)
         key = (dtype, torch.device(device))
         if key not in self._factor_cache:
             covs = self.covs.to(device=device, dtype=dtype)
@@ -184,7 +173,7 @@ class GaussianMixture:
             raise TypeError(f"`x` must be a floating-point tensor, got {got}")
         if x.ndim < 2 or x.shape[1:].numel() != self.D:   # shape, not x[0]: an empty batch (0, *D) is valid
             raise ValueError(f"`x` must have shape (B, *D) with {self.D} numbers per sample, got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.D).to(_wide_dtype(x.dtype))
+        return x.reshape(x.shape[0], self.D).to(work_dtype(x.dtype))
 
     def mean(self) -> Tensor:
         "Mixture mean $\\sum_k w_k \\mu_k$, shape (D,)."
@@ -197,16 +186,17 @@ class GaussianMixture:
         return second - torch.outer(m, m)
 
 # %% ../nbs/A1_toy.ipynb #cc06a035
+@patch
 @torch.no_grad()
-def _sample(self: GaussianMixture,
-            n: int,                                     # number of samples
-            generator: torch.Generator | None = None,   # on the mixture's device
-            stratified: bool = False,                   # fix the per-component counts to round(n * w_k)
-            return_labels: bool = False,                # also return the component labels, shape (n,)
-            ) -> Tensor:                                # samples, shape (n, D), the mixture's dtype and device
+def sample(self: GaussianMixture,
+           n: int,                                     # number of samples
+           generator: torch.Generator | None = None,   # on the mixture's device
+           stratified: bool = False,                   # fix the per-component counts to round(n * w_k)
+           return_labels: bool = False,                # also return the component labels, shape (n,)
+           ) -> Tensor:                                # samples, shape (n, D), the mixture's dtype and device
     "Exact samples from the mixture: labels, then $x = \\mu_c + L_c z$."
     n = _check_count(n)
-    _check_generator(generator, self.device)
+    check_generator(generator, self.device)
     if stratified:
         counts = _stratified_counts(self.weights, n).to(self.device)
         labels = torch.repeat_interleave(torch.arange(self.K, device=self.device), counts)
@@ -225,6 +215,7 @@ def _sample(self: GaussianMixture,
     return (x, labels) if return_labels else x
 
 
+@patch
 def _logits(self: GaussianMixture, xf: Tensor):
     "Log-joints $a_k(x)$ (B, K) and the whitened residuals $y_k = L_k^{-1}(x - \\mu_k)$ (K, D, B)."
     f = self._factors(xf.dtype, xf.device)
@@ -233,31 +224,30 @@ def _logits(self: GaussianMixture, xf: Tensor):
     return (f["log_norm"][:, None] - 0.5 * y.square().sum(1)).T, y, f
 
 
-def _log_prob(self: GaussianMixture,
-              x: Tensor,   # points, shape (B, *D)
-              ) -> Tensor: # $\log p_0(x)$, shape (B,)
+@patch
+def log_prob(self: GaussianMixture,
+             x: Tensor,   # points, shape (B, *D)
+             ) -> Tensor: # $\log p_0(x)$, shape (B,)
     "Exact log-density (eqs. `eq-toy-lse`, `eq-toy-chol`)."
     logits, _, _ = self._logits(self._flat(x))
     return _lse_softmax(logits)[0].to(x.dtype)
 
 
-def _responsibilities(self: GaussianMixture, x: Tensor) -> Tensor:
+@patch
+def responsibilities(self: GaussianMixture, x: Tensor) -> Tensor:
     "Posterior component probabilities $r_k(x)$, shape (B, K) (eq. `eq-toy-score`)."
     return _lse_softmax(self._logits(self._flat(x))[0])[1].to(x.dtype)
 
 
-def _score(self: GaussianMixture,
-           x: Tensor,   # points, shape (B, *D)
-           ) -> Tensor: # $\nabla_x \log p_0(x)$, shape of `x`
+@patch
+def score(self: GaussianMixture,
+          x: Tensor,   # points, shape (B, *D)
+          ) -> Tensor: # $\nabla_x \log p_0(x)$, shape of `x`
     "Exact score $\\sum_k r_k(x)\\,(-\\Sigma_k^{-1}(x - \\mu_k))$ (eq. `eq-toy-score`)."
     logits, y, f = self._logits(self._flat(x))
     r = _lse_softmax(logits)[1]
     v = torch.linalg.solve_triangular(f["chol"].mT, y, upper=True)            # Sigma_k^{-1}(x - mu_k), (K, D, B)
     return -torch.einsum("bk,kdb->bd", r, v).reshape(x.shape).to(x.dtype)
-
-
-GaussianMixture.sample, GaussianMixture._logits = _sample, _logits
-GaussianMixture.log_prob, GaussianMixture.responsibilities, GaussianMixture.score = _log_prob, _responsibilities, _score
 
 # %% ../nbs/A1_toy.ipynb #77d4972e
 def ring_of_gaussians(
@@ -267,8 +257,7 @@ def ring_of_gaussians(
     dtype=None, device=None,
 ) -> GaussianMixture:
     "`k` equally weighted isotropic Gaussians with means equally spaced on a circle."
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be a positive integer, got {k!r}")
+    k = positive_int("k", k)
     angles = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
     means = radius * torch.stack([angles.cos(), angles.sin()], -1)
     return GaussianMixture(torch.ones(k, dtype=torch.float64), means, torch.full((k,), float(std) ** 2, dtype=torch.float64),
@@ -282,8 +271,7 @@ def grid_of_gaussians(
     dtype=None, device=None,
 ) -> GaussianMixture:
     "`side`$\\times$`side` equally weighted isotropic Gaussians on a square grid centred at the origin."
-    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
-        raise ValueError(f"`side` must be a positive integer, got {side!r}")
+    side = positive_int("side", side)
     c = spacing * (torch.arange(side, dtype=torch.float64) - (side - 1) / 2)
     means = torch.cartesian_prod(c, c).reshape(-1, 2)
     return GaussianMixture(torch.ones(side**2, dtype=torch.float64), means, torch.full((side**2,), float(std) ** 2, dtype=torch.float64),
@@ -299,7 +287,7 @@ def random_mixture(
 ) -> GaussianMixture:
     "A random mixture with unequal weights and full, anisotropic covariances (for tests)."
     dtype = dtype or torch.get_default_dtype()
-    _check_generator(generator, device or "cpu")
+    check_generator(generator, device or "cpu")
     kw = dict(generator=generator, dtype=dtype, device=device)
     means = spread * torch.randn(k, d, **kw)
     A = torch.randn(k, d, d, **kw) / math.sqrt(d)
@@ -307,10 +295,11 @@ def random_mixture(
     return GaussianMixture(0.5 + torch.rand(k, **kw), means, covs)
 
 # %% ../nbs/A1_toy.ipynb #9524ca0b
-def _marginal(self: GaussianMixture,
-              alpha,   # $\alpha$: a number (or 0-d tensor)
-              sigma,   # $\sigma \ge 0$: a number (or 0-d tensor)
-              ) -> GaussianMixture:  # the law of $\alpha x_0 + \sigma z$ (eq. `eq-toy-marginal`)
+@patch
+def marginal(self: GaussianMixture,
+             alpha,   # $\alpha$: a number (or 0-d tensor)
+             sigma,   # $\sigma \ge 0$: a number (or 0-d tensor)
+             ) -> GaussianMixture:  # the law of $\alpha x_0 + \sigma z$ (eq. `eq-toy-marginal`)
     "The mixture $p_t$ for one pair $(\\alpha, \\sigma)$: means $\\alpha\\mu_k$, covariances $\\alpha^2\\Sigma_k + \\sigma^2 I$."
     alpha, sigma = float(alpha), float(sigma)
     if not (math.isfinite(alpha) and math.isfinite(sigma)) or sigma < 0:
@@ -321,6 +310,7 @@ def _marginal(self: GaussianMixture,
     return GaussianMixture(self.weights, alpha * self.means, alpha**2 * self.covs + sigma**2 * eye)
 
 
+@patch
 def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     "Per-sample (alpha, sigma), each shape (B,), from `sde.marginal_coeffs(t)`, checked."
     B = xf.shape[0]
@@ -346,6 +336,7 @@ def _coeffs(self: GaussianMixture, t, sde, xf: Tensor) -> tuple[Tensor, Tensor]:
     return alpha, sigma
 
 
+@patch
 def _marginal_terms(self: GaussianMixture, x: Tensor, t, sde):
     "Log-joints (B, K), rotated residuals $U_k^\\top(x - m_k)$ (B, K, D), eigenvalues of $C_k(t)$ (B, K, D) (eq. `eq-toy-eig`)."
     xf = self._flat(x)
@@ -360,20 +351,22 @@ def _marginal_terms(self: GaussianMixture, x: Tensor, t, sde):
     return logits, u, var, f
 
 
-def _marginal_log_prob(self: GaussianMixture,
-                       x: Tensor,   # $x_t$, shape (B, *D)
-                       t,           # times, shape (B,) (or a number: the same t for all)
-                       sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
-                       ) -> Tensor: # $\log p_t(x_t)$, shape (B,)
+@patch
+def marginal_log_prob(self: GaussianMixture,
+                      x: Tensor,   # $x_t$, shape (B, *D)
+                      t,           # times, shape (B,) (or a number: the same t for all)
+                      sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
+                      ) -> Tensor: # $\log p_t(x_t)$, shape (B,)
     "Exact $\\log p_t(x)$, each sample at its own time (eqs. `eq-toy-marginal`, `eq-toy-eig`)."
     return _lse_softmax(self._marginal_terms(x, t, sde)[0])[0].to(x.dtype)
 
 
-def _marginal_score(self: GaussianMixture,
-                    x: Tensor,   # $x_t$, shape (B, *D)
-                    t,           # times, shape (B,)
-                    sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
-                    ) -> Tensor: # $\nabla_x \log p_t(x_t)$, shape of `x`
+@patch
+def marginal_score(self: GaussianMixture,
+                   x: Tensor,   # $x_t$, shape (B, *D)
+                   t,           # times, shape (B,)
+                   sde,         # any object with `marginal_coeffs(t) -> (alpha, sigma)`
+                   ) -> Tensor: # $\nabla_x \log p_t(x_t)$, shape of `x`
     "Exact score of $p_t$, each sample at its own time (eq. `eq-toy-marginal-score`)."
     logits, u, var, f = self._marginal_terms(x, t, sde)
     r = _lse_softmax(logits)[1]
@@ -381,7 +374,8 @@ def _marginal_score(self: GaussianMixture,
     return -(w @ f["rot"].mT).reshape(x.shape).to(x.dtype)   # sum_k U_k (...): back to the standard basis, summed
 
 
-def _score_fn(self: GaussianMixture, sde) -> Callable:
+@patch
+def score_fn(self: GaussianMixture, sde) -> Callable:
     "The exact score as `score_fn(x, t)`: x of shape (B, *D), t of shape (B,), the signature samplers call."
     def score_fn(x: Tensor, t: Tensor) -> Tensor:
         return self.marginal_score(x, t, sde)
@@ -389,23 +383,19 @@ def _score_fn(self: GaussianMixture, sde) -> Callable:
     return score_fn
 
 
-def _log_prob_fn(self: GaussianMixture, sde) -> Callable:
+@patch
+def log_prob_fn(self: GaussianMixture, sde) -> Callable:
     "The exact log-density as `log_prob_fn(x, t)` -> shape (B,)."
     def log_prob_fn(x: Tensor, t: Tensor) -> Tensor:
         return self.marginal_log_prob(x, t, sde)
     return log_prob_fn
 
-
-GaussianMixture.marginal, GaussianMixture._coeffs, GaussianMixture._marginal_terms = _marginal, _coeffs, _marginal_terms
-GaussianMixture.marginal_log_prob, GaussianMixture.marginal_score = _marginal_log_prob, _marginal_score
-GaussianMixture.score_fn, GaussianMixture.log_prob_fn = _score_fn, _log_prob_fn
-
 # %% ../nbs/A1_toy.ipynb #ac5204d0
 def _dataset_kw(n, generator, dtype, device):
     _check_count(n)
     dtype = dtype or torch.get_default_dtype()
-    device = torch.device(device) if device is not None else (torch.device(generator.device) if generator is not None else torch.device("cpu"))
-    _check_generator(generator, device)
+    device = generator_device(generator, device)
+    check_generator(generator, device)
     return dict(generator=generator, dtype=dtype, device=device)
 
 
@@ -472,3 +462,5 @@ def make_2d_dataset(
     if name not in DATASETS_2D:
         raise ValueError(f"`name` must be one of {sorted(DATASETS_2D)}, got {name!r}")
     return DATASETS_2D[name](n, generator=generator, dtype=dtype, device=device, **kwargs)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from .core import document_arguments
 from .losses import WEIGHTINGS, denoising_loss
 from .models import ScoreMLP, UNet
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
@@ -915,3 +916,5 @@ def load_trained(
         e.copy_to(model)
     model = model.to(device if device is not None else "cpu").eval().requires_grad_(False)
     return Trained(model, model.sde, config, int(state["step"]))
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

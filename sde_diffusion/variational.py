@@ -6,16 +6,16 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .ddpm import ddpm_schedule, ddpm_timesteps_to_t
-from .likelihood import _check_bins, _check_data, bits_per_dim
-from .reverse import NonFiniteError, _work_dtype
-from .sampling import _invert_log_snr
+from .core import (NonFiniteError, check_eps, check_generator, check_int, document_arguments,
+                                positive_float, work_dtype)
+from .likelihood import bits_per_dim, check_bins, check_data
+from .sampling import invert_log_snr
 from .sde import SDE, VPSDE
 from .solvers import batch_broadcast
 
@@ -74,9 +74,7 @@ def _variance_parts(h: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_int(name, v, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
-    return int(v)
+    return check_int(name, v, lo)
 
 
 class _Nodes(NamedTuple):
@@ -113,7 +111,7 @@ def elbo_terms(
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable as model_fn(x, t), got {type(model_fn).__name__}")
-    x = _check_data(x)
+    x = check_data(x)
     if prediction not in _PREDICTIONS:
         raise ValueError(f"`prediction` must be one of {_PREDICTIONS}, got {prediction!r}")
     if not isinstance(discrete, bool):
@@ -121,16 +119,14 @@ def elbo_terms(
     n_t = _check_int("n_t", n_t, 2)
     n_z = (1 if discrete else 2) if n_z is None else _check_int("n_z", n_z, 1)
     max_batch = _check_int("max_batch", max_batch, 1)
-    if cv_var is not None and (isinstance(cv_var, bool) or not isinstance(cv_var, numbers.Real)
-                               or not math.isfinite(cv_var) or cv_var <= 0):
-        raise ValueError(f"`cv_var` must be a positive number or None, got {cv_var!r}")
+    if cv_var is not None:
+        positive_float("cv_var", cv_var)
     if prior_logp is not None and not callable(prior_logp):
         raise TypeError(f"`prior_logp` must be callable, got {type(prior_logp).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"`generator` is on {generator.device} but `x` is on {x.device}")
-    x = x.detach().to(_work_dtype(x.dtype))
+    check_generator(generator, x.device, "`x` is on")
+    x = x.detach().to(work_dtype(x.dtype))
     if discrete:
         if not isinstance(sde, VPSDE):
             raise TypeError(f"`discrete=True` needs a VPSDE (DDPM's chain discretizes the VP SDE), got {type(sde).__name__}")
@@ -138,8 +134,7 @@ def elbo_terms(
     else:
         if not (isinstance(variance, str) and variance == "fixed_small"):
             raise ValueError("`variance` applies to the discrete bound only (discrete=True)")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0.0 < eps < sde.T):
-            raise ValueError(f"`eps` must lie in (0, T) = (0, {sde.T:g}), got {eps!r}")
+        eps = check_eps(eps, sde.T)
         nodes = _continuous_nodes(sde, x, float(eps), n_t, n_z, generator)
     return _estimate(sde, model_fn, x, nodes, prediction, n_t, cv_var, prior_logp, generator, max_batch)
 
@@ -242,7 +237,7 @@ def elbo(
     if not isinstance(bpd, bool) or not isinstance(return_se, bool):
         raise TypeError(f"`bpd` and `return_se` must be True or False, got {bpd!r} and {return_se!r}")
     if bpd:
-        _check_bins(n_bins, data_range)                       # before the expensive part
+        check_bins(n_bins, data_range)                       # before the expensive part
     terms = elbo_terms(sde, model_fn, x, **kwargs)
     value, se = terms.elbo, terms.se
     if bpd:
@@ -261,10 +256,12 @@ def _continuous_nodes(sde: SDE, x: Tensor, eps: float, H: int, J: int, generator
         r = torch.rand(H, J, B, generator=generator, **kw)
         k = torch.arange(H, **kw)[:, None, None]
         u = u_lo + (k + r) * (u_hi - u_lo) / H                         # uniform in stratum k, per pair and sample
-        t = _invert_log_snr(sde, (-u / 2).reshape(-1), eps, sde.T).reshape(H, J, B)   # log(alpha/sigma) = -u/2
+        t = invert_log_snr(sde, (-u / 2).reshape(-1), eps, sde.T).reshape(H, J, B)   # log(alpha/sigma) = -u/2
         t = torch.cat([torch.full((1, J, B), eps, **kw), t])
         alpha, sigma = (c.reshape(H + 1, J, B) for c in sde.marginal_coeffs(t.reshape(-1)))
         alpha_T, sigma_T = sde.marginal_coeffs(ends[1:].expand(B))
     weight = torch.cat([torch.full((1, 1), 0.5, **kw), ((u_hi - u_lo) / (2 * H)).reshape(1, 1).expand(H, 1)])
     const = (0.5 * D * (math.log(2 * math.pi) + u_lo)).expand(B)        # D/2 log(2 pi / SNR(eps)) of eq. eq-var-celbo
     return _Nodes(t, alpha, sigma, weight, const, alpha_T, sigma_T)
+
+document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

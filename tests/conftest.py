@@ -9,7 +9,13 @@ def pytest_configure(config):
                             "`make test` runs them, `make test-fast` (-m 'not slow') leaves them out")
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.fixture(params=_DEVICES)
+def device(request) -> str:
+    "The device a test runs on: a test that takes `device` runs on the CPU, and again on CUDA where there is a GPU."
+    return request.param
 
 @pytest.fixture(scope="module")
 def one_thread():

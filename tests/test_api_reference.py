@@ -136,17 +136,15 @@ def test_api_md_builds_without_warnings(tmp_path):
 
 @pytest.mark.slow
 def test_argument_docs_for_help_agree_with_docments():
-    """The help() proposal (tools/api_reference.add_argument_docs, for a notebook to export): in a fresh interpreter,
-    after it runs, every docments comment of every public function and class is in its __doc__, so help() shows it."""
+    """help() (sde_diffusion.core.document_arguments, called at the end of every module): in a fresh interpreter, every
+    docments comment of every public function and class is in its __doc__, so help() shows it."""
     code = r"""
 import importlib, sys
 sys.path.insert(0, sys.argv[1])
 import api_reference as ar
-from fastcore.docments import docments
 missing = []
 for module in ar.module_names():
     mod = importlib.import_module(module)
-    ar.add_argument_docs(mod)
     for name in mod.__all__:
         o = getattr(mod, name)
         if not (callable(o)) or ar._is_exception(o):
@@ -158,4 +156,4 @@ print("\n".join(missing))
     r = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools")], capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert not r.stdout.strip(), "docments comments missing from __doc__ after add_argument_docs:\n" + r.stdout
+    assert not r.stdout.strip(), "docments comments missing from __doc__ (help()):\n" + r.stdout

@@ -7,10 +7,8 @@ import torch
 from sde_diffusion.brownian import (brownian_increments, brownian_path, coarsen_increments, increments_to_path,
                                     ito_sum, quadratic_variation, stratonovich_sum, time_grid)
 
-from conftest import DEVICES
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_increments_are_exact(device, dtype):
     "Non-uniform grid: each increment's variance equals its dt (chi-square test on the normalized sum of squares)."

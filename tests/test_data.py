@@ -12,7 +12,6 @@ from sde_diffusion.data import (DigitsDataset, _mnist_tensors, digits_loader, fr
                                 save_image_grid, stratified_split, to_uint8)
 from sde_diffusion.likelihood import dequantize
 
-from conftest import DEVICES
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,6 @@ def test_value_range_and_levels(digits):
     assert torch.equal(x.unique(), torch.arange(17, dtype=torch.float32) / 8 - 1)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_and_device(device, dtype):
     x, y = load_digits("test", size=16, dtype=dtype, device=device)

@@ -11,7 +11,6 @@ from sde_diffusion.sde import VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
 from sde_diffusion.toy import ring_of_gaussians
 
-from conftest import DEVICES
 
 VP = VPSDE(0.1, 20.0, N=1000)
 
@@ -211,7 +210,6 @@ def test_diffusers_full_sampling_loop(diffusers_schedulers):
 
 # --- shapes, seeds, errors ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(16,), (16, 3), (4, 2, 3, 3)], ids=["B", "BD", "BCHW"])
 def test_shapes_dtypes_devices_and_seeds(shape, dtype, device):

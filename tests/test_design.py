@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DEVICES
 from sde_diffusion.design import (DESIGNS, PREDICTIONS, EDMPrecond, PredictionModel, convert_prediction,
                                   edm_coefficients, edm_sigma, implied_weight, min_snr_weight, prediction_loss,
                                   prediction_target, sample_training_times, time_from_sigma, train_design)
@@ -128,7 +127,6 @@ def test_sample_training_times():
         sample_training_times(sde, 0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prediction", PREDICTIONS + ("edm",))
 def test_model_shapes_and_loss_identity(device, prediction):
     "Any prediction: the score has x's shape, dtype and device, and the loss is dsm_loss with lambda_theta."

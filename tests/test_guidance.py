@@ -13,7 +13,6 @@ from sde_diffusion.sampling import SamplerOutput, sample, sampling_times
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import GaussianMixture, grid_of_gaussians, random_mixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 RING = ring_of_gaussians()
@@ -196,7 +195,6 @@ def test_classifier_gradient_inside_no_grad_and_inference_mode():
     assert not out.requires_grad and xg.grad is None
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(6, 2), (3, 1, 8, 8), (2, 2, 3, 2, 2)], ids=["vectors", "images", "rank5"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shapes_dtypes_devices(device, shape, dtype):
@@ -218,7 +216,6 @@ def test_shapes_dtypes_devices(device, shape, dtype):
 
 
 # ---------------------------------------------------------------- inpainting
-@pytest.mark.parametrize("device", DEVICES)
 def test_inpaint_keeps_known_values_bitwise_counts_nfe_and_is_seeded(device):
     g = torch.Generator(device).manual_seed(10)
     known = torch.randn(4, 3, 5, 5, generator=g, device=device)
@@ -444,7 +441,6 @@ def test_noisy_classifier_learns_the_digits_at_small_t_and_chance_at_t_1():
     assert acc[0.01] > 0.6 and acc[1.0] < 0.3, acc
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_noisy_classifier_trains_where_the_data_lives_and_guides_a_sampler(device):
     "The model is built on the data's device and dtype; its gradient drives `classifier_guided_score` in a sampler."
     vp, g = VPSDE(), torch.Generator().manual_seed(2)

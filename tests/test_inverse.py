@@ -14,7 +14,6 @@ from sde_diffusion.sampling import sample
 from sde_diffusion.sde import VESDE, VPSDE
 from sde_diffusion.toy import GaussianMixture, random_mixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 VP = VPSDE()
 RHO, A_OBS = 0.8, 1.0
@@ -52,7 +51,6 @@ def test_operators_match_their_matrices_and_project():
     assert as_operator(ops[1]) is ops[1]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_operators_follow_the_input_dtype_and_device(device):
     op = MatrixOperator(torch.randn(3, 4, generator=gen(1)))          # float32 on the CPU
     x = torch.randn(2, 4, dtype=torch.float64, device=device)
@@ -229,7 +227,6 @@ def test_guided_score_is_exact_for_a_gaussian_with_the_exact_variance():
     assert (s - exact).abs().max() / exact.abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_samplers_keep_dtype_device_and_image_shapes(device):
     op_mask = MaskOperator(torch.zeros(1, 4, 4, dtype=torch.bool, device=device).index_fill_(1, torch.tensor([0, 1], device=device), True))
     op_pool = average_pool_operator((1, 4, 4), 2, dtype=torch.float64, device=device)

@@ -10,12 +10,10 @@ from sde_diffusion.linear import (LinearSDE, fokker_planck_1d, fokker_planck_ter
                                   linear_sde_moments)
 from sde_diffusion.solvers import OrnsteinUhlenbeck, euler_maruyama
 
-from conftest import DEVICES
 
 F64 = dict(dtype=torch.float64)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_moments_match_closed_forms(device):
     ou = OrnsteinUhlenbeck(theta=1.7, mu=0.3, sigma=0.9)
     ts = torch.linspace(0, 2, 9, device=device, **F64)

@@ -12,7 +12,6 @@ from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
 from sde_diffusion.toy import random_mixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -34,7 +33,6 @@ def _gaussian_score(sde, var0=1.0):
 # ---------------------------------------------------------------------------------------------------------------------
 # the identities, with the exact score of the ring (Monte Carlo, paired samples, 4 standard errors)
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("w", ["sigma2", "likelihood"])
 def test_exact_score_dsm_equals_constant(sde_name, w, device):
@@ -219,7 +217,6 @@ def test_given_t_is_used_and_perturb_matches_marginal_prob():
 # ---------------------------------------------------------------------------------------------------------------------
 # shapes x dtypes x devices, reproducibility
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(6,), (6, 2), (6, 3, 4, 4)], ids=["rank1", "rank2", "rank4"])
 def test_shape_dtype_device_matrix(shape, dtype, device):

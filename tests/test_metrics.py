@@ -9,7 +9,6 @@ from sde_diffusion.metrics import (EnergyReference, NoiseFloor, energy_distance,
                                    mean_logp_gap, noise_floor, random_directions, sample_metrics, sliced_wasserstein)
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 F64 = torch.float64
 
@@ -261,7 +260,6 @@ def test_bad_input():
         expected_log_prob(lambda y: y.sum(1), _gauss(2), n=1)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_device_matrix(device, dtype):
     g = _gen(26)

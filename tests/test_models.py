@@ -14,7 +14,6 @@ from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
 from sde_diffusion.toy import GaussianMixture
 
-from conftest import DEVICES
 
 F64 = torch.float64
 
@@ -31,7 +30,6 @@ def _rel(a, b):
 # shapes, dtypes, devices
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [8, 16, 28])
 @pytest.mark.parametrize("channels", [(32, 64), (16, 32, 32)])
 def test_unet_shapes(device, size, channels):
@@ -50,7 +48,6 @@ def test_unet_odd_sizes_and_channels():
         assert model(torch.randn(shape), torch.rand(shape[0])).shape == shape
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_mlp_shapes(device):
     model = ScoreMLP(dim=3, sde=VESDE(), seed=0).to(device)
     for B in (1, 5):
@@ -59,7 +56,6 @@ def test_mlp_shapes(device):
         assert out.shape == (B, 3) and out.device == x.device
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_float64_matches_float32(device):
     x = torch.randn(2, 1, 16, 16, generator=_gen(0), dtype=F64).to(device)
     t = torch.tensor([0.05, 0.7], dtype=F64, device=device)

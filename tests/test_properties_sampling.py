@@ -295,7 +295,7 @@ def test_log_likelihood_is_exact_for_gaussian_data_or_names_the_bad_argument(dat
     bad = set()
     if not dtype.is_floating_point:
         bad.add("x")
-    if not (0 <= eps < sde.T):
+    if not (0 < eps < sde.T):      # (0, T) everywhere: core.check_eps
         bad.add("eps")
     if not (rtol > 0):
         bad.add("rtol")

@@ -12,7 +12,6 @@ from sde_diffusion.quality import (ClassifierReport, DigitClassifier, classifier
                                    frechet_floor_gaussian, gaussian_fit, random_shift, sample_quality,
                                    train_digit_classifier)
 
-from conftest import DEVICES
 
 F64 = torch.float64
 
@@ -234,7 +233,6 @@ def test_bad_arguments_are_named(call, match):
 # ---------------------------------------------------------------------------------------------------------------------
 # devices and dtypes
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_devices_follow_the_inputs(device):
     model = DigitClassifier(seed=0).to(device)
     x = load_digits("test", device=device)[0][:50]

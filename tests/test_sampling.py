@@ -14,7 +14,6 @@ from sde_diffusion.sampling import (CORRECTORS, DDIM, IPNDM, PREDICTORS, Ancestr
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
 
-from conftest import DEVICES
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 RING = ring_of_gaussians()
@@ -165,7 +164,6 @@ GAUSSIAN_BIAS_100 = {"euler_maruyama": 0.01415, "reverse_diffusion": 0.02827, "a
 SECOND_ORDER_OR_MORE = ("heun", "dpm_solver_2m", "dpm_solver_3m", "unipc", "ipndm")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(PREDICTORS))
 def test_any_rank_dtype_device_and_gaussian_variance(device, name):
     "Samples of shape (B, 3, 4, 4) for data N(0, I): right shape, dtype, device, and the predicted output variance."

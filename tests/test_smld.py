@@ -10,7 +10,6 @@ from sde_diffusion.smld import NoisePerturbation, annealed_langevin, noise_condi
 from sde_diffusion.solvers import batch_broadcast
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
-from conftest import DEVICES
 
 
 def gaussian_ncsn_score(v):
@@ -118,7 +117,6 @@ def test_final_denoise_is_one_tweedie_step():
     assert not torch.allclose(noisy, path[-1])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(16,), (16, 3), (4, 2, 3, 3)], ids=["B", "BD", "BCHW"])
 def test_shapes_dtypes_devices_and_seeds(shape, dtype, device):

@@ -10,7 +10,6 @@ from sde_diffusion.brownian import brownian_increments, time_grid
 from sde_diffusion.solvers import (GeometricBrownianMotion, OrnsteinUhlenbeck, batch_broadcast, euler_maruyama,
                                    milstein)
 
-from conftest import DEVICES
 
 
 class _TorchsdeWrapper(torch.nn.Module):
@@ -54,7 +53,6 @@ def test_milstein_matches_torchsde():
     torch.testing.assert_close(path, ys, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(16,), (16, 2), (8, 3, 4, 4)], ids=["rank1", "rank2", "rank4"])
 @pytest.mark.parametrize("solver", [euler_maruyama, milstein])
@@ -75,7 +73,6 @@ def test_shape_dtype_device_matrix(solver, shape, dtype, device):
                                rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_per_sample_time_and_broadcast(device):
     x = torch.zeros(5, 2, 3, device=device)
     t = torch.linspace(0, 1, 5, device=device)

@@ -10,7 +10,6 @@ from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import (DATASETS_2D, GaussianMixture, grid_of_gaussians, make_2d_dataset, random_mixture,
                                ring_of_gaussians)
 
-from conftest import DEVICES
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
 F64 = torch.float64
@@ -284,7 +283,6 @@ def test_datasets_are_standardized(name):
 # ---------------------------------------------------------------------------------------------------------------------
 # dtype x device matrix
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_device_matrix(device, dtype):
     gm = random_mixture(3, 4, torch.Generator().manual_seed(21), dtype=F64)

@@ -39,8 +39,8 @@ HEADER = """\
 Every public name of the `sde_diffusion` package (each module's `__all__`), with its signature, its docstring and its
 arguments. The comment after each argument in the source is its description in the table. Each entry links to the
 chapter that derives it: the notebooks are the source, and `sde_diffusion/*.py` is exported from them by nbdev.
-Inside Python, `help(name)` shows the signature and docstring, and
-`fastcore.docments.docments(name, full=True)` returns the argument descriptions of this page.
+Inside Python, `help(name)` shows the signature, the docstring and these argument descriptions (each module appends
+them to its docstrings at import: `sde_diffusion.core.document_arguments`).
 """
 
 
@@ -347,7 +347,10 @@ def _is_namedtuple(obj) -> bool:
 
 # --- rendering -------------------------------------------------------------------------------------------------------------
 def _doc(obj) -> str:
-    return (inspect.getdoc(obj) or "").strip()
+    """The docstring as written in the notebook: without the Arguments/Returns section that `core.document_arguments`
+    appends for `help()` (the page shows the arguments in a table instead)."""
+    doc = inspect.getdoc(obj) or ""
+    return re.split(r"\n\n(?:Arguments:\n|Returns: )", doc, maxsplit=1)[0].strip()
 
 
 def _args_table(args: list[dict], labels: set[str], kind: str = "argument") -> list[str]:
@@ -509,94 +512,6 @@ def render() -> str:
             seen.add(label)
             lines += render_name(module, name, getattr(mod, name), per_name.get(name, nb_default), docs, labels)
     return "\n".join(lines).rstrip() + "\n"
-
-
-# --- help(): the argument comments in the docstrings (a proposal for the package; nothing here changes it) ----------------
-def add_argument_docs(module) -> int:
-    """Append an "Arguments" section, made from the docments comments, to the docstring of every public function and
-    class of `module` (classes: `__init__`'s arguments, also when inherited from a class of the same module; dataclass
-    and NamedTuple fields), so that `help(name)` and IPython's `name?` show them. One `ast.parse` of the module's
-    source (no tokenizer, no per-object parsing as fastcore's docments does): cheap enough to run at import.
-    Idempotent. Returns how many docstrings it changed.
-
-    This is the helper a notebook could export (e.g. as `sde_diffusion/_help.py`), each module calling
-    `add_argument_docs(sys.modules[__name__])` in its last exported cell."""
-    import ast
-    if isinstance(module, str):
-        module = importlib.import_module(module)
-    try:
-        src = inspect.getsource(module)
-    except (OSError, TypeError):
-        return 0
-    lines = src.splitlines()
-
-    def trailing(lineno: int, after: int) -> str:
-        "The comment on line `lineno` after column `after` (past the argument and its default: no string to confuse)."
-        rest = lines[lineno - 1].encode()[after:].decode(errors="replace")
-        k = rest.find("#")
-        return rest[k + 1:].strip() if k >= 0 else ""
-
-    def above(lineno: int) -> str:
-        "Comment-only lines right above `lineno` (docments' rule for an argument without a comment on its line)."
-        out, k = [], lineno - 1
-        while k >= 1 and lines[k - 1].lstrip().startswith("#"):
-            out.insert(0, lines[k - 1].lstrip()[1:].strip())
-            k -= 1
-        return " ".join(out)
-
-    def fn_args(node) -> tuple[list[tuple[str, str]], str]:
-        a = node.args
-        params = [*a.posonlyargs, *a.args, *([a.vararg] if a.vararg else []), *a.kwonlyargs, *([a.kwarg] if a.kwarg else [])]
-        defaults = dict(zip([*a.posonlyargs, *a.args][len([*a.posonlyargs, *a.args]) - len(a.defaults):], a.defaults))
-        defaults.update({p: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
-        ends = [((defaults.get(p) or p).end_lineno, (defaults.get(p) or p).end_col_offset) for p in params]
-        out = []
-        for i, (p, (line, col)) in enumerate(zip(params, ends)):
-            if p.arg in ("self", "cls"):
-                continue
-            last_on_line = i + 1 == len(params) or params[i + 1].lineno != line
-            text = (trailing(line, col) if last_on_line else "") or (above(p.lineno) if p.lineno != node.lineno else "")
-            out.append((p.arg, text))
-        ret = ""
-        if node.returns is not None:
-            ret = trailing(node.returns.end_lineno, node.returns.end_col_offset)
-        return out, ret
-
-    tree = ast.parse(src)
-    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-    public = set(getattr(module, "__all__", []))
-    changed = 0
-    for node in tree.body:
-        if getattr(node, "name", None) not in public:
-            continue
-        obj = getattr(module, node.name)
-        args, ret = [], ""
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            args, ret = fn_args(node)
-        elif isinstance(node, ast.ClassDef):
-            owner = next((c for c in obj.__mro__ if "__init__" in vars(c)), object) if inspect.isclass(obj) else object
-            body = classes[owner.__name__].body if owner.__module__ == module.__name__ and owner.__name__ in classes else []
-            init = next((b for b in body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None)
-            if init is not None:
-                args, _ = fn_args(init)
-            else:
-                args = [(b.target.id, trailing(b.end_lineno, b.end_col_offset) or above(b.lineno)) for b in node.body
-                        if isinstance(b, ast.AnnAssign) and isinstance(b.target, ast.Name)]
-        args = [(n, c) for n, c in args if c]
-        if not args and not ret:
-            continue
-        section = ("Arguments:\n" + "".join(f"    {n}: {c}\n" for n, c in args)) if args else ""
-        if ret:
-            section += f"Returns: {ret}\n"
-        doc = obj.__doc__ or ""
-        if section.strip() in doc:
-            continue
-        try:
-            obj.__doc__ = (doc.rstrip() + "\n\n" + section).lstrip()
-        except (AttributeError, TypeError):
-            continue
-        changed += 1
-    return changed
 
 
 def main(argv=None) -> int:
