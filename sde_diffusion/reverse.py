@@ -25,7 +25,7 @@ __all__ = ['ADAPTIVE_METHODS', 'FIXED_STEP_METHODS', 'checked_score', 'grad_mode
 
 # %% ../nbs/05_reverse.ipynb #4e7e69a1
 def checked_score(
-    score_fn: Callable,     # $s_\\theta(x, t)$: x of shape (B, *D), t of shape (B,) -> shape of x
+    score_fn: Callable,     # $s_\theta(x, t)$: x of shape (B, *D), t of shape (B,) -> shape of x
     x: Tensor,              # states, shape (B, *D)
     t: Tensor,              # times, shape (B,)
 ) -> Tensor:                # score_fn(x, t), shape, dtype and device of x
