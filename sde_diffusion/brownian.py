@@ -68,13 +68,15 @@ def brownian_increments(
 def brownian_path(
     ts: Tensor,               # time grid, shape (N+1,)
     size=(),                  # shape of one sample of $W_t$
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None,  # for reproducible draws of the increments
 ) -> Tensor:                  # $W_{t_0}, \dots, W_{t_N}$ with $W_{t_0}=0$, shape (N+1, *size)
     "Brownian motion sampled exactly on the grid `ts`, starting from 0 (eq. `eq-bm-sum`)."
     return increments_to_path(brownian_increments(ts, size, generator))
 
 
-def increments_to_path(dW: Tensor) -> Tensor:
+def increments_to_path(
+    dW: Tensor,   # increments $\Delta W_k$, shape (N, ...)
+) -> Tensor:      # the path, shape (N+1, ...), starting at 0
     "Cumulative sum of increments, shape (N, ...) -> path of shape (N+1, ...) starting at 0."
     return torch.cat([torch.zeros_like(dW[:1]), dW.cumsum(0)])
 

@@ -176,7 +176,7 @@ class DigitsDataset(Dataset):
         size: int = 8,                        # image side; > 8: bilinear upsampling
         test_fraction: float = 0.2,           # share of each class in the test split
         seed: int = 0,                        # seeds the split
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32,   # floating dtype of the images
         device=None,                          # where the tensors live (default: CPU)
     ):
         self.split, self.size = split, size
@@ -201,9 +201,9 @@ def digits_loader(
     drop_last: bool = False,                  # drop the last incomplete batch
     *,
     sampler=None,                             # e.g. a `DistributedSampler` over `DigitsDataset(...)`; excludes `shuffle`
-    test_fraction: float = 0.2,
+    test_fraction: float = 0.2,               # share of each class in the test split
     seed: int = 0,                            # seeds the split
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,       # floating dtype of the images
     device=None,                              # where the tensors live (default: CPU)
     num_workers: int = 0,                     # worker processes (0: load in the main process)
 ) -> DataLoader:                              # batches (images (B, 1, size, size), labels (B,))
@@ -230,8 +230,8 @@ def load_mnist(
     root,                                 # folder holding (or to receive) torchvision's MNIST files
     split: str = "train",                 # 'train' (60,000 images) or 'test' (10,000)
     download: bool = False,               # fetch the files if they are missing (needs internet); never by default
-    dtype: torch.dtype = torch.float32,
-    device=None,
+    dtype: torch.dtype = torch.float32,   # floating dtype of the images
+    device=None,                          # where the tensors live (default: CPU)
 ) -> tuple[Tensor, Tensor]:               # images (N, 1, 28, 28) in [-1, 1], labels (N,) long
     "MNIST through torchvision (the optional `mnist` extra), in the format of `load_digits`: $x = k/127.5 - 1$."
     split = _check_split(split, ("train", "test"))

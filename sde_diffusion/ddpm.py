@@ -243,7 +243,8 @@ def ddpm_sample(
     prediction: str = "score",  # what `model_fn` returns: "score" or "eps"
     variance: str = "fixed_small",   # "fixed_small" ($\tilde\beta_i$) or "fixed_large" ($\beta_i$)
     generator: torch.Generator | None = None,   # drives the start and every step's noise
-    dtype=None, device=None,    # of the samples
+    dtype=None,                 # dtype of the samples drawn from the prior (unused with `x_T`)
+    device=None,                # device of the samples drawn from the prior (unused with `x_T`)
     x_T: Tensor | None = None,  # start here instead of drawing from $\mathcal{N}(0, I)$
     times: Tensor | None = None,     # times to call `model_fn` at, shape (N,), index i; default: eq. `eq-ddpm-time`, clipped to T
     progress: bool = False,     # a tqdm bar over the steps

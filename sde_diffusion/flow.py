@@ -184,12 +184,20 @@ class Reparameterized:
         return f"Reparameterized({type(self.sde).__name__}, {self.source} -> {self.target})"
 
 
-def as_score_fn(sde: SDE, fn: Callable, parameterization: str = "velocity") -> Reparameterized:
+def as_score_fn(
+    sde: SDE,                            # the forward SDE, whose kernel relates the parameterizations
+    fn: Callable,                        # the model: x (B, *D), t (B,) -> (B, *D)
+    parameterization: str = "velocity",  # what `fn` predicts: one of `PARAMETERIZATIONS`
+) -> Reparameterized:
     "A `score_fn(x, t)` for `sample`, `ode_sample`, `probability_flow`, ... from a model `fn` that predicts `parameterization`."
     return Reparameterized(sde, fn, parameterization, "score")
 
 
-def as_velocity_fn(sde: SDE, fn: Callable, parameterization: str = "score") -> Reparameterized:
+def as_velocity_fn(
+    sde: SDE,                         # the forward SDE, whose kernel relates the parameterizations
+    fn: Callable,                     # the model: x (B, *D), t (B,) -> (B, *D)
+    parameterization: str = "score",  # what `fn` predicts: one of `PARAMETERIZATIONS`
+) -> Reparameterized:
     "The velocity $u(x, t)$, the probability-flow drift (eq. `eq-fm-velocity-pf`), from a model `fn` that predicts `parameterization`."
     return Reparameterized(sde, fn, parameterization, "velocity")
 
@@ -281,7 +289,8 @@ def sample_interpolant_sde(
     steps: int = 1000,        # Euler–Maruyama steps from $T$ to $\epsilon$
     eps: float = 1e-3,        # stop at $t = \epsilon$
     generator: torch.Generator | None = None,   # drives the prior draw and the Brownian increments
-    dtype=None, device=None,  # of the samples (float16/bfloat16 are computed in float32)
+    dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
+    device=None,              # device of the samples (default: `x_T`'s, else the generator's, else the CPU)
     x_T: Tensor | None = None,   # start here instead of drawing from the prior
     return_path: bool = False,   # all steps+1 states, shape (steps+1, B, *D), time running T -> eps
     enable_grad: bool = False,   # record an autograd graph through the loop (default: torch.no_grad())

@@ -404,9 +404,9 @@ def train_noisy_classifier(
     y: Tensor,                  # labels (N,), integers in 0..K-1
     *,
     steps: int = 800,           # optimizer steps
-    batch_size: int = 128,
+    batch_size: int = 128,      # images per step (at most N)
     lr: float = 2e-3,           # peak learning rate of the one-cycle schedule (AdamW)
-    weight_decay: float = 1e-4,
+    weight_decay: float = 1e-4,  # AdamW weight decay
     eps: float = 1e-3,          # times are drawn uniformly from [eps, T]
     n_classes: int | None = None,   # K; default: max(y) + 1
     seed: int = 0,              # seeds the weights, the batches, the times and the noise

@@ -34,11 +34,11 @@ def default_cache_dir() -> Path:
 def digits_config(
     steps: int = 1500,            # optimizer steps: the CPU budget of the course; raise it on a GPU
     channels=(32, 64),            # U-Net channels per level; (64, 128) or more on a GPU
-    batch_size: int = 128,
-    lr: float = 2e-3,
+    batch_size: int = 128,        # the global batch $B$
+    lr: float = 2e-3,             # AdamW peak learning rate: warm-up over min(100, steps // 10) steps, cosine decay to 0 over `steps`
     size: int = 8,                # image side (8: the original digits; 16: upsampled)
-    seed: int = 0,
-    sde: str = "vp",
+    seed: int = 0,                # seeds the initialization and the training draws
+    sde: str = "vp",              # the forward SDE: 'vp', 'subvp' or 've'
 ) -> TrainConfig:                 # the configuration of chapter 12's class-conditional digits U-Net
     "The training run of this chapter: a class-conditional U-Net on the digits with DSM, EMA and label dropout."
     return TrainConfig(sde=sde, model="unet", model_kwargs={"channels": list(channels), "num_classes": 10},
@@ -46,7 +46,9 @@ def digits_config(
                        lr_decay_steps=steps, ema_decay=0.999, label_dropout=0.1, seed=seed)
 
 
-def config_key(config: TrainConfig) -> str:
+def config_key(
+    config: TrainConfig,   # the training configuration
+) -> str:
     "Twelve hex digits naming a config: its checkpoint folder and its shipped weights are called `digits-<key>`."
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig, got {type(config).__name__}")
@@ -56,7 +58,9 @@ def config_key(config: TrainConfig) -> str:
 PRETRAINED_FORMAT, PRETRAINED_VERSION = "sde_diffusion.pretrained", 1
 
 
-def pretrained_path(config: TrainConfig) -> Path:
+def pretrained_path(
+    config: TrainConfig,   # the training configuration
+) -> Path:
     "Where the package keeps the weights of `config` if it ships them: `sde_diffusion/pretrained/digits-<key>.pt`."
     return Path(str(importlib.resources.files("sde_diffusion"))) / "pretrained" / f"digits-{config_key(config)}.pt"
 

@@ -204,7 +204,8 @@ def as_operator(
 def average_pool_operator(
     event_shape,          # (C, H, W) of one image
     factor: int = 2,      # side of the pooled blocks; must divide H and W
-    dtype=torch.float32, device=None,
+    dtype=torch.float32,  # dtype of the matrix $A$
+    device=None,          # device of the matrix $A$
 ) -> MatrixOperator:      # $A$ of shape (C H W / factor^2, C H W)
     "Low resolution as a measurement: the means of `factor` x `factor` blocks, as a matrix (rows of $1/\\text{factor}^2$)."
     shape = _event_shape("event_shape", event_shape)
@@ -419,7 +420,7 @@ def noisy_measurement(
     A,                        # the measurement operator (or mask, or matrix)
     y: Tensor,                # $y = Ax_0$, shape (B, M)
     t: Tensor,                # times, shape (B,)
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None,  # draws the M normal numbers per sample, on `y`'s device
 ) -> Tensor:                  # a draw of $Ax_t$ given $Ax_0 = y$: $\alpha y + \sigma A z$, shape (B, M)
     "A fresh forward-noised copy of a noiseless measurement (eq. `eq-inv-replacement`); M normal draws per sample."
     op = as_operator(A)
@@ -639,14 +640,14 @@ def reconstruction_guidance(
     predictor="reverse_diffusion",   # any predictor of `sample`: the guided score is a score
     corrector=None,           # and any corrector
     steps: int = 1000,        # predictor steps $N$
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-    eps: float = 1e-3,
-    spacing: str = "uniform",
+    snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
+    corrector_steps: int = 1,  # corrector steps per predictor step, for a corrector given by name or class
+    eps: float = 1e-3,         # the last time $t_N = \epsilon$
+    spacing: str = "uniform",  # the time grid: "uniform", "logsnr" or "edm" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula of the guided score at $\epsilon$ (Ho et al.'s adjusted $\tilde x_0$)
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    progress: bool = False,
+    generator: torch.Generator | None = None,  # drives the prior draw and all the noise: same seed, same samples
+    x_T: Tensor | None = None,                 # start here instead of drawing from the prior, shape (B, *event_shape)
+    progress: bool = False,                    # a tqdm bar over the steps
 ) -> SamplerOutput:           # (samples of shape (B, *event_shape), NFE: score evaluations, each with one backward pass)
     "Reconstruction guidance (Ho et al. 2022, eq. `eq-inv-rg`): sample with the score plus $w_r$ times the guidance of eq. `eq-inv-gauss-approx` with $\\nu_t = \\sigma^2/\\alpha^2$."
     op, y, shape = _problem(sde, score_fn, A, y, x_T, generator)
@@ -666,12 +667,12 @@ def dps(
     zeta: float = 1.0,        # $\zeta'$: each step moves by $\zeta_i = \zeta' / \lVert y - A\hat x_0 \rVert$ times the gradient
     steps: int = 1000,        # predictor steps $N$ (the paper: 1000 DDPM steps)
     predictor="ancestral",    # a predictor that evaluates the score once, at the current state (DDPM's step in the paper)
-    eps: float = 1e-3,
-    spacing: str = "uniform",
+    eps: float = 1e-3,        # the last time $t_N = \epsilon$
+    spacing: str = "uniform",  # the time grid: "uniform", "logsnr" or "edm" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$
-    generator: torch.Generator | None = None,
-    x_T: Tensor | None = None,
-    progress: bool = False,
+    generator: torch.Generator | None = None,  # drives the prior draw and all the noise: same seed, same samples
+    x_T: Tensor | None = None,                 # start here instead of drawing from the prior, shape (B, *event_shape)
+    progress: bool = False,                    # a tqdm bar over the steps
 ) -> SamplerOutput:           # (samples of shape (B, *event_shape), NFE: score evaluations, each with one backward pass)
     "Diffusion posterior sampling (Chung et al. 2023, eq. `eq-inv-dps-step`): a predictor step, then a normalized gradient step on $\\lVert y - A\\hat x_0 \\rVert^2$."
     op, y, shape = _problem(sde, score_fn, A, y, x_T, generator)

@@ -80,7 +80,8 @@ def hutchinson_probes(
     noise: str = "rademacher",                 # 'rademacher' (entries ±1) or 'gaussian' (entries N(0, 1))
     *,
     generator: torch.Generator | None = None,  # on `device`
-    dtype=None, device=None,
+    dtype=None,                                # floating dtype of the probes (default: torch's default)
+    device=None,                               # device of the probes (default: the generator's, else the CPU)
 ) -> Tensor:                                   # probes $v$ with $\mathbb{E}[vv^\top] = I$, shape `shape`
     "Random probe vectors for Hutchinson's trace estimator (eq. `eq-lik-hutchinson`)."
     _choice("noise", noise, _NOISES)
@@ -127,7 +128,8 @@ def log_likelihood(
     noise: str = "rademacher",  # Hutchinson probes: 'rademacher' or 'gaussian'
     n_probes: int = 1,          # Hutchinson probes per sample, fixed for the whole solve, averaged
     method: str = "dopri5",     # a torchdiffeq method; fixed-step ones need options={"step_size": ...}
-    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
+    rtol: float = 1e-5,                       # relative tolerance of adaptive methods, positive
+    atol: float = 1e-5,                       # absolute tolerance of adaptive methods, positive
     options: dict | None = None,              # more torchdiffeq options (step_t and first_step are set for adaptive methods)
     prior_logp: Callable | None = None,       # $z \mapsto \log\pi(z)$, shape (B,); default `sde.prior_logp`
     generator: torch.Generator | None = None, # draws the Hutchinson probes; on x's device
@@ -246,7 +248,7 @@ def dequantize(
 def quantize(
     y: Tensor,                                  # data at the model's scale, shape (B, *D)
     *,
-    n_bins: int = 256,
+    n_bins: int = 256,                          # levels per dimension, as in `dequantize`
     data_range: Sequence[float] = (-1.0, 1.0),  # (lo, hi), as in `dequantize`
 ) -> Tensor:                                    # levels $\lfloor (y - \mathrm{lo})/a \rfloor$ in {0, ..., n_bins - 1}, dtype long
     "The bin of each value, the inverse of `dequantize` (values outside [lo, hi) go to the edge bins)."
@@ -265,7 +267,7 @@ def bits_per_dim(
     logp: Tensor,                               # $\log p(y)$ in nats at dequantized points, shape (B,)
     shape,                                      # x.shape = (B, *D), or the number $D$ of dimensions per sample
     *,
-    n_bins: int = 256,
+    n_bins: int = 256,                          # levels per dimension, as in `dequantize`
     data_range: Sequence[float] = (-1.0, 1.0),  # (lo, hi), as in `dequantize`
 ) -> Tensor:                                    # $-\log p(y)/(D\ln 2) - \log_2 a$, shape (B,)
     "Bits per dimension of the discrete data (eq. `eq-lik-bpd`): an upper bound, from a log-density at dequantized points."

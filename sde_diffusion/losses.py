@@ -186,10 +186,10 @@ def irreducible_dsm_constant(
     x0: Tensor,                  # data, shape (B, *D)
     *,
     weighting="sigma2",          # as in `dsm_loss`
-    eps: float = 1e-5,
-    t: Tensor | None = None,
+    eps: float = 1e-5,           # smallest time: t ~ U[eps, T], as in `dsm_loss`
+    t: Tensor | None = None,     # times, shape (B,), in [eps, T]; drawn when None
     generator: torch.Generator | None = None,   # in the same state as for `dsm_loss`: the same draws
-    reduce: str = "mean",
+    reduce: str = "mean",                       # 'mean' or 'sum' over the batch, or 'none' for per-sample values, shape (B,)
 ) -> Tensor:
     "The loss at the exact score, $\\mathcal{L}^\\star_\\lambda$ (eq. `eq-sm-constant`): per sample $\\lambda\\,\\tfrac12(D/\\sigma^2 - \\|\\nabla\\log p_t(x_t)\\|^2)$."
     check_reduce(reduce)
@@ -212,7 +212,7 @@ def esm_loss(
     *,
     sde: SDE | None = None,      # needed by the named weightings other than 'none'
     weighting="none",            # $\lambda(t)$, as in `dsm_loss`
-    reduce: str = "mean",
+    reduce: str = "mean",        # 'mean' or 'sum' over the batch, or 'none' for per-sample losses, shape (B,)
 ) -> Tensor:
     "Explicit score matching (eq. `eq-sm-esm`): $\\lambda(t)\\,\\tfrac12\\|s_\\theta(x, t) - \\nabla_x\\log p_t(x)\\|^2$ summed over entries."
     check_reduce(reduce)
@@ -265,7 +265,7 @@ def ism_loss(
     divergence: str = "exact",   # 'exact' (D backward passes) or 'hutchinson' (Rademacher probes)
     num_probes: int = 1,         # probes per sample, for 'hutchinson'
     generator: torch.Generator | None = None,   # draws the probes
-    reduce: str = "mean",
+    reduce: str = "mean",                       # 'mean' or 'sum' over the batch, or 'none' for per-sample losses, shape (B,)
 ) -> Tensor:
     "Implicit score matching (eq. `eq-sm-ism`): $\\lambda(t)\\,[\\operatorname{tr}\\nabla_x s_\\theta(x, t) + \\tfrac12\\|s_\\theta(x, t)\\|^2]$."
     check_reduce(reduce)

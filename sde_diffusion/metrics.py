@@ -49,8 +49,9 @@ def _pair(x, y) -> tuple[Tensor, Tensor]:
 def random_directions(
     n: int,     # number of directions
     d: int,     # dimension
-    generator: torch.Generator | None = None,
-    dtype=None, device=None,
+    generator: torch.Generator | None = None,  # draws the random frames, on `device`
+    dtype=None,                                # dtype of the directions (default: torch's default)
+    device=None,                               # device of the directions (default: the CPU)
 ) -> Tensor:    # unit vectors, shape (n, d)
     "Directions uniform on the sphere, drawn in blocks of `d` that form random orthonormal frames."
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -129,8 +130,10 @@ def energy_distance(
 
 
 def energy_distance_gaussian_1d(
-    mean1: float, std1: float,   # $\mu_1$, $s_1$
-    mean2: float, std2: float,   # $\mu_2$, $s_2$
+    mean1: float,                # $\mu_1$, the mean of the first Gaussian
+    std1: float,                 # $s_1$, its standard deviation
+    mean2: float,                # $\mu_2$, the mean of the second Gaussian
+    std2: float,                 # $s_2$, its standard deviation
 ) -> float:
     "Exact energy distance between two 1-D Gaussians (eq. `eq-metrics-energy-gauss`)."
     for name, v in (("mean1", mean1), ("std1", std1), ("mean2", mean2), ("std2", std2)):
@@ -198,7 +201,7 @@ def expected_log_prob(
     log_prob: Callable,          # exact $\log p_0$: tensor (B, *D) -> (B,)
     sampler: Callable,           # sampler(n, generator=...) -> exact samples of $p_0$
     n: int = 1_000_000,          # number of samples
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None,  # passed to `sampler`, for reproducible draws
     batch_size: int = 100_000,   # samples per batch
 ) -> tuple[float, float]:        # $\mathbb{E}_{p_0}\log p_0 = -H(p_0)$ and its standard error
     "Monte Carlo estimate of $\\mathbb{E}_{p_0}\\log p_0$ (minus the entropy) from `n` exact samples, in batches."
@@ -215,8 +218,8 @@ def expected_log_prob(
 # %% ../nbs/A2_metrics.ipynb #10758295
 class NoiseFloor(NamedTuple):
     "Mean and standard deviation of a metric between exact sample sets."
-    mean: float
-    std: float
+    mean: float   # mean of the metric over the draws
+    std: float    # its standard deviation over the draws
 
 
 def noise_floor(
@@ -245,7 +248,7 @@ def sample_metrics(
     samples: Tensor,              # samples to judge, shape (n, *D)
     reference: Tensor,            # exact reference samples (stratified, ideally), shape (m, *D)
     log_prob: Callable | None = None,   # exact $\log p_0$, for the log-density gap
-    n_projections: int = 128,
+    n_projections: int = 128,           # random directions of the sliced Wasserstein distance
     generator: torch.Generator | None = None,   # directions of the sliced distance
 ) -> dict:                        # {'sw2': ..., 'energy': ..., 'dlogp': ...} as floats
     "The three metrics of this chapter for one sample set against a reference set."

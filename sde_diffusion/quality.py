@@ -39,7 +39,7 @@ class DigitClassifier(nn.Module):
         channels: int = 32,         # channels of the first block; doubled after each pooling, at most 4x
         feature_dim: int = 64,      # $F$, the dimension of `features`
         groups: int = 8,            # GroupNorm groups; must divide `channels`
-        n_classes: int = 10,
+        n_classes: int = 10,        # number of classes $K$: the number of logits
         seed: int | None = None,    # initialise the weights from `torch.manual_seed(seed)`; None: the global generator
     ):
         super().__init__()
@@ -149,10 +149,10 @@ class ClassifierReport(NamedTuple):
 
 @torch.no_grad()
 def confusion_matrix(
-    model: DigitClassifier,
+    model: DigitClassifier,    # a trained classifier, with K = `model.n_classes`
     images: Tensor,            # (N, 1, size, size)
     labels: Tensor,            # (N,) true classes
-    batch_size: int = 1000,
+    batch_size: int = 1000,    # images per forward pass
 ) -> Tensor:                   # (K, K) long, on the CPU: entry (i, j) counts class-i images predicted as j
     "Confusion matrix of `model` on labelled images; accuracy is its trace over its sum."
     pred = _predict(model, images, batch_size).argmax(1).cpu()
@@ -168,11 +168,11 @@ def train_digit_classifier(
     seed: int = 0,             # seeds the initial weights, the batches and the shifts
     augment: bool = True,      # random shifts of up to `max_shift` pixels
     max_shift: int | None = None,   # default: size // 8 (one pixel at 8x8)
-    batch_size: int = 64,
+    batch_size: int = 64,           # images per optimizer step
     lr: float = 3e-3,          # peak learning rate of the one-cycle schedule (AdamW)
-    weight_decay: float = 1e-4,
-    channels: int = 32,
-    feature_dim: int = 64,
+    weight_decay: float = 1e-4,  # AdamW weight decay
+    channels: int = 32,          # channels of the first block (`DigitClassifier`)
+    feature_dim: int = 64,       # $F$, the dimension of the features
     device=None,               # where to train (default: CPU)
     verbose: bool = False,     # print the loss after every epoch
 ) -> tuple[DigitClassifier, ClassifierReport]:   # the model in eval mode, and its report
@@ -245,8 +245,10 @@ def _psd_sqrt(name: str, cov: Tensor) -> Tensor:
 
 
 def frechet_distance_gaussians(
-    mean_a: Tensor, cov_a: Tensor,   # $\mu_a$ (F,), $\Sigma_a$ (F, F), symmetric PSD
-    mean_b: Tensor, cov_b: Tensor,   # $\mu_b$ (F,), $\Sigma_b$ (F, F), symmetric PSD
+    mean_a: Tensor,                  # $\mu_a$, shape (F,)
+    cov_a: Tensor,                   # $\Sigma_a$, shape (F, F), symmetric PSD
+    mean_b: Tensor,                  # $\mu_b$, shape (F,)
+    cov_b: Tensor,                   # $\Sigma_b$, shape (F, F), symmetric PSD
 ) -> float:                          # $d_F^2$, eq. `eq-quality-fd`
     "Fréchet distance $\\lVert\\mu_a-\\mu_b\\rVert^2 + \\mathrm{Tr}\\,\\Sigma_a + \\mathrm{Tr}\\,\\Sigma_b - 2\\lVert\\Sigma_a^{1/2}\\Sigma_b^{1/2}\\rVert_*$, float64."
     mean_a, mean_b = _matrix("mean_a", mean_a, 1), _matrix("mean_b", mean_b, 1)
@@ -265,7 +267,7 @@ def frechet_distance_gaussians(
 
 def gaussian_fit(
     feats: Tensor,      # feature vectors, shape (n, F), n >= 2
-    name: str = "feats",
+    name: str = "feats",  # the argument's name in error messages
 ) -> tuple[Tensor, Tensor]:   # $\hat\mu$ (F,) and the unbiased sample covariance $\hat\Sigma$ (F, F), float64
     "Mean and sample covariance (divided by n - 1) of a set of feature vectors, in float64."
     x = _matrix(name, feats, 2)
@@ -300,7 +302,7 @@ def _feats(model, images, name: str, batch_size: int) -> Tensor:
 def classifier_features(
     model: DigitClassifier | None,   # the classifier; None: the flattened pixels are the features
     images: Tensor,                  # (N, 1, size, size), on the classifier's device
-    batch_size: int = 1000,
+    batch_size: int = 1000,          # images per forward pass of the classifier
 ) -> Tensor:                         # $\psi(x)$, shape (N, F), float64, on the images' device
     "Feature vectors of a set of images, in batches, without gradients."
     return _feats(model, images, "images", batch_size)
@@ -309,7 +311,7 @@ def classifier_features(
 def classifier_scores(
     model: DigitClassifier,   # a trained classifier
     images: Tensor,           # samples to judge, (N, 1, size, size)
-    batch_size: int = 1000,
+    batch_size: int = 1000,   # images per forward pass of the classifier
 ) -> dict:                    # see the keys below
     "Class coverage (eq. `eq-quality-coverage`), class KL to uniform, mean confidence and the classifier's Inception Score."
     logp = _predict(model, images, batch_size).log_softmax(1)        # (N, K)
@@ -361,7 +363,7 @@ def frechet_floor(
     repeats: int = 10,              # number of random draws
     seed: int = 0,                  # seeds the draws
     return_values: bool = False,    # also return the `repeats` values, shape (repeats,)
-    batch_size: int = 1000,
+    batch_size: int = 1000,         # images per forward pass of the classifier
 ):                                  # NoiseFloor(mean, std) of the Fréchet distance (and the values)
     "Real-vs-real Fréchet distance: what a perfect generator scores at these sample sizes; mean and std over draws."
     seed = check_seed(seed)
@@ -395,7 +397,7 @@ def sample_quality(
     samples: Tensor,               # generated images, (n, 1, size, size), in [-1, 1]
     reference: Tensor,             # real images to compare with, (m, 1, size, size)
     floor: NoiseFloor | None = None,   # the real-vs-real floor at these sizes (`frechet_floor`), to report against
-    batch_size: int = 1000,
+    batch_size: int = 1000,            # images per forward pass of the classifier
 ) -> dict:                         # fd, n, m, the `classifier_scores`, and with `floor`: fd_floor, fd_floor_std, fd_z
     "One call to judge image samples: Fréchet distance to the reference set in classifier features, coverage, confidence."
     if model is None:

@@ -135,7 +135,8 @@ def sample_reverse_sde(
     steps: int = 1000,        # Euler–Maruyama steps from $t = T$ to $t = \epsilon$
     eps: float = 1e-3,        # stop at $t = \epsilon$, where the score is still well behaved
     generator: torch.Generator | None = None,   # drives the prior draw and the Brownian increments
-    dtype=None, device=None,                     # of the samples (float16/bfloat16 samples are computed in float32)
+    dtype=None,                                  # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
+    device=None,                                 # device of the samples (default: `x_T`'s, else the generator's, else the CPU)
     x_T: Tensor | None = None,                   # start here instead of drawing from the prior
     return_path: bool = False,                   # all steps+1 states, shape (steps+1, B, *D), time running T -> eps
     enable_grad: bool = False,                   # record an autograd graph through the loop (default: torch.no_grad())
@@ -253,8 +254,9 @@ def probability_flow(
     *,
     ts=None,                  # optional increasing or decreasing times from t0 to t1 to return states at
     method: str = "dopri5",   # a torchdiffeq method: adaptive ones use rtol/atol, fixed-step ones need options={"step_size": ...}
-    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
-    options: dict | None = None,
+    rtol: float = 1e-5,                       # relative tolerance of adaptive methods, positive
+    atol: float = 1e-5,                       # absolute tolerance of adaptive methods, positive
+    options: dict | None = None,              # more torchdiffeq options, e.g. {"step_size": ...} for a fixed-step method
     enable_grad: bool = False,   # record an autograd graph through the solve (default: torch.no_grad())
 ) -> tuple[Tensor, int]:      # states at t1 (or at every time of `ts`, shape (len(ts), B, *D)), x's dtype, and the NFE
     "Integrate the probability-flow ODE (eq. `eq-rev-pf-ode`) from `t0` to `t1` with torchdiffeq; return states and NFE."

@@ -64,11 +64,11 @@ def _log_snr(sde: SDE, t: Tensor) -> Tensor:
 
 
 def invert_log_snr(
-    sde: SDE,       # the SDE whose log-SNR $\\ell(t)$ is inverted
-    lam: Tensor,    # target values of $\\ell$, any shape
+    sde: SDE,       # the SDE whose log-SNR $\ell(t)$ is inverted
+    lam: Tensor,    # target values of $\ell$, any shape
     lo: float,      # the times searched lie in [lo, hi]
     hi: float,      # (upper end)
-) -> Tensor:        # times t with $\\ell(t)$ = `lam`, shape of `lam`
+) -> Tensor:        # times t with $\ell(t)$ = `lam`, shape of `lam`
     "Times in [lo, hi] with $\\ell(t)$ = `lam`, by bisection ($\\ell$ decreases in $t$)."
     a, b = torch.full_like(lam, lo), torch.full_like(lam, hi)
     for _ in range(64):
@@ -84,7 +84,8 @@ def sampling_times(
     eps: float = 1e-3,        # last time $t_N = \epsilon > 0$
     spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$ (eq. `eq-spacings`)
     rho: float = 7.0,         # the exponent $\rho$ of the "edm" spacing
-    dtype=None, device=None,  # of the returned grid
+    dtype=None,               # dtype of the returned grid (default: torch's default)
+    device=None,              # device of the returned grid
 ) -> Tensor:                  # $t_0 = T > t_1 > \dots > t_N = \epsilon$, shape (steps + 1,)
     "Decreasing times from $T$ to $\\epsilon$ for a sampler of `steps` steps (eq. `eq-spacings`)."
     steps, eps = positive_int("steps", steps), check_eps(eps, sde.T)
@@ -471,7 +472,11 @@ PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffu
 class Corrector:
     "Langevin steps at a fixed time `t` that leave $p_t$ invariant as the step size goes to 0; subclasses implement `apply`."
 
-    def __init__(self, snr: float = 0.16, n_steps: int = 1):   # signal-to-noise ratio $r$; steps per call
+    def __init__(
+        self,
+        snr: float = 0.16,   # signal-to-noise ratio $r > 0$
+        n_steps: int = 1,    # Langevin steps per call
+    ):
         if isinstance(snr, bool) or not isinstance(snr, numbers.Real) or not (0 < float(snr) < math.inf):
             raise ValueError(f"`snr` must be a positive number, got {snr!r}")
         n_steps = positive_int("n_steps", n_steps)
@@ -502,8 +507,12 @@ class Langevin(Corrector):
     convention) the norms are averaged over the batch, so one sample's step depends on the *other* samples; with
     `per_sample=True` each sample's step uses its own norms and its trajectory depends on nothing else in the batch."""
 
-    def __init__(self, snr: float = 0.16, n_steps: int = 1,
-                 per_sample: bool = False):   # $\delta$ from each sample's own $\lVert z\rVert/\lVert s\rVert$, not batch means
+    def __init__(
+        self,
+        snr: float = 0.16,          # signal-to-noise ratio $r > 0$
+        n_steps: int = 1,           # Langevin steps per call
+        per_sample: bool = False,   # $\delta$ from each sample's own $\lVert z\rVert/\lVert s\rVert$, not batch means
+    ):
         super().__init__(snr, n_steps)
         if not isinstance(per_sample, bool):
             raise TypeError(f"`per_sample` must be True or False, got {per_sample!r}")
@@ -542,8 +551,8 @@ CORRECTORS = {"langevin": Langevin, "annealed_langevin": AnnealedLangevin}
 # %% ../nbs/09_sampling.ipynb #87d7a827
 class SamplerOutput(NamedTuple):
     "Samples and the number of score evaluations (NFE) spent on them."
-    samples: Tensor
-    nfe: int
+    samples: Tensor   # the samples, shape (B, *D)
+    nfe: int          # number of score evaluations spent on them
 
 
 def _make(kind, table: dict, name: str, base: type, **kw):
@@ -616,7 +625,8 @@ def sample(
     spacing: str = "uniform", # the time grid: "uniform", "logsnr" or "edm" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
-    dtype=None, device=None,  # of the samples (default: torch's default dtype, the generator's device or the CPU); float16/bfloat16 are computed in float32
+    dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
+    device=None,              # device of the samples (default: `x_T`'s, else the generator's, else the CPU)
     x_T: Tensor | None = None,   # start here instead of drawing from the prior; its dtype and device must agree with `dtype`, `device`
     progress: bool = False,   # a tqdm bar over the steps
     return_path: bool = False,   # samples: the states at $t_0, \dots, t_N$ (and the denoised one), (N + 1 [+ 1], B, *D)
@@ -694,12 +704,14 @@ def ode_sample(
     shape=None,               # (B, *D) of the samples; may be left out when `x_T` is given
     *,
     method: str = "dopri5",   # a torchdiffeq method: adaptive ones use `rtol`/`atol`, fixed-step ones `steps`
-    rtol: float = 1e-5, atol: float = 1e-5,   # positive tolerances of adaptive methods
+    rtol: float = 1e-5,                       # relative tolerance of adaptive methods, positive
+    atol: float = 1e-5,                       # absolute tolerance of adaptive methods, positive
     steps: int | None = None, # number of uniform steps of a fixed-step method
     eps: float = 1e-3,        # integrate from $T$ down to $\epsilon$
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw
-    dtype=None, device=None,  # of the samples; float16/bfloat16 are computed in float32
+    dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
+    device=None,              # device of the samples (default: `x_T`'s, else the generator's, else the CPU)
     x_T: Tensor | None = None,   # start here instead of drawing from the prior; must agree with `dtype`, `device`
     enable_grad: bool = False,   # record an autograd graph through the solve; default torch.no_grad()
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)

@@ -127,7 +127,8 @@ def annealed_langevin(
     step_lr: float = 2e-5,    # $\epsilon$: step size $\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2$ (eq. `eq-smld-annealed`)
     generator: torch.Generator | None = None,   # drives the start draw and the noise, on the samples' device
     final_denoise: bool = True,   # finish with Tweedie's step $x + \sigma_L^2 s(x, \sigma_L)$ (eq. `eq-smld-tweedie`)
-    dtype=None, device=None,      # of the samples, when `x` is a shape
+    dtype=None,                   # dtype of the samples, when `x` is a shape
+    device=None,                  # device of the samples, when `x` is a shape
     progress: bool = False,       # a tqdm bar over the levels
     return_path: bool = False,    # the start and the state after each level (the last one denoised), (L+1, B, *D)
 ) -> Tensor:                      # samples, shape (B, *D)
@@ -167,7 +168,8 @@ def smld_reverse_diffusion(
     *,
     generator: torch.Generator | None = None,   # drives the start draw and the noise, on the samples' device
     final_denoise: bool = True,   # no noise in the last step (to level 0): Tweedie's denoising step
-    dtype=None, device=None,      # of the samples, when `x` is a shape
+    dtype=None,                   # dtype of the samples, when `x` is a shape
+    device=None,                  # device of the samples, when `x` is a shape
     progress: bool = False,       # a tqdm bar over the steps
     return_path: bool = False,    # the start and the state after each step, (N+1, B, *D)
 ) -> Tensor:                      # samples, shape (B, *D)

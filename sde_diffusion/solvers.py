@@ -37,7 +37,12 @@ def _elapsed(t, x: Tensor | None = None) -> Tensor:
 
 class OrnsteinUhlenbeck:
     "Ornstein–Uhlenbeck process $\\mathrm{d}X = \\theta(\\mu - X)\\,\\mathrm{d}t + \\sigma\\,\\mathrm{d}W$ (eq. `eq-ou-solution`)."
-    def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 1.0):
+    def __init__(
+        self,
+        theta: float = 1.0,   # mean-reversion rate $\theta > 0$
+        mu: float = 0.0,      # long-run mean $\mu$
+        sigma: float = 1.0,   # noise scale $\sigma > 0$
+    ):
         self.theta, self.sigma, self.mu = positive_float("theta", theta), positive_float("sigma", sigma), check_real("mu", mu)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
@@ -73,7 +78,11 @@ class OrnsteinUhlenbeck:
 
 class GeometricBrownianMotion:
     "Geometric Brownian motion $\\mathrm{d}X = \\mu X\\,\\mathrm{d}t + \\sigma X\\,\\mathrm{d}W$ (eq. `eq-gbm-log`)."
-    def __init__(self, mu: float = 1.0, sigma: float = 1.0):
+    def __init__(
+        self,
+        mu: float = 1.0,      # growth rate $\mu$
+        sigma: float = 1.0,   # volatility $\sigma > 0$
+    ):
         self.mu, self.sigma = check_real("mu", mu), positive_float("sigma", sigma)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
@@ -189,8 +198,8 @@ def milstein(
     *,
     diffusion_dx: Callable | None = None,     # $\partial g_i / \partial x_i$; autograd if None
     dW: Tensor | None = None,                 # Brownian increments, shape (N, B, *D)
-    generator: torch.Generator | None = None,
-    return_path: bool = False,
+    generator: torch.Generator | None = None,  # used when `dW` is None
+    return_path: bool = False,                 # return all N+1 states instead of the endpoint
 ) -> Tensor:
     "Milstein integration of a diagonal-noise Itô SDE (eq. `eq-milstein`)."
     ts, dW = _prepare(x0, ts, dW, generator)
@@ -223,7 +232,7 @@ def convergence_order(
     samples: Tensor,     # per-path error terms at each step size, shape (L, M): |X_N - X_T| (strong) or X_N - X_T (weak)
     kind: str = "strong",  # "strong": error = mean(samples); "weak": error = |mean(samples)|
     n_boot: int = 400,     # bootstrap resamples over paths
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None,  # draws the bootstrap resamples (a CPU generator)
 ) -> ConvergenceFit:
     "Fit error $\\approx C \\Delta t^p$ by least squares in log-log; bootstrap the slope over paths."
     if kind not in ("strong", "weak"):

@@ -254,7 +254,8 @@ def ring_of_gaussians(
     k: int = 8,             # number of components
     radius: float = 2.0,    # distance of the means from the origin
     std: float = 0.25,      # standard deviation of each (isotropic) component
-    dtype=None, device=None,
+    dtype=None,             # dtype of the mixture (default: torch's default)
+    device=None,            # device of the mixture (default: the CPU)
 ) -> GaussianMixture:
     "`k` equally weighted isotropic Gaussians with means equally spaced on a circle."
     k = positive_int("k", k)
@@ -268,7 +269,8 @@ def grid_of_gaussians(
     side: int = 3,          # components per side: side**2 in all
     spacing: float = 2.0,   # distance between neighbouring means
     std: float = 0.25,      # standard deviation of each component
-    dtype=None, device=None,
+    dtype=None,             # dtype of the mixture (default: torch's default)
+    device=None,            # device of the mixture (default: the CPU)
 ) -> GaussianMixture:
     "`side`$\\times$`side` equally weighted isotropic Gaussians on a square grid centred at the origin."
     side = positive_int("side", side)
@@ -281,9 +283,10 @@ def grid_of_gaussians(
 def random_mixture(
     k: int,                 # number of components
     d: int,                 # dimension
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None,  # draws the weights, means and covariances, on `device`
     spread: float = 3.0,    # standard deviation of the means around the origin
-    dtype=None, device=None,
+    dtype=None,             # dtype of the mixture (default: torch's default)
+    device=None,            # device of the mixture (default: the CPU)
 ) -> GaussianMixture:
     "A random mixture with unequal weights and full, anisotropic covariances (for tests)."
     dtype = dtype or torch.get_default_dtype()
@@ -404,7 +407,13 @@ def _standardize(x: Tensor, mean, total_var) -> Tensor:
     return (x - x.new_tensor(mean)) / math.sqrt(total_var / 2)
 
 
-def sample_moons(n: int, noise: float = 0.05, generator=None, dtype=None, device=None) -> Tensor:
+def sample_moons(
+    n: int,                 # number of points
+    noise: float = 0.05,    # standard deviation of the Gaussian noise added to each coordinate before standardizing
+    generator=None,         # for reproducible draws; its device is used when `device` is None
+    dtype=None,             # dtype of the points (default: torch's default)
+    device=None,            # device of the points (default: the generator's, else the CPU)
+) -> Tensor:               # shape (n, 2)
     "Two interleaved half circles, shape (n, 2), centred, mean coordinate variance 1."
     kw = _dataset_kw(n, generator, dtype, device)
     theta = math.pi * torch.rand(n, **kw)
@@ -416,7 +425,13 @@ def sample_moons(n: int, noise: float = 0.05, generator=None, dtype=None, device
     return _standardize(pts, [0.5, 0.25], var_x + var_y + 2 * noise**2)
 
 
-def sample_swiss_roll(n: int, noise: float = 0.5, generator=None, dtype=None, device=None) -> Tensor:
+def sample_swiss_roll(
+    n: int,                 # number of points
+    noise: float = 0.5,     # standard deviation of the Gaussian noise added to each coordinate before standardizing
+    generator=None,         # for reproducible draws; its device is used when `device` is None
+    dtype=None,             # dtype of the points (default: torch's default)
+    device=None,            # device of the points (default: the generator's, else the CPU)
+) -> Tensor:               # shape (n, 2)
     "The 2-D swiss roll $(s\\cos s, s\\sin s)$, $s \\sim U(1.5\\pi, 4.5\\pi)$, shape (n, 2), centred, mean coordinate variance 1."
     kw = _dataset_kw(n, generator, dtype, device)
     a, b = 1.5 * math.pi, 4.5 * math.pi
@@ -428,7 +443,12 @@ def sample_swiss_roll(n: int, noise: float = 0.5, generator=None, dtype=None, de
     return _standardize(pts, mean, e_s2 - mean[0] ** 2 - mean[1] ** 2 + 2 * noise**2)
 
 
-def sample_checkerboard(n: int, generator=None, dtype=None, device=None) -> Tensor:
+def sample_checkerboard(
+    n: int,                 # number of points
+    generator=None,         # for reproducible draws; its device is used when `device` is None
+    dtype=None,             # dtype of the points (default: torch's default)
+    device=None,            # device of the points (default: the generator's, else the CPU)
+) -> Tensor:               # shape (n, 2)
     "Uniform on the 8 dark squares of a 4x4 checkerboard, shape (n, 2), centred, coordinate variance 1."
     kw = _dataset_kw(n, generator, dtype, device)
     x = 4 * torch.rand(n, **kw) - 2
@@ -436,7 +456,13 @@ def sample_checkerboard(n: int, generator=None, dtype=None, device=None) -> Tens
     return _standardize(torch.stack([x, y], -1), [0.0, 0.0], 2 * 4 / 3)
 
 
-def sample_rings(n: int, noise: float = 0.08, generator=None, dtype=None, device=None) -> Tensor:
+def sample_rings(
+    n: int,                 # number of points
+    noise: float = 0.08,    # standard deviation of the Gaussian noise added to each coordinate before standardizing
+    generator=None,         # for reproducible draws; its device is used when `device` is None
+    dtype=None,             # dtype of the points (default: torch's default)
+    device=None,            # device of the points (default: the generator's, else the CPU)
+) -> Tensor:               # shape (n, 2)
     "Four concentric circles of radii 1..4, uniform along their length, shape (n, 2), centred, mean coordinate variance 1."
     kw = _dataset_kw(n, generator, dtype, device)
     radii = torch.arange(1, 5, dtype=kw["dtype"], device=kw["device"])
@@ -454,8 +480,9 @@ DATASETS_2D = {"moons": sample_moons, "swiss_roll": sample_swiss_roll, "checkerb
 def make_2d_dataset(
     name: str,     # one of `DATASETS_2D`: 'moons', 'swiss_roll', 'checkerboard', 'rings'
     n: int,        # number of points
-    generator: torch.Generator | None = None,
-    dtype=None, device=None,
+    generator: torch.Generator | None = None,  # for reproducible draws; its device is used when `device` is None
+    dtype=None,                                # dtype of the points (default: torch's default)
+    device=None,                               # device of the points (default: the generator's, else the CPU)
     **kwargs,      # passed on, e.g. `noise`
 ) -> Tensor:       # shape (n, 2)
     "Sample a named 2-D toy dataset."

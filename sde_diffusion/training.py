@@ -178,7 +178,9 @@ def config_diff(
     return out
 
 
-def build_sde(config: TrainConfig) -> SDE:
+def build_sde(
+    config: TrainConfig,   # names the SDE (`config.sde`) and its arguments (`config.sde_kwargs`)
+) -> SDE:
     "The forward SDE named by `config.sde`, with `config.sde_kwargs`."
     try:
         return SDES[config.sde](**config.sde_kwargs)
@@ -482,7 +484,9 @@ def _data_source(data, seed: int):
                     f"got {type(data).__name__}")
 
 
-def data_fingerprint(data) -> dict:
+def data_fingerprint(
+    data,   # what `train` accepts: a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g)
+) -> dict:
     "What identifies training data, as a checkpoint records it: kind, size, sample shape and a SHA-256 of every sample and label."
     return _data_source(data, 0).fingerprint()
 
@@ -892,7 +896,7 @@ class Trained(NamedTuple):
     "A network restored from a checkpoint."
     model: nn.Module             # eval mode, no gradients
     sde: SDE                     # its forward SDE (`model.sde`)
-    config: TrainConfig
+    config: TrainConfig          # the `TrainConfig` it was trained with
     step: int                    # optimizer steps it was trained for
 
 

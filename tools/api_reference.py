@@ -259,7 +259,7 @@ def link_equations(text: str, labels: set[str]) -> str:
 def _docments(obj) -> dict:
     from fastcore.docments import docments
     try:
-        return docments(obj, full=True)
+        return docments(obj, full=True, args_kwargs=True)
     except Exception:      # no source (builtins, C extensions): no argument comments to show
         return {}
 
