@@ -100,7 +100,7 @@ browser-deps:
 
 # The browser test against the built book (run after `make book`; .ci/run does).
 check-book: $(STAMP) browser-deps
-	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py tests/test_launch_links.py -q -n $(JOBS)
+	SDE_REQUIRE_BOOK=1 $(BIN)/python -m pytest tests/test_book.py tests/test_launch_links.py tests/test_api_links.py -q -n $(JOBS)
 
 clean:
 	rm -rf book/_build $(ASSETS) _proc _docs
