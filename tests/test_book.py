@@ -205,67 +205,44 @@ def test_every_chapter_has_a_page(book):
     assert not missing, f"chapters without a page: {missing}"
 
 
-# One test per page, so that `pytest -n` spreads the pages (MathJax typesetting, seconds each) over the cores.
-@pytest.mark.parametrize("rel", [p.relative_to(HTML).as_posix() for p in _pages()] if HTML.exists() else [])
-def test_pages_offline_typeset_and_figures(book, server, browser, rel):
-    problems = []
-    for path in [book / rel]:
-        page, requests, errors = _load(browser, urljoin(server, rel), shot=rel.replace("/", "_") + ".png")
-        external = [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
-        if external:
-            problems.append(f"{rel}: network requests {external[:5]}")
-        if errors:
-            problems.append(f"{rel}: JavaScript or HTTP errors {errors[:3]}")
-        html = path.read_text(encoding="utf-8")
-        has_math = "\\(" in html or "\\[" in html or 'class="math' in html
-        if has_math and page.locator("mjx-container").count() == 0:
-            problems.append(f"{rel}: math present but not typeset by MathJax")
-        prose = page.evaluate(_VISIBLE_PROSE)
-        for raw in ("$$", "\\begin{", "\\(", "\\["):
-            if raw in prose:
-                problems.append(f"{rel}: raw TeX {raw!r} left in the page")
-        if page.locator("mjx-merror").count():
-            problems.append(f"{rel}: MathJax errors: {page.locator('mjx-merror').first.inner_text()}")
-        broken_imgs = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
-        if broken_imgs:
-            problems.append(f"{rel}: images that did not load {broken_imgs[:3]}")
-        page.close()
-    assert not problems, "\n".join(problems)
-
-
-def test_chapters_have_numbered_equations_and_figures(book, server, browser):
-    for rel in ("nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"):
-        page, _, _ = _load(browser, urljoin(server, rel))
-        numbers = page.locator("span.eqno").all_inner_texts()
-        assert numbers and re.fullmatch(r"\(\d+\.\d+\)", numbers[0].strip()), f"{rel}: equations not numbered by chapter: {numbers[:3]}"
-        assert page.locator("img[src*='.png']").count() >= 1, f"{rel}: no figure"
-        page.close()
-
-
 EXPLORER_PAGES = ["nbs/02_solvers.html", "nbs/03_fokker_planck.html", "nbs/04_sde.html", "nbs/05_reverse.html",
                   "nbs/06_score_matching.html", "nbs/07_smld.html", "nbs/09_sampling.html", "nbs/A1_toy.html",
                   "nbs/A7_explorers.html"]
+NUMBERED_PAGES = ["nbs/01_brownian.html", "nbs/02_solvers.html", "nbs/03_fokker_planck.html"]
 
 
 def test_explorer_pages_are_listed(book):
-    "Every page with an explorer is moved by the test below (a new explorer is not left out)."
+    "Every page with an explorer is moved by the page test below (a new explorer is not left out)."
     found = sorted(p.relative_to(book).as_posix() for p in _pages() if 'class="sde-player"' in p.read_text(errors="ignore"))
     assert found == sorted(EXPLORER_PAGES)
 
 
-@pytest.mark.parametrize("rel", EXPLORER_PAGES)
-def test_explorers_move_offline(book, server, browser, rel):
-    "Each slider of each explorer changes the frame shown and its value label, with nothing fetched and no JS error."
-    page, requests, errors = _load(browser, urljoin(server, rel))
+def _numbered_equations_and_figures(page, rel) -> list[str]:
+    "Equations numbered by chapter, (1.1) and so on, and at least one figure."
+    problems = []
+    numbers = page.locator("span.eqno").all_inner_texts()
+    if not (numbers and re.fullmatch(r"\(\d+\.\d+\)", numbers[0].strip())):
+        problems.append(f"{rel}: equations not numbered by chapter: {numbers[:3]}")
+    if page.locator("img[src*='.png']").count() < 1:
+        problems.append(f"{rel}: no figure")
+    return problems
+
+
+def _explorers_move(page, rel) -> list[str]:
+    "Each slider of each explorer changes the frame shown and its value label."
     players = page.locator(".sde-player")
-    assert players.count() >= 1, f"{rel}: no explorer"
+    if players.count() < 1:
+        return [f"{rel}: no explorer"]
+    problems = []
     for p in range(players.count()):
         player = players.nth(p)
         player.scroll_into_view_if_needed()
         img = player.locator("img.sde-player-frame")
-        assert img.evaluate("i => i.complete && i.naturalWidth > 0"), f"{rel}: the first frame did not load"
+        if not img.evaluate("i => i.complete && i.naturalWidth > 0"):
+            problems.append(f"{rel}: explorer {p}: the first frame did not load")
         sliders = player.locator("input.sde-player-slider")
-        assert sliders.count() >= 1
+        if sliders.count() < 1:
+            problems.append(f"{rel}: explorer {p} has no slider")
         for k in range(sliders.count()):
             slider, label = sliders.nth(k), player.locator(".sde-player-controls output").nth(k)
             before = (player.get_attribute("data-frame"), img.get_attribute("src"), label.inner_text())
@@ -273,11 +250,51 @@ def test_explorers_move_offline(book, server, browser, rel):
             target = "0" if slider.input_value() == top else top     # move to the other end of its range
             slider.fill(target)
             after = (player.get_attribute("data-frame"), img.get_attribute("src"), label.inner_text())
-            assert all(a != b for a, b in zip(before, after)), f"{rel}: slider {k} did not change the frame: {before[0]} -> {after[0]}"
-            assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+            if not all(a != b for a, b in zip(before, after)):
+                problems.append(f"{rel}: explorer {p}, slider {k} did not change the frame: {before[0]} -> {after[0]}")
+            if not img.evaluate("i => i.complete && i.naturalWidth > 0"):
+                problems.append(f"{rel}: explorer {p}, slider {k}: the new frame did not load")
         if p == 0:
             SHOTS.mkdir(parents=True, exist_ok=True)
             player.screenshot(path=str(SHOTS / ("explorer_" + Path(rel).stem + ".png")))
-    assert not errors, errors
-    assert not [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
+    return problems
+
+
+# One test per page, so that `pytest -n` spreads the pages (MathJax typesetting, seconds each) over the cores. Each page
+# is loaded once and every browser check of it runs on that load: typesetting, figures, no network, no JS errors, and
+# where it applies, chapter-numbered equations and explorers whose sliders move (nothing fetched while they move).
+@pytest.mark.parametrize("rel", [p.relative_to(HTML).as_posix() for p in _pages()] if HTML.exists() else [])
+def test_pages_offline_typeset_and_figures(book, server, browser, rel):
+    problems = []
+    page, requests, errors = _load(browser, urljoin(server, rel), shot=rel.replace("/", "_") + ".png")
+    html = (book / rel).read_text(encoding="utf-8")
+    has_math = "\\(" in html or "\\[" in html or 'class="math' in html
+    if has_math and page.locator("mjx-container").count() == 0:
+        problems.append(f"{rel}: math present but not typeset by MathJax")
+    prose = page.evaluate(_VISIBLE_PROSE)
+    for raw in ("$$", "\\begin{", "\\(", "\\["):
+        if raw in prose:
+            problems.append(f"{rel}: raw TeX {raw!r} left in the page")
+    if page.locator("mjx-merror").count():
+        problems.append(f"{rel}: MathJax errors: {page.locator('mjx-merror').first.inner_text()}")
+    broken_imgs = page.evaluate("() => [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+    if broken_imgs:
+        problems.append(f"{rel}: images that did not load {broken_imgs[:3]}")
+    if rel in NUMBERED_PAGES:
+        problems += _numbered_equations_and_figures(page, rel)
+    if rel in EXPLORER_PAGES:
+        problems += _explorers_move(page, rel)
+    # after the sliders moved: a frame fetched from the network or a script error while moving counts too
+    external = [u for u in requests if not (u.startswith(server) or u.startswith("data:") or u.startswith("blob:"))]
+    if external:
+        problems.append(f"{rel}: network requests {external[:5]}")
+    if errors:
+        problems.append(f"{rel}: JavaScript or HTTP errors {errors[:3]}")
     page.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_numbered_and_explorer_pages_are_tested(book):
+    "The page test above runs on every page listed for the numbering and explorer checks."
+    pages = {p.relative_to(HTML).as_posix() for p in _pages()}
+    assert set(NUMBERED_PAGES) <= pages and set(EXPLORER_PAGES) <= pages
