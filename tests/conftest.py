@@ -9,6 +9,13 @@ def pytest_configure(config):
                             "`make test` runs them, `make test-fast` (-m 'not slow') leaves them out")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first (a stable sort: each file keeps its order). pytest-xdist hands tests out in this
+    order, so the long ones start at once and the short ones fill the gaps: the run does not end with one worker busy
+    on a 40-second test while the other waits (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 _DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
