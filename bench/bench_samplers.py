@@ -973,6 +973,8 @@ def main(argv=None):
     ap.add_argument("--dump", default=None, help="also pickle the raw results to this file")
     ap.add_argument("--report-from", default=None, help="skip the measurements: rewrite RESULTS.md and samplers.png "
                     "into --out from a --dump pickle")
+    ap.add_argument("--overhead-only", action="store_true", help="only the null-score per-step overhead of the "
+                    "fixed-step samplers against the plain loop (a few minutes), printed; RESULTS.md is not written")
     args = ap.parse_args(argv)
     if args.report_from:
         import pickle
@@ -1003,6 +1005,12 @@ def main(argv=None):
         samplers = [s for s in samplers if any(k in s.name for k in keys)]
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     section = lambda name: log(f"[{(time.perf_counter() - t_start) / 60:5.1f} min] {name}")  # noqa: E731
+    if args.overhead_only:   # the last column of the timing table alone, as the full run measures it
+        section(f"null-score overhead, n = {args.n}, {max(targets)}-NFE budget, fastest of {args.null_repeats}")
+        null_overhead([s for s in samplers if s is not plain], plain, args.n, max(targets), args.null_repeats,
+                      args.seed + 1000, log)
+        log(f"load average before/after: {load_before} / {loadavg()}")
+        return
 
     section("reference set, E[log p0], exact flow map")
     P = Problem.make(args.n)

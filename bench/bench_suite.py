@@ -753,6 +753,7 @@ def write_report(out: Path, R: dict):
     for line in tg["lines"]:
         w(f"- {line}")
     w("")
+    default_section(R, w, bold)
 
     # ---- machine
     w("## Machine, run time, setup\n")
@@ -943,6 +944,55 @@ def write_report(out: Path, R: dict):
                 w(f"| {bold(sn)} | " + " | ".join(row) + " |")
         w("")
     (out / "SUITE.md").write_text("\n".join(L) + "\n")
+
+
+def default_section(R, w, bold):
+    """Issue 10, item 4: where `sample`'s default (`predictor="auto"`, `sampling.recommended_sampler(steps)`) stands at
+    each budget of this run: its rank, the best of ours, the old default (reverse diffusion on the uniform grid)."""
+    rec_fn = getattr(sampling, "recommended_sampler", None)
+    ours = [s for s in R["samplers"] if s.family == "ours" and hasattr(s, "key")]
+    if rec_fn is None or not ours:
+        return
+    by_key = {(s.key, s.spacing): s for s in ours}
+    summ, summ_net, cells, dn = R["summary"], R["summary_net"], R["cells"], [d.name for d in R["suite"]]
+    old = by_key.get(("reverse_diffusion", "uniform"))
+
+    def collapses(sn, T):
+        cs = [cells[(d, sn, T)] for d in dn if (d, sn, T) in cells]
+        return sum(c.failed or c.err > 1 for c in cs), len(cs)
+
+    def rank(s, sn):
+        st = s["stats"].get(sn)
+        return "–" if st is None else f"{st['median']:.1f} ({st['mean']:.1f})"
+
+    w("## The default of `sample` (`predictor=\"auto\"`)\n")
+    k = getattr(sampling, "AUTO_IPNDM_STEPS", 4)
+    w("`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.recommended_sampler(n)`: "
+      f"`{rec_fn(1)}` (predictor, spacing) for 1 to {k} steps, `{rec_fn(k + 1)}` above; one robust choice per range "
+      "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
+      "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
+      "rank, the same ranked on its own error (net of the ε limit), and its collapses (runs with |dlogp| > 1 nat or "
+      "NaN), next to the best of ours and the old default (reverse diffusion on the uniform grid). Chapter 9 ('The "
+      "default of `sample`') explains the choice; VE and sub-VP are checked there.\n")
+    w("| NFE | default | rank | place among ours | rank net of ε limit | place net | collapses | best of ours (rank) "
+      "| old default: rank | old default: collapses |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for T in R["nfes"]:
+        s, sn_ = summ[T], summ_net[T]
+        probe = by_key.get(rec_fn(max(1, T - 1)), ours[0])   # ours: 1 NFE per step + Tweedie's
+        steps = max(1, (T - probe.extra) // probe.per_step)
+        d = by_key.get(rec_fn(steps))
+        if d is None or d.name not in s["stats"]:
+            continue
+        place = 1 + s["ours_order"].index(d.name) if d.name in s["ours_order"] else "–"
+        place_net = 1 + sn_["ours_order"].index(d.name) if d.name in sn_["ours_order"] else "–"
+        c, n = collapses(d.name, T)
+        best = s["rec"]
+        o_rank = rank(s, old.name) if old else "–"
+        o_c = "{} of {}".format(*collapses(old.name, T)) if old else "–"
+        w(f"| {T} | {bold(d.name)} ({steps} steps) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
+          f"{rank(sn_, d.name)} | {place_net} | {c} of {n} | {bold(best)} ({rank(s, best)}) | {o_rank} | {o_c} |")
+    w("")
 
 
 def targets(R) -> dict:

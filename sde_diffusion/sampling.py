@@ -19,10 +19,10 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
-           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
-           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'sample',
-           'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_IPNDM_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
+           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
+           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
+           'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -156,7 +156,8 @@ def _linear_sde(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
 
 def _affine_step(c: dict, score: Callable, x: Tensor, t: Tensor, generator, stochastic: bool) -> tuple[Tensor, Tensor]:
     "The step shared by four predictors: mean $= c_x x + c_s s(x, t)$, plus $c_z z$ when stochastic."
-    mean = c["cx"] * x + c["cs"] * score(x, t)
+    cx = c["cx"]   # a Python number in `sample`'s loop: exactly 1 for VE, where 1 * x = x needs no pass over x
+    mean = (x if type(cx) is float and cx == 1.0 else cx * x) + c["cs"] * score(x, t)
     return (mean + c["cz"] * randn_like(x, generator), mean) if stochastic else (mean, mean)
 
 # %% ../nbs/09_sampling.ipynb #bfc3d2c2
@@ -518,15 +519,23 @@ class Langevin(Corrector):
             raise TypeError(f"`per_sample` must be True or False, got {per_sample!r}")
         self.per_sample = per_sample
 
+    def _norms(self, v: Tensor) -> Tensor:
+        "Per-sample Euclidean norms of `v` (B, *D), shape (B,): $\\sqrt{v^2 \\mathbf{1}}$, a matrix-vector product."
+        v = v.reshape(v.shape[0], -1)
+        ones = getattr(self, "_ones", None)   # cached: made once per feature size, dtype and device
+        if ones is None or ones.shape[0] != v.shape[1] or ones.dtype != v.dtype or ones.device != v.device:
+            ones = self._ones = torch.ones(v.shape[1], dtype=v.dtype, device=v.device)
+        return torch.mv(v * v, ones).sqrt()   # norm(dim=1) reduces along a short row: several times slower for few features
+
     def apply(self, c, score, x, t, generator=None):
         for _ in range(self.n_steps):
             grad, z = score(x, t), randn_like(x, generator)
-            B = x.shape[0]
-            z_norm, grad_norm = z.reshape(B, -1).norm(dim=1), grad.reshape(B, -1).norm(dim=1)   # shape (B,), any rank
-            ratio = batch_broadcast(z_norm / grad_norm, x) if self.per_sample else z_norm.mean() / grad_norm.mean()
-            delta = 2 * c["kappa"] * (self.snr * ratio) ** 2
-            mean = x + delta * grad
-            x = mean + (2 * delta).sqrt() * z
+            z_norm, grad_norm = self._norms(z), self._norms(grad)   # shape (B,), any rank
+            # r = |z| / |s|: per sample, or the ratio of the batch means (written as the ratio of the sums: the same)
+            ratio = batch_broadcast(z_norm / grad_norm, x) if self.per_sample else z_norm.sum() / grad_norm.sum()
+            root = (2 * self.snr) * c["kappa"] ** 0.5 * ratio   # sqrt(2 delta), with delta = 2 kappa (r snr)^2
+            mean = torch.addcmul(x, root.square(), grad, value=0.5)   # x + delta grad, one pass over x
+            x = torch.addcmul(mean, root, z)                          # + sqrt(2 delta) z
         return x, mean
 
     def __repr__(self):
@@ -555,17 +564,18 @@ class SamplerOutput(NamedTuple):
     nfe: int          # number of score evaluations spent on them
 
 
-def _make(kind, table: dict, name: str, base: type, **kw):
-    "An instance from a name in `table`, a subclass of `base` (built with `kw`), or an instance."
+def _make(kind, table: dict, name: str, base: type, extra: tuple = (), **kw):
+    "An instance from a name in `table`, a subclass of `base` (built with `kw`), or an instance; `extra`: other names allowed."
+    names = tuple(extra) + tuple(table)
     if isinstance(kind, str):
         if kind not in table:
-            raise ValueError(f"`{name}` must be one of {tuple(table)}, a {base.__name__} class or instance; got {kind!r}")
+            raise ValueError(f"`{name}` must be one of {names}, a {base.__name__} class or instance; got {kind!r}")
         return table[kind](**kw)
     if isinstance(kind, type) and issubclass(kind, base):
         return kind(**kw)
     if isinstance(kind, base):
         return kind
-    raise TypeError(f"`{name}` must be one of {tuple(table)}, a {base.__name__} class or instance; got {type(kind).__name__}")
+    raise TypeError(f"`{name}` must be one of {names}, a {base.__name__} class or instance; got {type(kind).__name__}")
 
 
 def _start(sde: SDE, shape, generator, dtype, device, x_T) -> Tensor:
@@ -611,18 +621,30 @@ def tweedie_denoise(
     return (x + sigma**2 * checked_score(score_fn, x, t)) / alpha
 
 
+AUTO_IPNDM_STEPS = 4   # `predictor="auto"`: iPNDM up to this many steps, UniPC above (bench/SUITE.md, chapter 9)
+
+
+def recommended_sampler(
+    steps: int,               # predictor steps $N$ (the NFE is $N + 1$ with the final Tweedie step)
+) -> tuple[str, str]:         # (a name in `PREDICTORS`, a name in `SPACINGS`)
+    """The predictor and grid of `sample(..., predictor="auto")`, the suite's best for `steps` (bench/SUITE.md): iPNDM
+    for up to `AUTO_IPNDM_STEPS` steps, UniPC above, both on the log-SNR grid, for every SDE."""
+    steps = positive_int("steps", steps)
+    return ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc"), "logsnr"
+
+
 def sample(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D), x's dtype and device
     shape=None,               # (B, *D) of the samples; may be left out when `x_T` is given
     *,
-    predictor="reverse_diffusion",   # a name in `PREDICTORS`, a `Predictor` subclass or an instance
+    predictor="auto",         # "auto" (`recommended_sampler`; with a corrector or `project`: reverse diffusion), a name in `PREDICTORS`, a class or an instance
     corrector=None,           # None, a name in `CORRECTORS`, a `Corrector` subclass or an instance
     steps: int = 1000,        # predictor steps $N$
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
     eps: float = 1e-3,        # the last time $t_N = \epsilon$
-    spacing: str = "uniform", # the time grid: "uniform", "logsnr" or "edm" (see `sampling_times`)
+    spacing: str | None = None,   # the time grid, "uniform", "logsnr" or "edm" (see `sampling_times`); None: "auto"'s grid, else "uniform"
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
     dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
@@ -633,10 +655,19 @@ def sample(
     project: Callable | None = None,   # x <- project(x, t) after the prior draw, each corrector call and each predictor step
     enable_grad: bool = False,   # record an autograd graph through every step (memory grows with `steps`); default torch.no_grad()
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
-    "Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE."
+    """Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE.
+    By default (`predictor="auto"`, `spacing=None`) the sampler the suite ranks best for `steps`, `recommended_sampler`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
-    pred = _make(predictor, PREDICTORS, "predictor", Predictor)
+    steps = positive_int("steps", steps)
+    if spacing is not None and (not isinstance(spacing, str) or spacing not in SPACINGS):
+        raise ValueError(f"`spacing` must be None or one of {SPACINGS}, got {spacing!r}")
+    default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
+    if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
+        predictor, default_grid = (("reverse_diffusion", "uniform") if corrector is not None or project is not None
+                                   else recommended_sampler(steps))   # which the multistep samplers' history ignores
+    spacing = default_grid if spacing is None else spacing
+    pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))
     corr = None if corrector is None else _make(corrector, CORRECTORS, "corrector", Corrector, **(
         {"snr": snr, "n_steps": corrector_steps} if isinstance(corrector, (str, type)) else {}))
     if project is not None and not callable(project):
@@ -653,17 +684,21 @@ def sample(
     corr_rows = None if corr is None else _rows(corr_table)
     ts = grid.to(dtype=x.dtype, device=x.device)
     score, B = ScoreCounter(score_fn), x.shape[0]
+    tb = ts.unsqueeze(1).expand(steps + 1, B).unbind(0)   # t_k as a (B,) view, for every k at once
     move = None if project is None else (lambda y, t: _checked_project(project, y, t))
     pred.reset(steps)
-    # NaN/inf shows in a sum: [0] the start, [1 + k] step k, [steps + 1] the denoised samples, [steps + 2] the output dtype
-    sums = torch.zeros(steps + 3, dtype=torch.float64, device=x.device)
+    # NaN/inf shows in a sum: [0] the start, [1 + k] step k, [steps + 1] the denoised samples, [steps + 2] the output
+    # dtype. The states are summed in their own dtype (float32 or float64: finite samples would need a sum beyond
+    # 1e38 to be flagged), 0-d tensors on the device, stacked once after the loop; the output in float64.
+    fold = (lambda y: y.detach().sum()) if enable_grad else (lambda y: y.sum())
+    sums = []
     with grad_ctx, sde.unchecked():   # no graph unless asked for; no host synchronisation inside the loop
         if move is not None:
-            x = move(x, ts[0].expand(B))
-        sums[0] = x.detach().sum(dtype=torch.float64)
+            x = move(x, tb[0])
+        sums.append(fold(x))
         path = [x] if return_path else None
         for k in tqdm(range(steps), disable=not progress, desc=type(pred).__name__):
-            t, t_next = ts[k].expand(B), ts[k + 1].expand(B)
+            t, t_next = tb[k], tb[k + 1]
             if corr is not None:
                 x, _ = corr.apply(corr_rows[k], score, x, t, generator)
                 if move is not None:
@@ -671,16 +706,18 @@ def sample(
             x, _ = pred.apply(rows[k], score, x, t, t_next, generator)
             if move is not None:
                 x = move(x, t_next)
-            sums[k + 1] = x.detach().sum(dtype=torch.float64)
+            sums.append(fold(x))
             if return_path:
                 path.append(x)
         if denoise:
-            x = tweedie_denoise(sde, score, x, ts[-1].expand(B))
-            sums[steps + 1] = x.detach().sum(dtype=torch.float64)
+            x = tweedie_denoise(sde, score, x, tb[-1])
+            sums.append(fold(x))
             if return_path:
                 path.append(x)
+        else:
+            sums.append(sums[0].new_zeros(()))
         out = (torch.stack(path) if return_path else x).to(out_dtype)
-        sums[steps + 2] = out.detach().sum(dtype=torch.float64)
+        sums = torch.cat([torch.stack(sums).double(), out.detach().sum(dtype=torch.float64).reshape(1)])
     k = _first_nonfinite(sums)   # the one host synchronisation, after the loop
     if k == 0:
         raise NonFiniteError("`x_T` contains NaN or inf" + (" (after `project`)" if project is not None else ""))

@@ -8,9 +8,10 @@ from torchdiffeq import odeint
 
 from sde_diffusion.metrics import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling, AnnealedLangevin,
-                                    DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin, ReverseDiffusion,
-                                    SamplerOutput, UniPC, ode_sample, sample, sampling_times, tweedie_denoise)
+from sde_diffusion.sampling import (AUTO_IPNDM_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling,
+                                    AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
+                                    ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
+                                    sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
 
@@ -137,7 +138,8 @@ def test_tweedie_denoise_is_the_posterior_mean():
 # ---------------------------------------------------------------- the loop: seeds, NFE, shapes, devices, errors
 def test_same_seed_same_samples_and_nfe():
     sde, score = VESDE(), RING.score_fn(VESDE())
-    run = lambda seed, **kw: sample(sde, score, (300, 2), steps=40, generator=torch.Generator().manual_seed(seed), **kw)
+    run = lambda seed, **kw: sample(sde, score, (300, 2), steps=40, generator=torch.Generator().manual_seed(seed),
+                                    **{"predictor": "reverse_diffusion", **kw})   # stochastic: the seed drives the noise
     assert torch.equal(run(1).samples, run(1).samples)
     assert not torch.equal(run(1).samples, run(2).samples)
     assert run(1).nfe == 41 and run(1, denoise=False).nfe == 40
@@ -195,8 +197,8 @@ def test_corrector_keeps_exact_samples_at_small_snr():
 def test_nan_is_reported_with_its_step():
     sde, score = VPSDE(), RING.score_fn(VPSDE())
     bad = lambda x, t: torch.where((t < 0.5)[:, None], torch.nan, score(x, t))
-    with pytest.raises(FloatingPointError, match=r"step 26 of 50"):
-        sample(sde, bad, (10, 2), steps=50)
+    with pytest.raises(FloatingPointError, match=r"step 26 of 50"):   # the uniform grid: t_26 = 0.4805
+        sample(sde, bad, (10, 2), predictor="reverse_diffusion", steps=50)
     with pytest.raises(FloatingPointError, match="ODE"):
         ode_sample(sde, lambda x, t: torch.full_like(x, torch.inf), (10, 2), method="euler", steps=5)
 
@@ -398,3 +400,78 @@ def test_langevin_per_sample_step_ignores_other_samples():
         torch.testing.assert_close(mean, x_T + delta * s, rtol=0, atol=1e-13)
         torch.testing.assert_close(got, x_T + delta * s + (2 * delta).sqrt() * z, rtol=0, atol=1e-13)
     assert "per_sample=True" in repr(Langevin(per_sample=True))
+
+
+# ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("steps", [1, AUTO_IPNDM_STEPS, AUTO_IPNDM_STEPS + 1, 12])
+def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
+    """No predictor: iPNDM up to AUTO_IPNDM_STEPS steps, UniPC above, both on the log-SNR grid (bench/SUITE.md): the
+    default call equals the explicit call of that sampler bit for bit, with and without the Tweedie step and the path."""
+    sde = SDES[sde_name]
+    name, grid = recommended_sampler(steps)
+    assert (name, grid) == ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc", "logsnr")
+    run = lambda **kw: sample(sde, RING.score_fn(sde), (64, 2), steps=steps, generator=torch.Generator().manual_seed(4),
+                              **kw)
+    for extra in ({}, {"denoise": False}, {"return_path": True}):
+        auto, explicit = run(**extra), run(predictor=name, spacing=grid, **extra)
+        assert torch.equal(auto.samples, explicit.samples) and auto.nfe == explicit.nfe == steps + ("denoise" not in extra)
+    assert torch.equal(run(predictor="auto").samples, run().samples)   # "auto" by name is the default
+    # "auto" with a grid given: the recommended predictor on that grid
+    assert torch.equal(run(spacing="edm").samples, run(predictor=name, spacing="edm").samples)
+    # the choice is not the old default: reverse diffusion on the uniform grid gives other samples
+    assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
+
+
+def test_auto_with_a_corrector_or_project_is_reverse_diffusion_on_the_uniform_grid():
+    """Song et al.'s predictor-corrector and projection samplers: a corrector or `project` moves the state between the
+    steps, which the multistep samplers' history would ignore, so "auto" keeps reverse diffusion there (the old default)."""
+    sde, score = VPSDE(), RING.score_fn(VPSDE())
+    run = lambda **kw: sample(sde, score, (64, 2), steps=12, generator=torch.Generator().manual_seed(5), **kw).samples
+    clip = lambda x, t: x.clamp(-1.5, 1.5)
+    for extra in ({"corrector": "langevin"}, {"corrector": Langevin(0.1, per_sample=True)}, {"project": clip},
+                  {"corrector": "annealed_langevin", "project": clip}):
+        assert torch.equal(run(**extra), run(predictor="reverse_diffusion", spacing="uniform", **extra)), extra
+
+
+@pytest.mark.parametrize("name", list(PREDICTORS))
+def test_an_explicit_predictor_keeps_the_uniform_grid(name):
+    "Every call that names a predictor (by name, class or instance) runs on the uniform grid, as before 'auto' existed."
+    sde, x_T = VPSDE(), RING.sample(32, generator=torch.Generator().manual_seed(6))
+    run = lambda pred, **kw: sample(sde, RING.score_fn(sde), x_T=x_T, predictor=pred, steps=7,
+                                    generator=torch.Generator().manual_seed(7), **kw).samples
+    uniform = run(name, spacing="uniform")
+    for pred in (name, PREDICTORS[name], PREDICTORS[name]()):
+        assert torch.equal(run(pred), uniform), pred
+    assert not torch.equal(run(name, spacing="logsnr"), uniform)
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), predictor="Auto"), ValueError, r"`predictor` must be one of \('auto'"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), predictor=None), TypeError, "`predictor`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), spacing="cosine"), ValueError, "`spacing` must be None or one of"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), spacing=3), ValueError, "`spacing`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), predictor="ddim", spacing=""), ValueError, "`spacing`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), steps=0), ValueError, "`steps`"),
+    (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), steps=2.5), (ValueError, TypeError), "`steps`"),
+    (lambda: recommended_sampler(0), ValueError, "`steps`"),
+    (lambda: recommended_sampler(True), (ValueError, TypeError), "`steps`"),
+    (lambda: recommended_sampler("10"), (ValueError, TypeError), "`steps`"),
+])
+def test_bad_auto_arguments_are_named(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_langevin_norms_by_matrix_vector_product():
+    "The per-sample norms (a product with a cached ones vector) equal torch's norms for any rank, dtype and feature size."
+    corr = Langevin(0.16)
+    for shape, dtype in (((50, 2), torch.float32), ((7, 3, 4, 4), torch.float64), ((50, 2), torch.float64),
+                         ((9, 5), torch.float32)):
+        v = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(8))
+        want = v.reshape(shape[0], -1).norm(dim=1)
+        # squares, a sum of F positive terms and a square root: relative error <= (F/2 + 1) u, u = eps/2, plus the
+        # reference's own rounding: (F/2 + 2) eps is a bound, whatever the summation order of the product
+        tol = (v[0].numel() / 2 + 2) * torch.finfo(dtype).eps
+        torch.testing.assert_close(corr._norms(v), want, rtol=tol, atol=0)
+        assert corr._ones.shape == (v[0].numel(),) and corr._ones.dtype == dtype

@@ -431,7 +431,8 @@ def test_one_step_sampler():
     (z,) = replay(2)
     want = (2 - a) * x + v * score(x, tb(1.0)) + math.sqrt(v) * z
     want = (want + sin_**2 * score(want, tb(1e-3))) / aln
-    out = sample(SDES[name], score, x_T=x, steps=1, generator=torch.Generator().manual_seed(2))
+    out = sample(SDES[name], score, x_T=x, predictor="reverse_diffusion", steps=1,
+                 generator=torch.Generator().manual_seed(2))
     close(out.samples, want, 1e-11)
     assert out.nfe == 2
 
@@ -502,11 +503,15 @@ def _minus_x(x, t):
 
 
 def test_sample_defaults_are_the_documented_ones():
-    "steps = 1000 (+1 for the final denoising) and snr = 0.16: a default call equals the explicit one, bit for bit."
+    """steps = 1000 (+1 for the final denoising), predictor "auto" (UniPC on the log-SNR grid at 1000 steps) and
+    snr = 0.16: a default call equals the explicit one, bit for bit."""
     from sde_diffusion.sampling import ScoreCounter
     sde, x_T = VPSDE(), torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     out = sample(sde, _minus_x, x_T=x_T, generator=torch.Generator().manual_seed(1))
     assert out.nfe == 1001
+    explicit = sample(sde, _minus_x, x_T=x_T, predictor="unipc", spacing="logsnr", steps=1000, denoise=True,
+                      generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.samples, explicit.samples)
     run = lambda **kw: sample(sde, _minus_x, x_T=x_T, steps=20, corrector="langevin",
                               generator=torch.Generator().manual_seed(2), **kw).samples
     assert torch.equal(run(), run(snr=0.16)) and not torch.equal(run(), run(snr=0.17))
@@ -535,7 +540,7 @@ def test_nonfinite_reports_name_where_it_happened():
     k = int((ts[:-1] >= 0.45).sum())
     late = lambda x, t: torch.where((t < 0.45)[:, None], torch.nan, -x)
     with pytest.raises(NonFiniteError, match=rf"at step {k} of 10 \(t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}\)"):
-        sample(sde, late, (4, 2), steps=10)
+        sample(sde, late, (4, 2), predictor="reverse_diffusion", steps=10)   # the uniform grid of `ts`
     # NaN only at t = eps: only the final Tweedie step evaluates the score there
     at_eps = lambda x, t: torch.where((t < 2e-3)[:, None], torch.nan, -x)
     with pytest.raises(NonFiniteError, match="at the final denoising step"):
