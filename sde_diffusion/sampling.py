@@ -260,12 +260,42 @@ class Heun(Predictor):
         return x_next, x_next
 
 
+from .core import nonneg_float
+
+
+def _ratio_order(q: int, nodes: list, step, min_step_ratio: float):
+    """The order a multistep step may use (eq. `eq-step-ratio`): 1 + the number of leading step ratios
+    $r_j = (\\nu_{k-j+1} - \\nu_{k-j})/\\Delta_k$, $j = 1, \\dots, q - 1$, that are >= `min_step_ratio`; `nodes` are $\\nu$
+    ($\\ell$ or $\\tau$) of this step and the past ones, newest first, `step` is $\\Delta_k$. Numbers give an int (decided on
+    the host); tensors an integer tensor, elementwise (no host synchronisation). `min_step_ratio` = 0 returns `q`."""
+    if q < 2 or min_step_ratio == 0:
+        return q
+    allowed, ok = 1, True
+    for j in range(1, q):
+        ok = ok & ((nodes[j - 1] - nodes[j]) / step >= min_step_ratio)
+        allowed = allowed + ok
+    return allowed
+
+
+def _by_order(q: int, allowed, update: Callable):
+    """`update(p)` at the order p = min(`q`, `allowed`): one call when `allowed` is a number; for a tensor (per-sample
+    times) every candidate p = q, ..., 1, chosen elementwise with `torch.where`, so no host synchronisation."""
+    if not isinstance(allowed, Tensor):
+        return update(min(q, allowed))
+    out = update(q)
+    for p in range(q - 1, 0, -1):
+        out = torch.where(allowed > p, out, update(p))
+    return out
+
+
 class DPMSolver2M(Predictor):
     "DPM-Solver++(2M) (eq. `eq-dpmpp2m`): a second-order multistep exponential integrator, 1 NFE per step."
     stochastic = False
 
-    def __init__(self, lower_order_final: bool = True):   # first-order last step in runs of fewer than 15 steps
+    def __init__(self, lower_order_final: bool = True,   # first-order last step in runs of fewer than 15 steps
+                 min_step_ratio: float = 0.5):           # first order when $h_{k-1}/h_k$ is below this (eq. `eq-step-ratio`; 0: never)
         self.lower_order_final = bool(lower_order_final)
+        self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
     def reset(self, steps: int) -> None:
@@ -286,7 +316,8 @@ class DPMSolver2M(Predictor):
         if self._prev is not None and not (last and self.lower_order_final):
             x0_prev, ell_prev = self._prev
             r = (c["ell"] - ell_prev) / c["h"]
-            D = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            D = _by_order(2, _ratio_order(2, [c["ell"], ell_prev], c["h"], self.min_step_ratio),
+                          lambda p: x0 if p == 1 else (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev)
         self._prev = (x0, c["ell"])
         x_next = c["ratio"] * x + c["cd"] * D
         return x_next, x_next
@@ -329,8 +360,10 @@ class DPMSolver3M(Predictor):
     eq. `eq-dpmpp3m-defect`): 1 NFE per step; warm-up with DDIM and a 2M step."""
     stochastic = False
 
-    def __init__(self, lower_order_final: bool = True):   # orders 1 and 2 in the last two steps of runs of < 15 steps
+    def __init__(self, lower_order_final: bool = True,   # orders 1 and 2 in the last two steps of runs of < 15 steps
+                 min_step_ratio: float = 0.5):           # a past point only if its step ratio is at least this (eq. `eq-step-ratio`; 0: always)
         self.lower_order_final = bool(lower_order_final)
+        self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
     def reset(self, steps: int) -> None:
@@ -347,20 +380,26 @@ class DPMSolver3M(Predictor):
         self._k += 1
         m0 = c["inv_alpha"] * (x + c["sigma2"] * score(x, t))   # x0_hat (eq-tweedie)
         q = _lower_order(self._k, self._steps, 3, self.lower_order_final)
-        x_next = c["ratio"] * x + c["c0"] * m0
-        if q >= 2:
-            m1, ell1 = self._hist[-1]
-            r0 = (c["ell"] - ell1) / c["h"]
-            D1_0 = (m0 - m1) / r0
-            if q == 2:   # the 2M step (eq-dpmpp2m)
-                x_next = x_next + 0.5 * c["c0"] * D1_0
-            else:
-                m2, ell2 = self._hist[-2]
-                r1 = (ell1 - ell2) / c["h"]
-                D1_1 = (m1 - m2) / r1
-                D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
-                D2 = (D1_0 - D1_1) / (r0 + r1)
-                x_next = x_next + c["c1"] * D1 + c["c2"] * D2
+
+        def update(q):
+            x_next = c["ratio"] * x + c["c0"] * m0
+            if q >= 2:
+                m1, ell1 = self._hist[-1]
+                r0 = (c["ell"] - ell1) / c["h"]
+                D1_0 = (m0 - m1) / r0
+                if q == 2:   # the 2M step (eq-dpmpp2m)
+                    x_next = x_next + 0.5 * c["c0"] * D1_0
+                else:
+                    m2, ell2 = self._hist[-2]
+                    r1 = (ell1 - ell2) / c["h"]
+                    D1_1 = (m1 - m2) / r1
+                    D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)
+                    D2 = (D1_0 - D1_1) / (r0 + r1)
+                    x_next = x_next + c["c1"] * D1 + c["c2"] * D2
+            return x_next
+
+        ells = [c["ell"]] + [ell for _, ell in self._hist[::-1]]   # this step's and the past ones, newest first
+        x_next = _by_order(q, _ratio_order(q, ells, c["h"], self.min_step_ratio), update)
         self._hist = (self._hist + [(m0, c["ell"])])[-2:]
         return x_next, x_next
 
@@ -375,17 +414,19 @@ class UniPC(Predictor):
     def __init__(self, order: int = 2,             # $p$ of UniP-p and UniC-p, 1, 2 or 3
                  variant: str = "bh2",             # $B(h)$: "bh1" ($h$) or "bh2" ($1 - e^{-h}$)
                  corrector: bool = True,           # UniC after every step but the last (False: UniP only)
-                 lower_order_final: bool = True):  # lower orders in the last steps of runs of < 15 steps
+                 lower_order_final: bool = True,   # lower orders in the last steps of runs of < 15 steps
+                 min_step_ratio: float = 0.5):     # a past point only if its step ratio is at least this (eq. `eq-step-ratio`; 0: always)
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 1 <= order <= 3:
             raise ValueError(f"`order` must be 1, 2 or 3, got {order!r}")
         if variant not in self.variants:
             raise ValueError(f"`variant` must be one of {self.variants}, got {variant!r}")
         self.order, self.variant = int(order), variant
         self.corrector, self.lower_order_final = bool(corrector), bool(lower_order_final)
+        self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
     def reset(self, steps: int) -> None:
-        # model outputs (x0_hat, ell) of the last `order` steps; the previous step (coefficients, start, order)
+        # model outputs (x0_hat, ell) of the last `order` steps; the previous step (coefficients, start, order, allowed order)
         self._hist, self._last, self._k, self._steps = [], None, 0, steps
 
     def coefficients(self, sde, t, t_next):
@@ -416,12 +457,14 @@ class UniPC(Predictor):
         self._k += 1
         m = c["inv_alpha"] * (x + c["sigma2"] * score(x, t))   # x0_hat at the predicted state: also the corrector's
         if self._last is not None and self.corrector:          # UniC-q: redo the previous step with m at r = 1
-            c_prev, x_prev, q_prev = self._last
-            x = self._update(c_prev, x_prev, self._hist[-1][0], self._hist[-q_prev:-1][::-1], m_new=m)
+            c_prev, x_prev, q_prev, ok_prev = self._last      # (the past points that step's predictor used)
+            hist = self._hist
+            x = _by_order(q_prev, ok_prev, lambda p: self._update(c_prev, x_prev, hist[-1][0], hist[-p:-1][::-1], m_new=m))
         self._hist = (self._hist + [(m, c["ell"])])[-self.order:]
         q = _lower_order(self._k, self._steps, self.order, self.lower_order_final)
-        x_next = self._update(c, x, m, self._hist[-q:-1][::-1])   # UniP-q from the (corrected) state
-        self._last = (c, x, q)
+        ok = _ratio_order(q, [ell for _, ell in self._hist[::-1]], c["h"], self.min_step_ratio)
+        x_next = _by_order(q, ok, lambda p: self._update(c, x, m, self._hist[-p:-1][::-1]))   # UniP-q from the (corrected) state
+        self._last = (c, x, q, ok)
         return x_next, x_next
 
 # %% ../nbs/09_sampling.ipynb #c1dcc499
@@ -436,10 +479,12 @@ class IPNDM(Predictor):
 
     def __init__(self, order: int = 4,               # the largest order $p$, 1 to 4; warm-up with 1, 2, ..., p
                  variable_step: bool = False,        # True: the Adams–Bashforth weights of the grid's unequal steps
-                 lower_order_final: bool = False):   # lower orders in the last steps of runs of < 15 steps
+                 lower_order_final: bool = False,    # lower orders in the last steps of runs of < 15 steps
+                 min_step_ratio: float = 0.5):       # a past slope only if its $\Delta\tau$ ratio is at least this (eq. `eq-step-ratio`; 0: always)
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 1 <= order <= 4:
             raise ValueError(f"`order` must be 1, 2, 3 or 4, got {order!r}")
         self.order, self.variable_step, self.lower_order_final = int(order), bool(variable_step), bool(lower_order_final)
+        self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
     def reset(self, steps: int) -> None:
@@ -455,13 +500,18 @@ class IPNDM(Predictor):
         self._k += 1
         self._hist = (self._hist + [(-c["sigma"] * score(x, t), c["tau"])])[-self.order:]   # z_hat = dy/dtau
         q = _lower_order(self._k, self._steps, self.order, self.lower_order_final)
-        past = self._hist[::-1][:q]   # newest first
-        if self.variable_step and q > 1:   # w_j: the integral over the step of the Lagrange basis in s = (tau - tau_k)/dtau
-            nodes = [(tau_j - c["tau"]) / c["dtau"] for _, tau_j in past]
-            w = [sum(cm / (m + 1) for m, cm in enumerate(L)) for L in _lagrange(nodes)]
-        else:
-            w = _ADAMS_BASHFORTH[q]
-        x_next = c["alpha_n"] * (c["inv_alpha"] * x + c["dtau"] * sum(wj * zj for wj, (zj, _) in zip(w, past)))
+
+        def update(q):
+            past = self._hist[::-1][:q]   # newest first
+            if self.variable_step and q > 1:   # w_j: the integral over the step of the Lagrange basis in s = (tau - tau_k)/dtau
+                nodes = [(tau_j - c["tau"]) / c["dtau"] for _, tau_j in past]
+                w = [sum(cm / (m + 1) for m, cm in enumerate(L)) for L in _lagrange(nodes)]
+            else:
+                w = _ADAMS_BASHFORTH[q]
+            return c["alpha_n"] * (c["inv_alpha"] * x + c["dtau"] * sum(wj * zj for wj, (zj, _) in zip(w, past)))
+
+        taus = [tau for _, tau in self._hist[::-1]]   # this step's and the past ones, newest first
+        x_next = _by_order(q, _ratio_order(q, taus, c["dtau"], self.min_step_ratio), update)
         return x_next, x_next
 
 # %% ../nbs/09_sampling.ipynb #a022cc99

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sde_diffusion.sampling import (DDIM, IPNDM, AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M,
-                                    EulerMaruyama, Heun, Langevin, ReverseDiffusion, UniPC, sample, sampling_times,
-                                    tweedie_denoise)
+                                    EulerMaruyama, Heun, Langevin, ReverseDiffusion, UniPC, invert_log_snr, sample,
+                                    sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
 
@@ -108,7 +108,7 @@ def test_ddim_step_at_intermediate_eta(name, eta):
 
 
 # ------------------------------------------------------------------ DPM-Solver++(2M) on unequal log-SNR steps
-def dpm2m_by_hand(name, ts, x, lower_order_final, first_order_last=None):
+def dpm2m_by_hand(name, ts, x, lower_order_final, first_order_last=None, orders=None):
     """Lu et al. (2022), DPM-Solver++(2M): lambda = log(alpha/sigma), h_i = lambda_i - lambda_{i-1},
     x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i, D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2},
     r_i = h_{i-1}/h_i; D_1 = x0_0 (first order), and the last step first order when asked (runs of < 15 steps)."""
@@ -120,7 +120,7 @@ def dpm2m_by_hand(name, ts, x, lower_order_final, first_order_last=None):
         h = lam[i] - lam[i - 1]
         x0 = (x + si**2 * score(x, tb(ts[i - 1]))) / al
         last_first = (lower_order_final and n < 15) if first_order_last is None else first_order_last
-        if x0_prev is None or (i == n and last_first):
+        if x0_prev is None or (i == n and last_first) or (orders is not None and orders[i - 1] == 1):
             Dm = x0
         else:
             r = h_prev / h
@@ -142,14 +142,14 @@ def test_dpm_solver_2m_on_unequal_log_snr_steps(name, spacing, lower_order_final
     assert max(h) / min(h) > 1.2          # the grid really has unequal steps
     x = x_start(1)
     want = dpm2m_by_hand(name, ts, x, lower_order_final)
-    pred = DPMSolver2M(lower_order_final)
+    pred = DPMSolver2M(lower_order_final, min_step_ratio=0)   # min_step_ratio=0: the published update has no step-ratio guard (eq-step-ratio), and these grids have steps > 2x the previous
     pred.reset(4)
     y = x
     for k in range(4):
         y, _ = pred.step(SDES[name], score, y, tb(ts[k]), tb(ts[k + 1]))
     close(y, want, 1e-11)
     # the same through `sample` (coefficients precomputed for the grid), without the final denoising
-    out = sample(SDES[name], score, x_T=x, predictor=DPMSolver2M(lower_order_final), steps=4, spacing=spacing,
+    out = sample(SDES[name], score, x_T=x, predictor=DPMSolver2M(lower_order_final, min_step_ratio=0), steps=4, spacing=spacing,
                  denoise=False)
     close(out.samples, want, 1e-11)
 
@@ -160,7 +160,8 @@ def test_dpm_solver_2m_lower_order_final_threshold(steps):
     steps it is, at 15 it is not. Tests at 4 steps cannot tell `< 15` from `<= 15` or from `< 16`."""
     ts = sampling_times(SDES["vp"], steps, dtype=F64).tolist()
     x = x_start(3)
-    out = sample(SDES["vp"], score, x_T=x, predictor="dpm_solver_2m", steps=steps, denoise=False)
+    # min_step_ratio=0: the rule under test alone (the guard would make the uniform grid's last step first order too)
+    out = sample(SDES["vp"], score, x_T=x, predictor=DPMSolver2M(min_step_ratio=0), steps=steps, denoise=False)
     close(out.samples, dpm2m_by_hand("vp", ts, x, lower_order_final=True), 1e-10)
     assert not torch.allclose(out.samples, dpm2m_by_hand("vp", ts, x, True, first_order_last=steps >= 15),
                               rtol=1e-6)
@@ -618,7 +619,7 @@ def run_pred(sde, pred, x, ts, score_fn=score):
     return x
 
 
-def dpm3m_by_hand(name, ts, x, lower_order_final, threshold=15):
+def dpm3m_by_hand(name, ts, x, lower_order_final, threshold=15, orders=None):
     """Lu et al.'s multistep_dpm_solver_third_update (diffusers' DPMSolverMultistepScheduler, solver_order=3): step 1 DDIM,
     step 2 the 2M ("midpoint") update, then D1_0, D1_1, D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
     x' = (s'/s) x - a'(e^-h - 1) D0 + a'((e^-h - 1)/h + 1) D1 - a'((e^-h - 1 + h)/h^2 - 1/2) D2; in runs of < 15 steps the
@@ -631,6 +632,8 @@ def dpm3m_by_hand(name, ts, x, lower_order_final, threshold=15):
         order = min(3, i + 1)
         if lower_order_final and n < threshold:
             order = min(order, n - i)
+        if orders is not None:
+            order = orders[i]
         e = math.expm1(-h)
         out = sin_ / si * x - aln * e * ms[-1]
         if order >= 2:
@@ -658,9 +661,9 @@ def test_dpm_solver_3m_by_hand_on_unequal_steps(name, spacing, lower_order_final
     h = [lam(name, ts[i + 1]) - lam(name, ts[i]) for i in range(6)]
     assert max(h[i + 1] / h[i] for i in range(5)) / min(h[i + 1] / h[i] for i in range(5)) > 1.2
     want = dpm3m_by_hand(name, ts, x, lower_order_final)
-    close(sample(sde, score, x_T=x, predictor=DPMSolver3M(lower_order_final), steps=6, spacing=spacing,
-                 denoise=False).samples, want, 1e-11)
-    close(run_pred(sde, DPMSolver3M(lower_order_final), x, ts), want, 1e-11)
+    pred = lambda: DPMSolver3M(lower_order_final, min_step_ratio=0)   # min_step_ratio=0: the published update has no step-ratio guard (eq-step-ratio), and these grids have steps > 2x the previous
+    close(sample(sde, score, x_T=x, predictor=pred(), steps=6, spacing=spacing, denoise=False).samples, want, 1e-11)
+    close(run_pred(sde, pred(), x, ts), want, 1e-11)
 
 
 @pytest.mark.parametrize("steps", [14, 15])
@@ -668,7 +671,8 @@ def test_dpm_solver_3m_lower_order_final_threshold(steps):
     "Orders 1 and 2 in the last two steps at 14 steps, not at 15 (diffusers' `len(timesteps) < 15`)."
     ts = sampling_times(SDES["vp"], steps, dtype=F64).tolist()
     x = x_start(11)
-    out = sample(SDES["vp"], score, x_T=x, predictor="dpm_solver_3m", steps=steps, denoise=False).samples
+    # min_step_ratio=0: the rule under test alone (the guard lowers the uniform grid's last steps at 15 steps too)
+    out = sample(SDES["vp"], score, x_T=x, predictor=DPMSolver3M(min_step_ratio=0), steps=steps, denoise=False).samples
     close(out, dpm3m_by_hand("vp", ts, x, lower_order_final=True), 1e-10)
     other = dpm3m_by_hand("vp", ts, x, lower_order_final=True, threshold=16 if steps == 15 else 14)   # the rule moved by one
     assert not torch.allclose(out, other, rtol=1e-6)
@@ -928,7 +932,7 @@ def test_dpm_solver_3m_matches_diffusers(steps, lower_order_final, diffusers_sch
     theirs, ts = run_diffusers(dpm.DPMSolverMultistepScheduler(solver_order=3, algorithm_type="dpmsolver++",
                                                                lower_order_final=lower_order_final, **DIFFUSERS_KW),
                                steps, X_CMP)
-    pred = DPMSolver3M(lower_order_final)
+    pred = DPMSolver3M(lower_order_final, min_step_ratio=0)   # diffusers has no step-ratio guard; its DDPM grid needs one
     A, M = amplification(pred, ts, X_CMP), theirs.abs().max().item()
     replayed = (run_grid_replayed(pred, ts, X_CMP, True) - theirs).abs().max().item()
     raw = (run_grid_replayed(pred, ts, X_CMP, False) - theirs).abs().max().item()
@@ -949,7 +953,8 @@ def test_unipc_matches_diffusers(variant, order, steps, lower_order_final, corre
                                           lower_order_final=lower_order_final,
                                           disable_corrector=[] if corrector else list(range(steps)), **DIFFUSERS_KW)
     theirs, ts = run_diffusers(sched, steps, X_CMP)
-    pred = UniPC(order, variant, corrector=corrector, lower_order_final=lower_order_final)
+    # diffusers has no step-ratio guard, and its DDPM grid's last log-SNR steps are > 2x the previous
+    pred = UniPC(order, variant, corrector=corrector, lower_order_final=lower_order_final, min_step_ratio=0)
     err = (run_grid_replayed(pred, ts, X_CMP, False) - theirs).abs().max().item()
     assert err < steps * amplification(pred, ts, X_CMP) * 64 * U64 * theirs.abs().max().item(), err
 
@@ -1013,3 +1018,92 @@ def test_a_fresh_multistep_instance_steps_like_a_long_run(make):
 def test_unipc_order_zero_is_refused():
     with pytest.raises(ValueError, match="`order`"):
         UniPC(order=0)
+
+
+# ------------------------------------------------------------------ the step-ratio guard (eq-step-ratio)
+def ratio_grid(ratios=(1.0, 0.4, 0.6)):
+    """VP times from T to eps whose log-SNR steps h_1..h_4 have the ratios h_{k-1}/h_k = `ratios` (steps 2, 3, 4)."""
+    sde = SDES["vp"]
+    h = [1.0]
+    for r in ratios:
+        h.append(h[-1] / r)
+    lam_T, lam_eps = lam("vp", sde.T), lam("vp", 1e-3)
+    scale = (lam_eps - lam_T) / sum(h)
+    targets = torch.tensor([lam_T + scale * sum(h[:k]) for k in range(len(h) + 1)], dtype=F64)
+    ts = invert_log_snr(sde, targets, 1e-3, sde.T)
+    ts[0], ts[-1] = sde.T, 1e-3
+    return ts.tolist()
+
+
+def test_step_ratio_guard_orders_on_a_hand_made_grid():
+    """Log-SNR step ratios 1, 0.4, 0.6: step 1 is first order (warm-up), step 2 full (r = 1), step 3 first order (0.4 <
+    1/2), step 4 uses the previous point (0.6) but not the one before (h_2/h_4 = 0.24): 2M and 3M take orders 1, 2, 1, 2,
+    through `sample` (numbers, decided on the host) and through `step` (tensors, torch.where), as the references with
+    those orders forced; with min_step_ratio=0 the references' own orders."""
+    sde, x = SDES["vp"], x_start(20)
+    ts = ratio_grid()
+    lams = [lam("vp", t) for t in ts]
+    h = [lams[i + 1] - lams[i] for i in range(4)]
+    close(torch.tensor([h[0] / h[1], h[1] / h[2], h[2] / h[3], h[1] / h[3]], dtype=F64),
+          torch.tensor([1.0, 0.4, 0.6, 0.24], dtype=F64), 1e-9)
+    grid = torch.tensor(ts, dtype=F64)
+    for make, by_hand in ((DPMSolver2M, dpm2m_by_hand), (DPMSolver3M, dpm3m_by_hand)):
+        guarded = by_hand("vp", ts, x, False, orders=[1, 2, 1, 2])
+        plain = by_hand("vp", ts, x, False, orders=[1, 2, 2, 2] if make is DPMSolver2M else [1, 2, 3, 3])
+        assert not torch.allclose(guarded, plain, rtol=1e-6)
+        close(run_pred(sde, make(False), x, ts), guarded, 1e-11)                        # tensors: torch.where
+        close(run_pred(sde, make(False, min_step_ratio=0), x, ts), plain, 1e-11)
+        close(host_run(sde, make(False), x, grid), guarded, 1e-11)                      # numbers: on the host
+        close(host_run(sde, make(False, min_step_ratio=0), x, grid), plain, 1e-11)
+    # UniP-3 and iPNDM-4 (steps in tau here: this grid's tau steps shrink, so the guard passes) through both paths
+    for pred in (lambda **kw: UniPC(3, corrector=False, lower_order_final=False, **kw),
+                 lambda **kw: UniPC(2, lower_order_final=False, **kw), lambda **kw: IPNDM(4, **kw)):
+        close(run_pred(sde, pred(), x, ts), host_run(sde, pred(), x, grid), 1e-11)
+    assert torch.equal(host_run(sde, IPNDM(4), x, grid), host_run(sde, IPNDM(4, min_step_ratio=0), x, grid))
+    assert not torch.allclose(host_run(sde, UniPC(2, lower_order_final=False), x, grid),
+                              host_run(sde, UniPC(2, lower_order_final=False, min_step_ratio=0), x, grid), rtol=1e-6)
+
+
+def host_run(sde, pred, x, grid):
+    "The loop of `sample` on an arbitrary grid: coefficients once, as Python numbers per step."
+    table = pred.coefficients(sde, grid[:-1], grid[1:])
+    rows = [{k: v[i].item() for k, v in table.items()} for i in range(len(grid) - 1)]
+    pred.reset(len(grid) - 1)
+    with sde.unchecked():
+        for k, c in enumerate(rows):
+            x = pred.apply(c, score, x, grid[k].expand(x.shape[0]), grid[k + 1].expand(x.shape[0]))[0]
+    return x
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr", "edm"])
+@pytest.mark.parametrize("make", [lambda **kw: DPMSolver2M(**kw), lambda **kw: DPMSolver3M(**kw),
+                                  lambda **kw: UniPC(2, **kw), lambda **kw: UniPC(3, "bh1", **kw),
+                                  lambda **kw: IPNDM(4, **kw), lambda **kw: IPNDM(4, variable_step=True, **kw)],
+                         ids=["2m", "3m", "unipc2", "unipc3", "ipndm", "ipndm_var"])
+def test_step_ratio_guard_off_and_inactive_are_bit_for_bit(spacing, make):
+    """min_step_ratio=0 skips the guard; a guard that never fires (a tiny threshold, every ratio passes) takes the same
+    arithmetic, bit for bit, through `sample` and through `step` (torch.where picks the full-order candidate); on the
+    log-SNR grid (ratios 1) and the EDM grid from 5 steps on (ratios > 1/2) the default changes nothing."""
+    sde, x = SDES["vp"], x_start(21)
+    for steps in (5, 16):
+        ts = sampling_times(sde, steps, spacing=spacing, dtype=F64).tolist()
+        runs = {m: sample(sde, score, x_T=x, predictor=make(min_step_ratio=m), steps=steps, spacing=spacing,
+                          denoise=False).samples for m in (0, 1e-9)}
+        assert torch.equal(runs[0], runs[1e-9])
+        assert torch.equal(run_pred(sde, make(min_step_ratio=0), x, ts), run_pred(sde, make(min_step_ratio=1e-9), x, ts))
+        if spacing != "uniform":
+            assert torch.equal(runs[0], sample(sde, score, x_T=x, predictor=make(), steps=steps, spacing=spacing,
+                                               denoise=False).samples)
+
+
+@pytest.mark.parametrize("cls", [DPMSolver2M, DPMSolver3M, UniPC, IPNDM])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.5", None])
+def test_min_step_ratio_refuses_bad_values(cls, bad):
+    with pytest.raises(ValueError, match="min_step_ratio"):
+        cls(min_step_ratio=bad)
+
+
+def test_min_step_ratio_default_and_repr():
+    for cls in (DPMSolver2M, DPMSolver3M, UniPC, IPNDM):
+        assert cls().min_step_ratio == 0.5 and "min_step_ratio=0.5" in repr(cls())
+        assert cls(min_step_ratio=0).min_step_ratio == 0.0
