@@ -20,7 +20,7 @@ from torch import Tensor
 __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_norm', 'check_reduce', 'reduce_batch',
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
-           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'document_arguments']
+           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -264,6 +264,31 @@ def flag_nonfinite(
 ) -> Tensor:            # `first_bad`, set to `k` if it was -1 and `x` holds NaN or inf
     "Record step `k` as the first non-finite one, on the device (no host synchronisation); every sampler loop uses this."
     return torch.where((first_bad < 0) & ~torch.isfinite(x).all(), k, first_bad)
+
+# %% ../nbs/00_core.ipynb #481a7350
+def optimizer_step(
+    loss: Tensor,                      # a scalar to minimize
+    optimizer: torch.optim.Optimizer,  # updates the parameters that `loss` depends on
+    *,
+    scheduler=None,                    # a learning-rate scheduler, stepped after the optimizer (None: none)
+    grad_clip: float | None = None,    # clip the global gradient norm of the optimizer's parameters to this (None: no clipping)
+    scaler=None,                       # a `torch.amp.GradScaler` for mixed precision (None: none)
+) -> Tensor:                           # `loss`, detached, on its device (no host synchronisation)
+    "One fitting step: zero the gradients, back-propagate `loss`, clip, step the optimizer, then the scheduler."
+    optimizer.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)     # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
 
 # %% ../nbs/00_core.ipynb #eae11a01
 def document_arguments(

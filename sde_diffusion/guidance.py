@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .core import (batch_broadcast, check_eps, check_int, check_seed, document_arguments, nonneg_float,
-                                nonneg_int, optional_seed, positive_float, positive_int, randn_like)
+                                nonneg_int, optimizer_step, optional_seed, positive_float, positive_int, randn_like)
+from .losses import perturb
 from .models import GaussianFourierProjection
 from .reverse import initial_state
 from .sampling import SamplerOutput, sample
@@ -441,15 +442,8 @@ def train_noisy_classifier(
     model.train()
     for _ in tqdm(range(steps), disable=not progress, desc="noisy classifier"):
         idx = torch.randint(0, len(x), (B,), generator=g, device=x.device)
-        t = eps + (sde.T - eps) * torch.rand(B, generator=g, device=x.device, dtype=x.dtype)
-        alpha, sigma = (c.to(x.dtype)[:, None, None, None] for c in sde.marginal_coeffs(t))
-        xt = alpha * x[idx] + sigma * torch.randn((B, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
-        loss = F.cross_entropy(model(xt, t), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.detach())
+        xt, t, *_ = perturb(sde, x[idx], eps=eps, generator=g)       # draws t, then z, from g (eq. `eq-sm-kernel`)
+        losses.append(optimizer_step(F.cross_entropy(model(xt, t), y[idx]), opt, scheduler=sched))
     return model.eval(), torch.stack(losses).tolist()   # one host synchronisation, after the loop
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

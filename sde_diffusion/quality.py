@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import check_int, check_seed, document_arguments, nonneg_int, positive_int, seeded
+from .core import (check_int, check_seed, document_arguments, nonneg_int, optimizer_step, positive_int,
+                                seeded)
 from .data import load_digits
 from .metrics import NoiseFloor
 
@@ -196,11 +197,7 @@ def train_digit_classifier(
         for i in range(0, len(x_train), batch_size):
             idx = perm[i:i + batch_size]
             x = random_shift(x_train[idx], max_shift, g) if augment else x_train[idx]
-            loss = F.cross_entropy(model(x), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss = optimizer_step(F.cross_entropy(model(x), y_train[idx]), opt, scheduler=sched)
             total += loss.item() * len(idx)
         losses.append(total / len(x_train))
         if verbose:
