@@ -20,7 +20,8 @@ from torch import Tensor
 __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_norm', 'check_reduce', 'reduce_batch',
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
-           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'document_arguments']
+           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'check_label', 'batch_labels',
+           'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -289,6 +290,36 @@ def optimizer_step(
     if scheduler is not None:
         scheduler.step()
     return loss.detach()
+
+# %% ../nbs/00_core.ipynb #52245aa3
+def check_label(
+    y,              # an int >= 0, or an integer tensor of shape (B,)
+    name: str = "y",  # the argument's name, for the error message
+):                  # `y` itself
+    "A class label: an int >= 0 or an integer tensor of shape (B,) (checked against the batch by `batch_labels`)."
+    if isinstance(y, Tensor):
+        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"`{name}` must be an int or an integer tensor of shape (B,), got {y.dtype}, shape {tuple(y.shape)}")
+    elif isinstance(y, bool) or not isinstance(y, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int or an integer tensor of shape (B,), got {type(y).__name__}")
+    elif y < 0:
+        raise ValueError(f"`{name}` must be a class index >= 0, got {y!r}")
+    return y
+
+
+def batch_labels(
+    y,              # a label that passed `check_label`: an int, or an integer tensor of shape (B,)
+    x: Tensor,      # the batch the labels go with, shape (B, *D)
+    name: str = "y",  # the argument's name, for the error message
+) -> Tensor:        # labels of shape (B,), dtype long, on `x`'s device
+    "Labels for the batch `x`: an int repeated, or the tensor checked against the batch."
+    if not isinstance(y, Tensor):
+        return torch.full((x.shape[0],), int(y), dtype=torch.long, device=x.device)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"`{name}` must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"`{name}` is on {y.device} but `x` is on {x.device}")
+    return y.long()
 
 # %% ../nbs/00_core.ipynb #eae11a01
 def document_arguments(

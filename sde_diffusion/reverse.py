@@ -16,7 +16,7 @@ from torchdiffeq import odeint
 from .core import (NonFiniteError, check_eps, check_generator, document_arguments, positive_float,
                                 work_dtype)
 from .brownian import time_grid
-from .sde import SDE
+from .sde import SDE, ReverseSDE   # ReverseSDE: also `reverse.ReverseSDE`; defined with the SDE interface
 from .solvers import euler_maruyama
 
 # %% auto #0
