@@ -11,6 +11,7 @@ import inspect
 import math
 import numbers
 import sys
+import warnings
 from typing import Callable
 
 import torch
@@ -21,7 +22,7 @@ __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_no
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
            'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'check_label', 'batch_labels',
-           'document_arguments']
+           'glue', 'renamed_argument', 'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -320,6 +321,48 @@ def batch_labels(
     if y.device != x.device:
         raise ValueError(f"`{name}` is on {y.device} but `x` is on {x.device}")
     return y.long()
+
+# %% ../nbs/00_core.ipynb #aab4cc87
+def glue(
+    name: str,        # the key that the prose uses: {glue:text}`name` or, formatted, {glue:text}`name:.2f`
+    value,            # the measured number: an int, a float, a one-element tensor, or a string
+):                    # `value` (a tensor as a Python number), so that `x = glue("x", measure())` reads naturally
+    "Hand a measured number to the book's prose (myst-nb's glue, not displayed); returns it. A no-op outside IPython."
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"`name` must be a Python identifier (letters, digits, underscores), got {name!r}")
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"`value` must be a number; got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise TypeError(f"`value` must be an int, a float, a one-element tensor or a str, got {type(value).__name__}")
+    if isinstance(value, numbers.Integral):   # numpy scalars too: their repr (np.float64(...)) is not a number to format
+        value = int(value)
+    elif isinstance(value, numbers.Real):
+        value = float(value)
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        raise ValueError(f"`value` of {name!r} is {value}: a non-finite number is not quoted in the text")
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue as myst_glue
+    except ImportError:   # Colab or a script without the book's tools: nothing records the value
+        return value
+    if get_ipython() is not None:
+        myst_glue(name, value, display=False)
+    return value
+
+# %% ../nbs/00_core.ipynb #cf2443bc
+def renamed_argument(
+    value,          # the value given under the new name (or its default)
+    old_value,      # the value given under the old name; None: the old name was not used
+    old: str,       # the old name of the argument
+    new: str,       # its new name
+):                  # the value to use: `old_value` when the old name was used, else `value`
+    "An argument that was renamed: the old keyword still works, with a `DeprecationWarning` naming the new one."
+    if old_value is None:
+        return value
+    warnings.warn(f"`{old}` is deprecated: use `{new}` (same meaning)", DeprecationWarning, stacklevel=3)
+    return old_value
 
 # %% ../nbs/00_core.ipynb #eae11a01
 def document_arguments(

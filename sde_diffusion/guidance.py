@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .core import (batch_broadcast, batch_labels, check_eps, check_int, check_label, check_seed,
                                 document_arguments, nonneg_float, nonneg_int, optimizer_step, positive_float, positive_int,
                                 randn_like)
-from .losses import perturb
+from .score_matching import perturb
 from .models import NoisyClassifier, model_score   # (re-exported: defined with the networks, A3_models)
 from .reverse import initial_state
 from .sampling import SamplerOutput, sample

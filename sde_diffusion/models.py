@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sde import SDE
-from .core import (batch_broadcast, batch_labels, check_label, check_real, document_arguments, optional_seed,
-                                positive_float, positive_int, seeded)
+from .core import (batch_broadcast, batch_labels, check_label, check_real, document_arguments,
+                                optional_seed, positive_float, positive_int, seeded)
 
 # %% auto #0
 __all__ = ['TIME_INPUTS', 'GaussianFourierProjection', 'ScoreMLP', 'UNet', 'model_score', 'NoisyClassifier']

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .core import document_arguments, optimizer_step
 from .data import data_fingerprint, data_source, shard
-from .losses import WEIGHTINGS, denoising_loss
+from .score_matching import WEIGHTINGS, denoising_loss
 from .models import ScoreMLP, UNet
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 

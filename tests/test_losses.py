@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.losses import (WEIGHTINGS, dsm_loss, esm_loss, irreducible_dsm_constant, ism_loss, perturb,
+from sde_diffusion.score_matching import (WEIGHTINGS, dsm_loss, esm_loss, irreducible_dsm_constant, ism_loss, perturb,
                                   weighting)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
