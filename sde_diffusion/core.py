@@ -41,6 +41,7 @@ def batch_broadcast(
 def check_batch(
     x,              # the value to check
     name: str = "x",  # the argument's name, for the error message
+    nonempty: bool = False,  # also refuse an empty batch (B = 0), as the losses do
 ) -> Tensor:        # `x` itself, shape (B, *D)
     "A floating-point tensor with a batch dimension, shape (B, *D), or an error naming the argument."
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -48,6 +49,8 @@ def check_batch(
         raise TypeError(f"`{name}` must be a floating-point tensor, got {got}")
     if x.ndim < 1:
         raise ValueError(f"`{name}` must have a batch dimension: shape (B, *D), got shape ()")
+    if nonempty and x.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (B, *D) with B >= 1, got {tuple(x.shape)}")
     return x
 
 

@@ -5,7 +5,6 @@
 # %% ../nbs/15_flow_matching.ipynb #02fbcd4f
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Callable
 

@@ -160,12 +160,12 @@ def _affine_step(c: dict, score: Callable, x: Tensor, t: Tensor, generator, stoc
     return (mean + c["cz"] * randn_like(x, generator), mean) if stochastic else (mean, mean)
 
 # %% ../nbs/09_sampling.ipynb #bfc3d2c2
-class EulerMaruyama(Predictor):
-    "Euler–Maruyama on the reverse-time SDE (eq. `eq-sampling-em`), or Euler's method on the probability-flow ODE."
+class _OdeSwitch(Predictor):
+    "A predictor with a deterministic variant for the probability-flow ODE: half the score term, no noise."
 
     def __init__(
         self,
-        ode: bool = False,    # Euler on the probability-flow ODE: weight 1/2 on $g^2 s$, no noise
+        ode: bool = False,    # the probability-flow ODE's variant: weight 1/2 on the score term, no noise
         *,
         probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
     ):
@@ -176,6 +176,10 @@ class EulerMaruyama(Predictor):
     def probability_flow(self) -> bool:
         "Deprecated name of `ode`."
         return self.ode
+
+
+class EulerMaruyama(_OdeSwitch):
+    "Euler–Maruyama on the reverse-time SDE (eq. `eq-sampling-em`), or Euler's method on the probability-flow ODE (`ode=True`)."
 
     def coefficients(self, sde, t, t_next):
         h = t - t_next
@@ -187,22 +191,8 @@ class EulerMaruyama(Predictor):
         return _affine_step(c, score, x, t, generator, self.stochastic)
 
 
-class ReverseDiffusion(Predictor):
-    "Reverse diffusion (eq. `eq-sampling-rd`) with the exact forward transition of the step actually taken."
-
-    def __init__(
-        self,
-        ode: bool = False,    # the deterministic variant, for the probability-flow ODE: weight 1/2 on $v s$, no noise
-        *,
-        probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
-    ):
-        self.ode = bool(renamed_argument(ode, probability_flow, "probability_flow", "ode"))
-        self.stochastic = not self.ode
-
-    @property
-    def probability_flow(self) -> bool:
-        "Deprecated name of `ode`."
-        return self.ode
+class ReverseDiffusion(_OdeSwitch):
+    "Reverse diffusion (eq. `eq-sampling-rd`) with the exact forward transition of the step actually taken; `ode=True`: its deterministic variant."
 
     def coefficients(self, sde, t, t_next):
         a, v, _, _ = _transition(sde, t, t_next)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .sde import SDE
-from .core import (batch_broadcast, check_eps, check_generator, check_reduce, checked_call,
+from .core import (batch_broadcast, check_batch, check_eps, check_generator, check_reduce, checked_call,
                                 document_arguments, positive_int, reduce_batch, sq_norm)
 
 # %% auto #0
@@ -27,16 +27,6 @@ def _check_sde(sde) -> SDE:
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE (VPSDE, SubVPSDE, VESDE, ...), got {type(sde).__name__}")
     return sde
-
-
-def _check_batch(name: str, x) -> Tensor:
-    "A floating-point tensor of shape (B, *D) with B >= 1."
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {got}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"`{name}` must have shape (B, *D) with B >= 1, got {tuple(x.shape)}")
-    return x
 
 
 def _check_weighting(weighting, sde) -> None:
@@ -128,7 +118,7 @@ def perturb(
 ) -> Perturbed:
     "Draw $t \\sim U[\\epsilon, T]$ (unless given), then $z \\sim \\mathcal N(0, I)$; $x_t = \\alpha(t) x_0 + \\sigma(t) z$ (eq. `eq-sm-kernel`)."
     _check_sde(sde)
-    x0 = _check_batch("x0", x0)
+    x0 = check_batch(x0, "x0", nonempty=True)
     T = sde.T
     eps = check_eps(eps, T)
     check_generator(generator, x0.device, "the draws are made on")
@@ -217,7 +207,7 @@ def esm_loss(
     "Explicit score matching (eq. `eq-sm-esm`): $\\lambda(t)\\,\\tfrac12\\|s_\\theta(x, t) - \\nabla_x\\log p_t(x)\\|^2$ summed over entries."
     check_reduce(reduce)
     _check_weighting(weighting, sde)
-    x = _check_batch("x", x)
+    x = check_batch(x, "x", nonempty=True)
     t = _check_times(t, x)
     s = checked_call("score_fn", score_fn, x, t)
     target = true_score if isinstance(true_score, Tensor) else checked_call("true_score", true_score, x, t)
@@ -270,7 +260,7 @@ def ism_loss(
     "Implicit score matching (eq. `eq-sm-ism`): $\\lambda(t)\\,[\\operatorname{tr}\\nabla_x s_\\theta(x, t) + \\tfrac12\\|s_\\theta(x, t)\\|^2]$."
     check_reduce(reduce)
     _check_weighting(weighting, sde)
-    x = _check_batch("x", x)
+    x = check_batch(x, "x", nonempty=True)
     t = _check_times(t, x)
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}")
