@@ -34,7 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sde_diffusion import metrics, sampling  # noqa: E402
+from sde_diffusion import distances as metrics, sampling  # noqa: E402   (sde_diffusion.metrics before issue 13)
 from sde_diffusion.sde import VESDE, VPSDE  # noqa: E402
 from sde_diffusion.toy import ring_of_gaussians  # noqa: E402
 
@@ -311,7 +311,7 @@ def torchdiffeq_fixed(method, denoise=False):
 
 def all_samplers() -> list[Sampler]:
     S = Sampler
-    em_pf = sampling.EulerMaruyama(probability_flow=True)   # an instance: Euler on the probability-flow ODE
+    em_pf = sampling.EulerMaruyama(ode=True)   # an instance: Euler on the probability-flow ODE
     return [
         # ours, VP
         S("ours EM", "ours", "VP", ours("euler_maruyama"), extra=1),
@@ -355,7 +355,7 @@ DESC = {
     "ours Heun (edm)": '`predictor="heun", spacing="edm"` (2 NFE/step)',
     "ours DPM-Solver-2M": '`predictor="dpm_solver_2m"` (uniform grid in t)',
     "ours DPM-Solver-2M (logsnr)": '`predictor="dpm_solver_2m", spacing="logsnr"`',
-    "ours PF-ODE Euler": "`predictor=EulerMaruyama(probability_flow=True)`: Euler on the probability-flow ODE",
+    "ours PF-ODE Euler": "`predictor=EulerMaruyama(ode=True)`: Euler on the probability-flow ODE",
     "ours PC RD+Langevin": '`predictor="reverse_diffusion", corrector="langevin", snr=0.16, corrector_steps=1`',
     "ours PF-ODE dopri5": '`ode_sample(vp, ..., method="dopri5", rtol=atol=r)`',
     "ours VE ancestral": '`sample(ve, ..., predictor="ancestral")`',

@@ -9,7 +9,7 @@ Writes bench/design_space.json, bench/DESIGN.md and bench/design_space.png. Ever
 `sde_diffusion.design.PredictionModel` on the VP SDE, trained by `sde_diffusion.design.train_design` with the same data
 draws, learning-rate schedule and EMA; only the target, the noise distribution and the weighting differ. Samples: 500,
 DPM-Solver++(2M) with 20 log-SNR steps (chapter 12's sampler), "no class" label; the Fréchet distance is chapter 12's
-(`sde_diffusion.quality.sample_quality` against the 359 held-out digits, in the features of its classifier) and the
+(`sde_diffusion.image_quality.sample_quality` against the 359 held-out digits, in the features of its classifier) and the
 floor is `frechet_floor` at the same n.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sde_diffusion.data import load_digits
 from sde_diffusion.design import DESIGNS, PredictionModel, train_design
 from sde_diffusion.guidance import model_score
 from sde_diffusion.models import UNet
-from sde_diffusion.quality import frechet_floor, sample_quality, train_digit_classifier
+from sde_diffusion.image_quality import frechet_floor, sample_quality, train_digit_classifier
 from sde_diffusion.sampling import sample
 from sde_diffusion.sde import VPSDE
 

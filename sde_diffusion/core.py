@@ -11,6 +11,7 @@ import inspect
 import math
 import numbers
 import sys
+import warnings
 from typing import Callable
 
 import torch
@@ -20,7 +21,8 @@ from torch import Tensor
 __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_norm', 'check_reduce', 'reduce_batch',
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
-           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'document_arguments']
+           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'check_label', 'batch_labels',
+           'glue', 'renamed_argument', 'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -39,6 +41,7 @@ def batch_broadcast(
 def check_batch(
     x,              # the value to check
     name: str = "x",  # the argument's name, for the error message
+    nonempty: bool = False,  # also refuse an empty batch (B = 0), as the losses do
 ) -> Tensor:        # `x` itself, shape (B, *D)
     "A floating-point tensor with a batch dimension, shape (B, *D), or an error naming the argument."
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -46,6 +49,8 @@ def check_batch(
         raise TypeError(f"`{name}` must be a floating-point tensor, got {got}")
     if x.ndim < 1:
         raise ValueError(f"`{name}` must have a batch dimension: shape (B, *D), got shape ()")
+    if nonempty and x.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (B, *D) with B >= 1, got {tuple(x.shape)}")
     return x
 
 
@@ -264,6 +269,103 @@ def flag_nonfinite(
 ) -> Tensor:            # `first_bad`, set to `k` if it was -1 and `x` holds NaN or inf
     "Record step `k` as the first non-finite one, on the device (no host synchronisation); every sampler loop uses this."
     return torch.where((first_bad < 0) & ~torch.isfinite(x).all(), k, first_bad)
+
+# %% ../nbs/00_core.ipynb #481a7350
+def optimizer_step(
+    loss: Tensor,                      # a scalar to minimize
+    optimizer: torch.optim.Optimizer,  # updates the parameters that `loss` depends on
+    *,
+    scheduler=None,                    # a learning-rate scheduler, stepped after the optimizer (None: none)
+    grad_clip: float | None = None,    # clip the global gradient norm of the optimizer's parameters to this (None: no clipping)
+    scaler=None,                       # a `torch.amp.GradScaler` for mixed precision (None: none)
+) -> Tensor:                           # `loss`, detached, on its device (no host synchronisation)
+    "One fitting step: zero the gradients, back-propagate `loss`, clip, step the optimizer, then the scheduler."
+    optimizer.zero_grad(set_to_none=True)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)     # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+# %% ../nbs/00_core.ipynb #52245aa3
+def check_label(
+    y,              # an int >= 0, or an integer tensor of shape (B,)
+    name: str = "y",  # the argument's name, for the error message
+):                  # `y` itself
+    "A class label: an int >= 0 or an integer tensor of shape (B,) (checked against the batch by `batch_labels`)."
+    if isinstance(y, Tensor):
+        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"`{name}` must be an int or an integer tensor of shape (B,), got {y.dtype}, shape {tuple(y.shape)}")
+    elif isinstance(y, bool) or not isinstance(y, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int or an integer tensor of shape (B,), got {type(y).__name__}")
+    elif y < 0:
+        raise ValueError(f"`{name}` must be a class index >= 0, got {y!r}")
+    return y
+
+
+def batch_labels(
+    y,              # a label that passed `check_label`: an int, or an integer tensor of shape (B,)
+    x: Tensor,      # the batch the labels go with, shape (B, *D)
+    name: str = "y",  # the argument's name, for the error message
+) -> Tensor:        # labels of shape (B,), dtype long, on `x`'s device
+    "Labels for the batch `x`: an int repeated, or the tensor checked against the batch."
+    if not isinstance(y, Tensor):
+        return torch.full((x.shape[0],), int(y), dtype=torch.long, device=x.device)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"`{name}` must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"`{name}` is on {y.device} but `x` is on {x.device}")
+    return y.long()
+
+# %% ../nbs/00_core.ipynb #aab4cc87
+def glue(
+    name: str,        # the key that the prose uses: {glue:text}`name` or, formatted, {glue:text}`name:.2f`
+    value,            # the measured number: an int, a float, a one-element tensor, or a string
+):                    # `value` (a tensor as a Python number), so that `x = glue("x", measure())` reads naturally
+    "Hand a measured number to the book's prose (myst-nb's glue, not displayed); returns it. A no-op outside IPython."
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"`name` must be a Python identifier (letters, digits, underscores), got {name!r}")
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"`value` must be a number; got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
+        raise TypeError(f"`value` must be an int, a float, a one-element tensor or a str, got {type(value).__name__}")
+    if isinstance(value, numbers.Integral):   # numpy scalars too: their repr (np.float64(...)) is not a number to format
+        value = int(value)
+    elif isinstance(value, numbers.Real):
+        value = float(value)
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        raise ValueError(f"`value` of {name!r} is {value}: a non-finite number is not quoted in the text")
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue as myst_glue
+    except ImportError:   # Colab or a script without the book's tools: nothing records the value
+        return value
+    if get_ipython() is not None:
+        myst_glue(name, value, display=False)
+    return value
+
+# %% ../nbs/00_core.ipynb #cf2443bc
+def renamed_argument(
+    value,          # the value given under the new name (or its default)
+    old_value,      # the value given under the old name; None: the old name was not used
+    old: str,       # the old name of the argument
+    new: str,       # its new name
+):                  # the value to use: `old_value` when the old name was used, else `value`
+    "An argument that was renamed: the old keyword still works, with a `DeprecationWarning` naming the new one."
+    if old_value is None:
+        return value
+    warnings.warn(f"`{old}` is deprecated: use `{new}` (same meaning)", DeprecationWarning, stacklevel=3)
+    return old_value
 
 # %% ../nbs/00_core.ipynb #eae11a01
 def document_arguments(

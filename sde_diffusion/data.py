@@ -6,22 +6,24 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import numbers
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .core import check_real, check_seed, document_arguments, nonneg_int, positive_int
 from .likelihood import quantize
 
 # %% auto #0
 __all__ = ['SPLITS', 'DIGITS_LEVELS', 'stratified_split', 'load_digits', 'image_grid', 'save_image_grid', 'to_uint8',
-           'from_uint8', 'DigitsDataset', 'digits_loader', 'load_mnist']
+           'from_uint8', 'DigitsDataset', 'digits_loader', 'shard', 'data_source', 'data_fingerprint', 'load_mnist']
 
 # %% ../nbs/A4_data.ipynb #fc232198
 SPLITS = ("train", "test", "all")
@@ -219,6 +221,210 @@ def digits_loader(
         raise ValueError(f"`sampler` was built for a dataset of {len(sampled)} items, but this split has {len(dataset)}")
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=(sampler is None) if shuffle is None else bool(shuffle),
                       sampler=sampler, generator=generator, drop_last=bool(drop_last), num_workers=num_workers)
+
+# %% ../nbs/A4_data.ipynb #259ef9d4
+def shard(
+    B: int,        # the global batch size
+    rank: int,     # this process, 0 <= rank < world
+    world: int,    # number of processes
+) -> slice:        # the rows of the global batch this process computes
+    "Rank `rank`'s equal slice of a global batch of `B` (eq. `eq-train-shard`); B must be a multiple of `world`."
+    if B % world:
+        raise ValueError(f"the global batch size {B} must be a multiple of the number of processes {world}")
+    b = B // world
+    return slice(rank * b, (rank + 1) * b)
+
+# %% ../nbs/A4_data.ipynb #20c292f8
+def _unpack(batch, what: str) -> tuple[Tensor, Tensor | None]:
+    "A batch as (x, y or None): a tensor, or a tuple / list (x, y, ...)."
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return batch[0], y
+    raise TypeError(f"{what} must give a tensor x or a tuple (x, y) of tensors, got {type(batch).__name__}")
+
+
+def _check_xy(x, y, what: str) -> tuple[Tensor, Tensor | None]:
+    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"{what} must give samples x of shape (N, *D), floating point, got {x.dtype} {tuple(x.shape)}")
+    if y is not None and (y.is_floating_point() or y.shape != x.shape[:1]):
+        raise ValueError(f"{what} must give integer labels y of shape (N,) = ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+    return x, y
+
+
+def _digest(h, value) -> None:
+    "Feed `value` into the hash `h`: a tensor's dtype, shape and bytes (copied to the CPU), a tuple item by item, else its repr."
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _digest(h, v)
+    else:
+        h.update(f"{value!r};".encode())
+
+
+_PROBE = 64    # draws of a sampler, with a fixed seed, that identify it
+
+
+class _TensorData:
+    "A dataset in memory: each step draws B indices with replacement from the training generator."
+    kind = "tensor"
+
+    def __init__(self, x: Tensor, y: Tensor | None):
+        self.x, self.y = _check_xy(x, y, "`data`")
+        self.shape, self.device, self.has_labels = tuple(x.shape[1:]), x.device, y is not None
+
+    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
+        rows = shard(B, rank, world)
+        idx = torch.randint(self.x.shape[0], (B,), generator=g)[rows].to(self.device)
+        return self.x[idx], None if self.y is None else self.y[idx], B, rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the data: a SHA-256 of every sample and label (read back from the device once)."
+        h = hashlib.sha256()
+        _digest(h, (self.x, self.y))
+        return {"kind": self.kind, "n": int(self.x.shape[0]), "shape": list(self.shape), "sha256": h.hexdigest()}
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class _SamplerData(_TensorData):
+    "A sampler `data(n, generator=g)`: each step draws a fresh global batch of B from the training generator."
+    kind = "sampler"
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        x, y = _check_xy(*_unpack(fn(2, generator=torch.Generator().manual_seed(0)), "`data`(n, generator)"),
+                         "`data`(n, generator)")
+        self.shape, self.device, self.has_labels = tuple(x.shape[1:]), x.device, y is not None
+
+    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
+        x, y = _unpack(self.fn(B, generator=g), "`data`(n, generator)")
+        if x.shape[0] != B:
+            raise ValueError(f"`data`(n, generator) returned {x.shape[0]} samples for n = {B}")
+        rows = shard(B, rank, world)
+        return x[rows], None if y is None else y[rows], B, rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the sampler: a SHA-256 of `_PROBE` draws from a generator seeded with 0."
+        h = hashlib.sha256()
+        _digest(h, _unpack(self.fn(_PROBE, generator=torch.Generator().manual_seed(0)), "`data`(n, generator)"))
+        return {"kind": self.kind, "n": None, "shape": list(self.shape), "sha256": h.hexdigest()}
+
+# %% ../nbs/A4_data.ipynb #fca7abc8
+class _LoaderData:
+    "A `DataLoader`, cycled through epochs. Its batch is the global batch, sliced per process, unless its sampler is distributed."
+    kind = "loader"
+
+    def __init__(self, loader: DataLoader, seed: int):
+        self.loader, self.seed = loader, seed
+        self.sharded = isinstance(loader.sampler, DistributedSampler)
+        item = _first(loader.dataset)       # one sample: x, or (x, y)
+        x = item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
+            raise TypeError(f"the dataset of `data` (a DataLoader) must give floating tensors x of shape (*D), or (x, y); got {item!r:.80}")
+        self.shape, self.device = tuple(x.shape), x.device
+        self.has_labels = isinstance(item, (tuple, list)) and len(item) > 1
+        self.epoch, self.batch, self.gen_state, self._it = 0, 0, None, None
+
+    def _start_epoch(self):
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(self.epoch)
+        gen = self.loader.generator
+        if gen is not None:     # the shuffling generator's state at the start of this epoch: kept, or restored
+            if self.gen_state is None:
+                self.gen_state = gen.get_state()
+            else:
+                gen.set_state(self.gen_state)
+        # a loader without a generator shuffles from torch's global one: seed that per epoch, then put it back
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+            it = iter(self.loader)
+            first = next(it, None)
+        if first is None:
+            raise ValueError("`data` (a DataLoader) yields no batches")
+        for _ in range(self.batch):     # resuming: skip the batches already used
+            first = next(it, None)
+            if first is None:
+                raise ValueError(f"`data` (a DataLoader) has fewer batches per epoch than the checkpoint used ({self.batch})")
+        self._it, self._next = it, first
+
+    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
+        if self._it is None:
+            self._start_epoch()
+        batch = self._next
+        self.batch += 1
+        self._next = next(self._it, None)
+        if self._next is None:         # the epoch is over: the next one starts from the generator's state now
+            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+            gen = self.loader.generator
+            self.gen_state = None if gen is None else gen.get_state()
+        x, y = _check_xy(*_unpack(batch, "`data` (a DataLoader)"), "`data` (a DataLoader)")
+        if self.sharded:
+            b = x.shape[0]
+            return x, y, b * world, slice(rank * b, (rank + 1) * b)
+        rows = shard(x.shape[0], rank, world)
+        return x[rows], None if y is None else y[rows], x.shape[0], rows
+
+    def fingerprint(self) -> dict:
+        "What identifies the loader: its batch size, its dataset's length and a SHA-256 of 16 evenly spaced items."
+        ds, h = self.loader.dataset, hashlib.sha256()
+        try:
+            n = len(ds)
+        except TypeError:                  # an iterable-style dataset: its first item only
+            n = None
+        items = [0] if n is None else sorted({round(i * (n - 1) / 15) for i in range(16)}) if n else []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)           # items drawn with random augmentations: the same draws every time
+            for i in items:
+                _digest(h, _first(ds) if i == 0 else ds[i])
+        return {"kind": self.kind, "n": n, "shape": list(self.shape), "batch_size": self.loader.batch_size,
+                "sha256": h.hexdigest()}
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "epoch": self.epoch, "batch": self.batch, "gen_state": self.gen_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch, self.gen_state, self._it = int(state["epoch"]), int(state["batch"]), state["gen_state"], None
+
+
+def _first(dataset):
+    try:
+        return dataset[0]
+    except Exception as e:
+        raise TypeError(f"the dataset of `data` (a DataLoader) must support dataset[0], got {type(dataset).__name__}: {e}") from None
+
+# %% ../nbs/A4_data.ipynb #12fd71c5
+def data_source(
+    data,          # a tensor (N, *D), a tuple (x, y), a DataLoader, or a sampler data(n, generator=g) -> (n, *D)
+    seed: int = 0, # seeds a generator-less DataLoader's shuffling, per epoch (`TrainConfig.seed` in `train`)
+):
+    """Wrap what `train` accepts in one interface: `draw(B, g, rank, world)` gives this process's rows of a global batch
+    drawn from the training generator `g`; also `fingerprint()`, `state_dict()`, `load_state_dict(state)`, `shape`,
+    `device` and `has_labels`."""
+    if isinstance(data, DataLoader):
+        return _LoaderData(data, seed)
+    if isinstance(data, Tensor) or (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor)):
+        x, y = _unpack(data, "`data`")
+        return _TensorData(x, y)
+    if callable(data):
+        return _SamplerData(data)
+    raise TypeError(f"`data` must be a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g), "
+                    f"got {type(data).__name__}")
+
+
+def data_fingerprint(
+    data,   # what `train` accepts: a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g)
+) -> dict:
+    "What identifies training data, as a checkpoint records it: kind, size, sample shape and a SHA-256 of every sample and label."
+    return data_source(data, 0).fingerprint()
 
 # %% ../nbs/A4_data.ipynb #c5a96431
 def _mnist_tensors(data: Tensor, targets: Tensor, dtype, device) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from .sde import SDE
-from .core import batch_broadcast, check_eps, document_arguments, positive_float, positive_int
+from .core import (batch_broadcast, check_batch, check_eps, document_arguments, positive_float,
+                                positive_int)
 from .training import EMA
 
 # %% auto #0
@@ -29,16 +30,6 @@ def _check_prediction(name: str, value, allowed=PREDICTIONS) -> str:
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
     return value
-
-
-def _check_batch(name: str, x) -> Tensor:
-    "A floating-point tensor of shape (B, *D), B >= 1."
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {got}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"`{name}` must have shape (B, *D) with B >= 1, got {tuple(x.shape)}")
-    return x
 
 
 def _check_like(name: str, v, x: Tensor, ref: str = "x") -> Tensor:
@@ -76,7 +67,7 @@ def convert_prediction(
 ) -> Tensor:            # the prediction of `target`, shape and dtype of `value`
     "Convert between $\\epsilon$-, $x_0$-, $v$- and score predictions for the Gaussian kernel $(\\alpha, \\sigma)$ (eq. `eq-design-conversions`)."
     source, target = _check_prediction("source", source), _check_prediction("target", target)
-    x = _check_batch("x", x)
+    x = check_batch(x, "x", nonempty=True)
     value = _check_like("value", value, x)
     a, s = _check_coeff("alpha", alpha, x, True), _check_coeff("sigma", sigma, x, True)
     if source == target:
@@ -106,7 +97,7 @@ def prediction_target(
 ) -> Tensor:            # the regression target of eq. `eq-design-targets`, shape of `x0`
     "What a network regresses on for `target`: $z$, $x_0$, $\\alpha z - \\sigma x_0$, or the conditional score $-z/\\sigma$."
     target = _check_prediction("target", target)
-    x0 = _check_batch("x0", x0)
+    x0 = check_batch(x0, "x0", nonempty=True)
     z = _check_like("z", z, x0, "x0")
     a, s = _check_coeff("alpha", alpha, x0, False), _check_coeff("sigma", sigma, x0, True)
     return {"eps": lambda: z, "x0": lambda: x0, "v": lambda: a * z - s * x0, "score": lambda: -z / s}[target]()
@@ -256,7 +247,7 @@ class PredictionModel(nn.Module):
 
     def _scaled(self, x: Tensor, t: Tensor):
         "$\\alpha$, $\\sigma$ (broadcast to x) and $y = x/\\alpha$, $\\tau = \\sigma/\\alpha$ (shape (B,))."
-        x = _check_batch("x", x)
+        x = check_batch(x, "x", nonempty=True)
         if not isinstance(t, Tensor) or t.shape != (x.shape[0],):
             raise ValueError(f"`t` must be a tensor of shape (B,) = ({x.shape[0]},), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
         alpha, sigma = (c.to(x.dtype) for c in self.sde.marginal_coeffs(t.to(x.dtype)))
@@ -294,7 +285,7 @@ class PredictionModel(nn.Module):
 
     def denoiser(self, x: Tensor, sigma: Tensor, y: Tensor | None = None) -> Tensor:
         "EDM's denoiser $D_\\theta(y; \\tau)$ in the variance-exploding frame $y = x_0 + \\tau z$."
-        x = _check_batch("x", x)
+        x = check_batch(x, "x", nonempty=True)
         if not isinstance(sigma, Tensor) or sigma.shape != (x.shape[0],):
             raise ValueError(f"`sigma` must be a tensor of shape (B,) = ({x.shape[0]},), got {tuple(sigma.shape) if isinstance(sigma, Tensor) else type(sigma).__name__}")
         if self.prediction == "edm":
@@ -343,7 +334,7 @@ def prediction_loss(
         raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}")
     if reduce not in _REDUCTIONS:
         raise ValueError(f"`reduce` must be one of {_REDUCTIONS}, got {reduce!r}")
-    x0 = _check_batch("x0", x0)
+    x0 = check_batch(x0, "x0", nonempty=True)
     sde, B = model.sde, x0.shape[0]
     if t is None:
         t = sample_training_times(sde, B, noise, eps=eps, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -398,7 +389,7 @@ def train_design(
     if not isinstance(model, PredictionModel):
         raise TypeError(f"`model` must be a PredictionModel, got {type(model).__name__}")
     positive_int("steps", steps)
-    x = _check_batch("x", x)
+    x = check_batch(x, "x", nonempty=True)
     g = torch.Generator(x.device).manual_seed(int(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     ema, losses = EMA(model, ema_decay), []
@@ -423,4 +414,3 @@ def train_design(
     return ema, losses
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
-

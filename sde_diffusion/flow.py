@@ -5,7 +5,6 @@
 # %% ../nbs/15_flow_matching.ipynb #02fbcd4f
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Callable
 
@@ -15,7 +14,7 @@ from torch import Tensor
 from .brownian import time_grid
 from .core import (NonFiniteError, check_batch, check_eps, check_reduce, checked_call, document_arguments,
                                 nonneg_float, positive_float, reduce_batch, sq_norm, widen)
-from .losses import perturb
+from .score_matching import perturb
 from .reverse import checked_score, grad_mode, initial_state
 from .sde import SDE, gaussian_prior_logp, gaussian_prior_sample
 from .solvers import batch_broadcast, euler_maruyama

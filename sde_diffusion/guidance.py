@@ -5,18 +5,18 @@
 # %% ../nbs/13_guidance.ipynb #a39e61c8
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import (batch_broadcast, check_eps, check_int, check_seed, document_arguments, nonneg_float,
-                                nonneg_int, optional_seed, positive_float, positive_int, randn_like)
-from .models import GaussianFourierProjection
+from .core import (batch_broadcast, batch_labels, check_eps, check_int, check_label, check_seed,
+                                document_arguments, nonneg_float, nonneg_int, optimizer_step, positive_float, positive_int,
+                                randn_like)
+from .score_matching import perturb
+from .models import NoisyClassifier, model_score   # (re-exported: defined with the networks, A3_models)
 from .reverse import initial_state
 from .sampling import SamplerOutput, sample
 from .sde import SDE
@@ -24,8 +24,7 @@ from .toy import GaussianMixture
 
 # %% auto #0
 __all__ = ['classifier_log_prob', 'classifier_gradient', 'classifier_guided_score', 'mixture_classifier', 'mixture_component',
-           'cfg_score', 'model_score', 'cfg_score_from_model', 'inpaint', 'mixture_conditional', 'NoisyClassifier',
-           'train_noisy_classifier']
+           'cfg_score', 'cfg_score_from_model', 'inpaint', 'mixture_conditional', 'train_noisy_classifier']
 
 # %% ../nbs/13_guidance.ipynb #c1228f51
 def _check_callable(name: str, f) -> Callable:
@@ -41,36 +40,13 @@ def _check_scale(name: str, value) -> float:
     return nonneg_float(name, value)
 
 
-def _check_label(y):
-    "A class: an int >= 0, or an integer tensor of shape (B,) (checked against the batch at call time)."
-    if isinstance(y, Tensor):
-        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"`y` must be an int or an integer tensor of shape (B,), got {y.dtype}, shape {tuple(y.shape)}")
-    elif isinstance(y, bool) or not isinstance(y, numbers.Integral):
-        raise TypeError(f"`y` must be an int or an integer tensor of shape (B,), got {type(y).__name__}")
-    elif y < 0:
-        raise ValueError(f"`y` must be a class index >= 0, got {y!r}")
-    return y
-
-
-def _labels(y, x: Tensor) -> Tensor:
-    "Labels of shape (B,) on x's device: an int repeated, or the tensor checked against the batch."
-    if not isinstance(y, Tensor):
-        return torch.full((x.shape[0],), int(y), dtype=torch.long, device=x.device)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"`y` must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    if y.device != x.device:
-        raise ValueError(f"`y` is on {y.device} but `x` is on {x.device}")
-    return y.long()
-
-
 def classifier_log_prob(
     classifier: Callable,   # a noise-conditional classifier: x (B, *D), t (B,) -> logits $\ell$ of shape (B, K)
     y,                      # the class: an int, or an integer tensor of shape (B,) (one class per sample)
 ) -> Callable:              # log_prob_y_fn(x, t) -> $\log p_t(y \mid x)$, shape (B,)
     "$\\log p_t(y \\mid x)$ as the log-softmax of a classifier's logits at class `y` (eq. `eq-guid-classifier`)."
     _check_callable("classifier", classifier)
-    y = _check_label(y)
+    y = check_label(y)
     checked = []   # the range of `y` is checked on the first call only (one host synchronisation)
 
     def log_prob_y_fn(x: Tensor, t: Tensor) -> Tensor:
@@ -78,7 +54,7 @@ def classifier_log_prob(
         if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"`classifier` must return logits of shape (B, K) = ({x.shape[0]}, K), got {got}")
-        labels = _labels(y, x)
+        labels = batch_labels(y, x)
         if not checked and labels.numel():
             lo, hi = torch.stack(torch.aminmax(labels)).tolist()
             if lo < 0 or hi >= logits.shape[1]:
@@ -124,7 +100,7 @@ def classifier_guided_score(
         return s if scale == 0.0 else s + scale * classifier_gradient(log_prob_y_fn, x, t)
     return guided_score
 
-
+# %% ../nbs/13_guidance.ipynb #2aa6c57d
 def mixture_classifier(
     mixture: GaussianMixture,   # the data $p_0$; the class of a sample is the index of its component
     sde,                        # the forward SDE (anything with `marginal_coeffs(t) -> (alpha, sigma)`)
@@ -164,20 +140,6 @@ def cfg_score(
     return guided_score
 
 
-def model_score(
-    model: Callable,   # a class-conditional score model: model(x, t, y) with labels y of shape (B,)
-    y=None,            # the class: an int or an integer tensor of shape (B,); None: the model's "no class" (y=None)
-) -> Callable:         # score_fn(x, t) -> model(x, t, y)
-    "A class-conditional model with its label fixed, as the `score_fn(x, t)` that samplers call."
-    _check_callable("model", model)
-    if y is not None:
-        _check_label(y)
-
-    def score_fn(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t, None if y is None else _labels(y, x))
-    return score_fn
-
-
 def cfg_score_from_model(
     model: Callable,                 # model(x, t, y) -> score, y of shape (B,) in 0..K, K meaning "no class" (e.g. `UNet`)
     y,                               # the class: an int or an integer tensor of shape (B,)
@@ -187,7 +149,7 @@ def cfg_score_from_model(
 ) -> Callable:                       # score_fn(x, t) -> the guided score, shape of `x`
     "Classifier-free guidance with one network: the class-`y` and 'no class' scores combined as in eq. `eq-guid-cfg`."
     _check_callable("model", model)
-    y, scale = _check_label(y), _check_scale("scale", scale)
+    y, scale = check_label(y), _check_scale("scale", scale)
     if null_class is None:
         null_class = getattr(model, "num_classes", None)
         if null_class is None:
@@ -195,7 +157,7 @@ def cfg_score_from_model(
     null_class = nonneg_int("null_class", null_class)
 
     def guided_score(x: Tensor, t: Tensor) -> Tensor:
-        labels = _labels(y, x)
+        labels = batch_labels(y, x)
         null = torch.full_like(labels, null_class)
         if batched:
             s_cond, s_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
@@ -270,7 +232,7 @@ def inpaint(
                     progress=progress, project=replace)
     return SamplerOutput(torch.where(mask, known, x), nfe)
 
-
+# %% ../nbs/13_guidance.ipynb #4fd09572
 def mixture_conditional(
     mixture: GaussianMixture,   # $p_0$ on $\mathbb{R}^D$
     known: Tensor,              # one point: D values (any shape); only the entries where `mask` is True are read
@@ -307,97 +269,6 @@ def mixture_conditional(
     return GaussianMixture(w[keep], cond_means[keep], 0.5 * (cond_covs[keep] + cond_covs[keep].mT), dtype=mixture.dtype)
 
 # %% ../nbs/13_guidance.ipynb #de629414
-def _image_size(size) -> tuple[int, int]:
-    "`size` as (H, W): an int for square images, or a pair."
-    pair = (size, size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else size
-    if (not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2
-            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in pair)):
-        raise ValueError(f"`size` must be a positive integer or a pair (H, W) of them, got {size!r}")
-    return int(pair[0]), int(pair[1])
-
-
-class _TimeBlock(nn.Module):
-    "3x3 conv plus a per-channel shift from the time embedding, GroupNorm, SiLU; 3x3 conv, GroupNorm, SiLU."
-
-    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int):
-        super().__init__()
-        self.conv1, self.emb, self.norm1 = nn.Conv2d(cin, cout, 3, padding=1), nn.Linear(emb_dim, cout), nn.GroupNorm(groups, cout)
-        self.conv2, self.norm2 = nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = F.silu(self.norm1(self.conv1(x) + self.emb(emb)[:, :, None, None]))
-        return F.silu(self.norm2(self.conv2(h)))
-
-
-class NoisyClassifier(nn.Module):
-    "A small noise-conditional CNN: logits $\\ell(x_t, t)$, shape (B, K), for noisy images $x_t$ (B, C, H, W) at times t (B,)."
-
-    def __init__(
-        self,
-        size=8,                       # image side H = W, or a pair (H, W)
-        in_channels: int = 1,         # C
-        n_classes: int = 10,          # K
-        width: int = 32,              # channels of the first block; doubled after each 2x pooling, at most 4x
-        embed_dim: int = 32,          # Fourier features of t (`GaussianFourierProjection`)
-        groups: int = 8,              # GroupNorm groups; must divide `width`
-        fourier_scale: float = 16.0,  # std of the Fourier frequencies
-        sde: SDE | None = None,       # when given, the input is divided by $\sqrt{\alpha(t)^2 + \sigma(t)^2}$
-        seed: int | None = None,      # initialise the weights and frequencies from this seed; None: torch's global generator
-    ):
-        super().__init__()
-        self.size = _image_size(size)
-        self.in_channels, self.n_classes = positive_int("in_channels", in_channels), positive_int("n_classes", n_classes)
-        width, embed_dim, groups = (positive_int(n, v) for n, v in (("width", width), ("embed_dim", embed_dim), ("groups", groups)))
-        if width % groups:
-            raise ValueError(f"`width` = {width} must be a multiple of `groups` = {groups}")
-        if sde is not None and not isinstance(sde, SDE):
-            raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
-        optional_seed(seed)
-        self.sde = sde
-        self.n_down = max(0, math.floor(math.log2(min(self.size) / 2)) - 1)   # 2x poolings: 8 -> 1, 16 and 28 -> 2, 32 -> 3
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
-            self.embed = nn.Linear(embed_dim, embed_dim)
-            blocks, c_in = [], self.in_channels
-            for k in range(self.n_down + 1):
-                c = width * 2 ** min(k, 2)
-                blocks.append(_TimeBlock(c_in, c, embed_dim, groups))
-                c_in = c
-            self.blocks = nn.ModuleList(blocks)
-            self.head = nn.Linear(c_in, self.n_classes)
-
-    def forward(
-        self,
-        x: Tensor,    # noisy images $x_t$, shape (B, C, H, W)
-        t: Tensor,    # times, shape (B,)
-    ) -> Tensor:      # logits, shape (B, K)
-        p = self.head.weight
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"`x` must be a floating-point tensor of images, got {got}")
-        if x.ndim != 4 or x.shape[1:] != (self.in_channels, *self.size):
-            raise ValueError(f"`x` must have shape (B, {self.in_channels}, {self.size[0]}, {self.size[1]}), got {tuple(x.shape)}")
-        if x.dtype != p.dtype or x.device != p.device:
-            raise ValueError(f"`x` is {x.dtype} on {x.device} but the parameters are {p.dtype} on {p.device}: "
-                             "move one to the other, e.g. model.to(x)")
-        if not isinstance(t, Tensor) or t.shape != (x.shape[0],) or t.device != x.device:
-            got = f"shape {tuple(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"`t` must be a tensor of shape (B,) = ({x.shape[0]},) on {x.device}, got {got}")
-        t = t.to(x.dtype)
-        if self.sde is not None:
-            alpha, sigma = self.sde.marginal_coeffs(t)
-            x = x * torch.rsqrt(alpha**2 + sigma**2).to(x.dtype)[:, None, None, None]
-        emb = F.silu(self.embed(self.fourier(t).to(x.dtype)))
-        h = x
-        for k, block in enumerate(self.blocks):
-            h = block(h, emb)
-            if k < self.n_down:
-                h = F.avg_pool2d(h, 2)
-        return self.head(h.mean((2, 3)))
-
-
 def train_noisy_classifier(
     sde: SDE,                   # the forward SDE that noises the data: $x_t = \alpha(t)\,x_0 + \sigma(t)\,z$
     x: Tensor,                  # clean images (N, C, H, W); the model is built and trained on their device, in their dtype
@@ -441,15 +312,8 @@ def train_noisy_classifier(
     model.train()
     for _ in tqdm(range(steps), disable=not progress, desc="noisy classifier"):
         idx = torch.randint(0, len(x), (B,), generator=g, device=x.device)
-        t = eps + (sde.T - eps) * torch.rand(B, generator=g, device=x.device, dtype=x.dtype)
-        alpha, sigma = (c.to(x.dtype)[:, None, None, None] for c in sde.marginal_coeffs(t))
-        xt = alpha * x[idx] + sigma * torch.randn((B, *x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
-        loss = F.cross_entropy(model(xt, t), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.detach())
+        xt, t, *_ = perturb(sde, x[idx], eps=eps, generator=g)       # draws t, then z, from g (eq. `eq-sm-kernel`)
+        losses.append(optimizer_step(F.cross_entropy(model(xt, t), y[idx]), opt, scheduler=sched))
     return model.eval(), torch.stack(losses).tolist()   # one host synchronisation, after the loop
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

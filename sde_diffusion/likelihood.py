@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .core import (NonFiniteError, check_eps, check_generator, check_int, document_arguments,
                                 generator_device, positive_int, work_dtype)
-from .reverse import (ADAPTIVE_METHODS, FIXED_STEP_METHODS, WatchedField, checked_score, ode_setup,
+from .reverse import (ADAPTIVE_METHODS, WatchedField, checked_score, ode_setup,
                                    solve_ode)
 from .sde import SDE
 

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sde import SDE
-from .core import (batch_broadcast, check_real, document_arguments, optional_seed, positive_float,
-                                positive_int, seeded)
+from .core import (batch_broadcast, batch_labels, check_label, check_real, document_arguments,
+                                optional_seed, positive_float, positive_int, seeded)
 
 # %% auto #0
-__all__ = ['TIME_INPUTS', 'GaussianFourierProjection', 'ScoreMLP', 'UNet']
+__all__ = ['TIME_INPUTS', 'GaussianFourierProjection', 'ScoreMLP', 'UNet', 'model_score', 'NoisyClassifier']
 
 # %% ../nbs/A3_models.ipynb #14fd73f8
 class GaussianFourierProjection(nn.Module):
@@ -332,5 +332,111 @@ class UNet(_ScoreNet):
             if level.up is not None:
                 h = level.up(h, hs[-1].shape[-2:])
         return self._unscale(self.conv_out(F.silu(self.norm_out(h))), sigma)
+
+# %% ../nbs/A3_models.ipynb #5f77516b
+def model_score(
+    model: Callable,   # a class-conditional score model: model(x, t, y) with labels y of shape (B,)
+    y=None,            # the class: an int or an integer tensor of shape (B,); None: the model's "no class" (y=None)
+) -> Callable:         # score_fn(x, t) -> model(x, t, y)
+    "A class-conditional model with its label fixed, as the `score_fn(x, t)` that samplers call."
+    if not callable(model):
+        raise TypeError(f"`model` must be callable, got {type(model).__name__}")
+    if y is not None:
+        check_label(y)
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        return model(x, t, None if y is None else batch_labels(y, x))
+    return score_fn
+
+# %% ../nbs/A3_models.ipynb #a59cd90d
+def _image_size(size) -> tuple[int, int]:
+    "`size` as (H, W): an int for square images, or a pair."
+    pair = (size, size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else size
+    if (not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2
+            or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in pair)):
+        raise ValueError(f"`size` must be a positive integer or a pair (H, W) of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class _TimeBlock(nn.Module):
+    "3x3 conv plus a per-channel shift from the time embedding, GroupNorm, SiLU; 3x3 conv, GroupNorm, SiLU."
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int):
+        super().__init__()
+        self.conv1, self.emb, self.norm1 = nn.Conv2d(cin, cout, 3, padding=1), nn.Linear(emb_dim, cout), nn.GroupNorm(groups, cout)
+        self.conv2, self.norm2 = nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = F.silu(self.norm1(self.conv1(x) + self.emb(emb)[:, :, None, None]))
+        return F.silu(self.norm2(self.conv2(h)))
+
+
+class NoisyClassifier(nn.Module):
+    "A small noise-conditional CNN: logits $\\ell(x_t, t)$, shape (B, K), for noisy images $x_t$ (B, C, H, W) at times t (B,)."
+
+    def __init__(
+        self,
+        size=8,                       # image side H = W, or a pair (H, W)
+        in_channels: int = 1,         # C
+        n_classes: int = 10,          # K
+        width: int = 32,              # channels of the first block; doubled after each 2x pooling, at most 4x
+        embed_dim: int = 32,          # Fourier features of t (`GaussianFourierProjection`)
+        groups: int = 8,              # GroupNorm groups; must divide `width`
+        fourier_scale: float = 16.0,  # std of the Fourier frequencies
+        sde: SDE | None = None,       # when given, the input is divided by $\sqrt{\alpha(t)^2 + \sigma(t)^2}$
+        seed: int | None = None,      # initialise the weights and frequencies from this seed; None: torch's global generator
+    ):
+        super().__init__()
+        self.size = _image_size(size)
+        self.in_channels, self.n_classes = positive_int("in_channels", in_channels), positive_int("n_classes", n_classes)
+        width, embed_dim, groups = (positive_int(n, v) for n, v in (("width", width), ("embed_dim", embed_dim), ("groups", groups)))
+        if width % groups:
+            raise ValueError(f"`width` = {width} must be a multiple of `groups` = {groups}")
+        if sde is not None and not isinstance(sde, SDE):
+            raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
+        optional_seed(seed)
+        self.sde = sde
+        self.n_down = max(0, math.floor(math.log2(min(self.size) / 2)) - 1)   # 2x poolings: 8 -> 1, 16 and 28 -> 2, 32 -> 3
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            self.fourier = GaussianFourierProjection(embed_dim, fourier_scale)
+            self.embed = nn.Linear(embed_dim, embed_dim)
+            blocks, c_in = [], self.in_channels
+            for k in range(self.n_down + 1):
+                c = width * 2 ** min(k, 2)
+                blocks.append(_TimeBlock(c_in, c, embed_dim, groups))
+                c_in = c
+            self.blocks = nn.ModuleList(blocks)
+            self.head = nn.Linear(c_in, self.n_classes)
+
+    def forward(
+        self,
+        x: Tensor,    # noisy images $x_t$, shape (B, C, H, W)
+        t: Tensor,    # times, shape (B,)
+    ) -> Tensor:      # logits, shape (B, K)
+        p = self.head.weight
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"`x` must be a floating-point tensor of images, got {got}")
+        if x.ndim != 4 or x.shape[1:] != (self.in_channels, *self.size):
+            raise ValueError(f"`x` must have shape (B, {self.in_channels}, {self.size[0]}, {self.size[1]}), got {tuple(x.shape)}")
+        if x.dtype != p.dtype or x.device != p.device:
+            raise ValueError(f"`x` is {x.dtype} on {x.device} but the parameters are {p.dtype} on {p.device}: "
+                             "move one to the other, e.g. model.to(x)")
+        if not isinstance(t, Tensor) or t.shape != (x.shape[0],) or t.device != x.device:
+            got = f"shape {tuple(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"`t` must be a tensor of shape (B,) = ({x.shape[0]},) on {x.device}, got {got}")
+        t = t.to(x.dtype)
+        if self.sde is not None:
+            alpha, sigma = self.sde.marginal_coeffs(t)
+            x = x * torch.rsqrt(alpha**2 + sigma**2).to(x.dtype)[:, None, None, None]
+        emb = F.silu(self.embed(self.fourier(t).to(x.dtype)))
+        h = x
+        for k, block in enumerate(self.blocks):
+            h = block(h, emb)
+            if k < self.n_down:
+                h = F.avg_pool2d(h, 2)
+        return self.head(h.mean((2, 3)))
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -14,9 +14,9 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from .core import (NonFiniteError, check_eps, check_generator, document_arguments, positive_float,
-                                work_dtype)
+                                renamed_argument, work_dtype)
 from .brownian import time_grid
-from .sde import SDE
+from .sde import SDE, ReverseSDE   # ReverseSDE: also `reverse.ReverseSDE`; defined with the SDE interface
 from .solvers import euler_maruyama
 
 # %% auto #0
@@ -113,10 +113,12 @@ def initial_state(
 def reversed_clock(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t) \approx \nabla_x \log p_t(x)$: x (B, *D), t (B,) -> (B, *D)
-    probability_flow: bool = False,  # the ODE of eq. `eq-rev-pf-ode` instead of the SDE
+    ode: bool = False,        # the ODE of eq. `eq-rev-pf-ode` instead of the SDE
+    *,
+    probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
 ) -> tuple[Callable, Callable]:      # drift(y, s), diffusion(y, s) in the clock s = T - t
     "Drift and diffusion of the reverse-time SDE (or ODE) in the clock $s = T - t$, for the forward-time solvers."
-    rsde, T = sde.reverse(score_fn, probability_flow), sde.T
+    rsde, T = sde.reverse(score_fn, renamed_argument(ode, probability_flow, "probability_flow", "ode")), sde.T
 
     def drift(y: Tensor, s: Tensor) -> Tensor:
         return -rsde.drift(y, T - s)
@@ -277,7 +279,7 @@ def probability_flow(
     y0 = x.to(work_dtype(x.dtype))   # float16/bfloat16 states are integrated in float32
     grid = torch.as_tensor([t0, t1] if ts is None else ts, dtype=y0.dtype, device=y0.device)
     rtol, atol, opts = ode_setup(method, rtol, atol, options, grid[-1:], abs(float(t1) - float(t0)))
-    rsde = sde.reverse(lambda y, t: checked_score(score_fn, y, t), probability_flow=True)
+    rsde = sde.reverse(lambda y, t: checked_score(score_fn, y, t), ode=True)
     field = WatchedField(lambda t, y: rsde.drift(y, t.expand(B)))
     with grad_mode(enable_grad):
         out = solve_ode(field, y0, grid, method, rtol, atol, opts, "the probability-flow ODE")

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import (NonFiniteError, batch_broadcast, check_eps, document_arguments, positive_float,
-                                positive_int, randn_like)
+                                positive_int, randn_like, renamed_argument)
 from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
 
@@ -161,33 +161,43 @@ def _affine_step(c: dict, score: Callable, x: Tensor, t: Tensor, generator, stoc
     return (mean + c["cz"] * randn_like(x, generator), mean) if stochastic else (mean, mean)
 
 # %% ../nbs/09_sampling.ipynb #bfc3d2c2
-class EulerMaruyama(Predictor):
-    "Euler–Maruyama on the reverse-time SDE (eq. `eq-sampling-em`), or Euler's method on the probability-flow ODE."
+class _OdeSwitch(Predictor):
+    "A predictor with a deterministic variant for the probability-flow ODE: half the score term, no noise."
 
-    def __init__(self, probability_flow: bool = False):   # Euler on the ODE: weight 1/2 on $g^2 s$, no noise
-        self.probability_flow = bool(probability_flow)
-        self.stochastic = not self.probability_flow
+    def __init__(
+        self,
+        ode: bool = False,    # the probability-flow ODE's variant: weight 1/2 on the score term, no noise
+        *,
+        probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
+    ):
+        self.ode = bool(renamed_argument(ode, probability_flow, "probability_flow", "ode"))
+        self.stochastic = not self.ode
+
+    @property
+    def probability_flow(self) -> bool:
+        "Deprecated name of `ode`."
+        return self.ode
+
+
+class EulerMaruyama(_OdeSwitch):
+    "Euler–Maruyama on the reverse-time SDE (eq. `eq-sampling-em`), or Euler's method on the probability-flow ODE (`ode=True`)."
 
     def coefficients(self, sde, t, t_next):
         h = t - t_next
         f, g = _linear_sde(sde, t)
-        w = 0.5 if self.probability_flow else 1.0
+        w = 0.5 if self.ode else 1.0
         return {"cx": 1 - f * h, "cs": w * g**2 * h, "cz": g * h.sqrt()}
 
     def apply(self, c, score, x, t, t_next, generator=None):
         return _affine_step(c, score, x, t, generator, self.stochastic)
 
 
-class ReverseDiffusion(Predictor):
-    "Reverse diffusion (eq. `eq-sampling-rd`) with the exact forward transition of the step actually taken."
-
-    def __init__(self, probability_flow: bool = False):   # the deterministic variant: weight 1/2 on $v s$, no noise
-        self.probability_flow = bool(probability_flow)
-        self.stochastic = not self.probability_flow
+class ReverseDiffusion(_OdeSwitch):
+    "Reverse diffusion (eq. `eq-sampling-rd`) with the exact forward transition of the step actually taken; `ode=True`: its deterministic variant."
 
     def coefficients(self, sde, t, t_next):
         a, v, _, _ = _transition(sde, t, t_next)
-        return {"cx": 2 - a, "cs": (0.5 if self.probability_flow else 1.0) * v, "cz": v.sqrt()}
+        return {"cx": 2 - a, "cs": (0.5 if self.ode else 1.0) * v, "cz": v.sqrt()}
 
     def apply(self, c, score, x, t, t_next, generator=None):
         return _affine_step(c, score, x, t, generator, self.stochastic)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .core import (batch_broadcast, check_batch, check_generator, document_arguments, generator_device,
-                                positive_float, positive_int, widen)
+                                positive_float, positive_int, renamed_argument, widen)
 
 # %% auto #0
 __all__ = ['SDE', 'gaussian_prior_sample', 'gaussian_prior_logp', 'VPSDE', 'SubVPSDE', 'VESDE', 'CosineVPSDE', 'ReverseSDE']
@@ -141,10 +141,12 @@ class SDE(abc.ABC):
     def reverse(
         self,
         score_fn: Callable,              # $s(x, t) \approx \nabla_x \log p_t(x)$: (B, *D), (B,) -> (B, *D)
-        probability_flow: bool = False,  # the probability-flow ODE instead of the reverse SDE
+        ode: bool = False,               # the probability-flow ODE instead of the reverse SDE
+        *,
+        probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
     ) -> ReverseSDE:
         "The reverse-time SDE (eq. `eq-reverse-sde`) or probability-flow ODE (eq. `eq-pf-ode`) driven by `score_fn`."
-        return ReverseSDE(self, score_fn, probability_flow)
+        return ReverseSDE(self, score_fn, renamed_argument(ode, probability_flow, "probability_flow", "ode"))
 
 # %% ../nbs/04_sde.ipynb #298c74a5
 def gaussian_prior_sample(
@@ -395,15 +397,23 @@ class ReverseSDE:
         self,
         forward: SDE,                    # the forward SDE
         score_fn: Callable,              # $s(x, t) \approx \nabla_x \log p_t(x)$: (B, *D), (B,) -> (B, *D)
-        probability_flow: bool = False,  # ODE: drift $f - \frac12 g^2 s$, no noise
+        ode: bool = False,               # the probability-flow ODE: drift $f - \frac12 g^2 s$, no noise
+        *,
+        probability_flow: bool | None = None,   # deprecated: the old name of `ode` (warns)
     ):
         if not isinstance(forward, SDE):
             raise TypeError(f"`forward` must be an SDE, got {type(forward).__name__}")
         if not callable(score_fn):
             raise TypeError(f"`score_fn` must be callable, got {type(score_fn).__name__}")
-        if not isinstance(probability_flow, bool):    # bool("no") is True: accept only True or False
-            raise TypeError(f"`probability_flow` must be True or False, got {probability_flow!r}")
-        self.forward, self.score_fn, self.probability_flow = forward, score_fn, probability_flow
+        ode = renamed_argument(ode, probability_flow, "probability_flow", "ode")
+        if not isinstance(ode, bool):    # bool("no") is True: accept only True or False
+            raise TypeError(f"`ode` must be True or False, got {ode!r}")
+        self.forward, self.score_fn, self.ode = forward, score_fn, ode
+
+    @property
+    def probability_flow(self) -> bool:
+        "Deprecated name of `ode`."
+        return self.ode
 
     @property
     def T(self) -> float:
@@ -425,9 +435,9 @@ class ReverseSDE:
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Drift $f - g^2 s$ ($f - \\tfrac12 g^2 s$ for the ODE), shape of `x`; diffusion $g$ ($0$ for the ODE), shape (B, 1, ..., 1)."
         drift, diffusion = self.forward.sde(x, t)
-        weight = 0.5 if self.probability_flow else 1.0
+        weight = 0.5 if self.ode else 1.0
         drift = drift - weight * diffusion**2 * self._score(x, t)
-        return drift, torch.zeros_like(diffusion) if self.probability_flow else diffusion
+        return drift, torch.zeros_like(diffusion) if self.ode else diffusion
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         "The reverse drift, first output of `sde`."
@@ -436,13 +446,13 @@ class ReverseSDE:
     def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
         "The reverse diffusion, second output of `sde`: the forward $g$ ($0$ for the ODE). It needs no score, so it calls none."
         g = self.forward.diffusion(x, t)
-        return torch.zeros_like(g) if self.probability_flow else g
+        return torch.zeros_like(g) if self.ode else g
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         "Reverse step from the forward one: $f_i - G_i^2 s$ ($\\times\\tfrac12$ for the ODE) and $G_i$ ($0$ for the ODE)."
         f, G = self.forward.discretize(x, t)
-        weight = 0.5 if self.probability_flow else 1.0
-        return f - weight * G**2 * self._score(x, t), torch.zeros_like(G) if self.probability_flow else G
+        weight = 0.5 if self.ode else 1.0
+        return f - weight * G**2 * self._score(x, t), torch.zeros_like(G) if self.ode else G
 
     def prior_sampling(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
         "Samples of the forward SDE's prior $p_T$, where the reverse process starts."

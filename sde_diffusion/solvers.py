@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .brownian import brownian_increments, check_time_grid, coarsen_increments
+from .brownian import brownian_increments, check_time_grid
 from .core import batch_broadcast, check_real, document_arguments, flag_nonfinite, positive_float
 
 # %% auto #0

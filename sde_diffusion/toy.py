@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fastcore.basics import patch
 
-from .core import (batch_broadcast, check_generator, document_arguments, generator_device, nonneg_int,
+from .core import (check_generator, document_arguments, generator_device, nonneg_int,
                                 positive_int, work_dtype)
 
 # %% auto #0

@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -26,19 +27,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .core import document_arguments
-from .losses import WEIGHTINGS, denoising_loss
+from .core import document_arguments, optimizer_step
+from .data import data_fingerprint, data_source, shard
+from .score_matching import WEIGHTINGS, denoising_loss
 from .models import ScoreMLP, UNet
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
 
 # %% auto #0
 __all__ = ['SDES', 'MODELS', 'DTYPES', 'RESUMABLE_KEYS', 'CKPT_FORMAT', 'CKPT_VERSION', 'CKPT_NAME', 'TrainConfig', 'config_diff',
-           'build_sde', 'build_model', 'EMA', 'shard', 'data_fingerprint', 'save_checkpoint', 'load_checkpoint',
-           'CheckpointExistsError', 'DataChangedError', 'check_resumable', 'TrainResult', 'TrainingInterrupted',
-           'learning_rate', 'train', 'Trained', 'load_trained']
+           'build_sde', 'build_model', 'EMA', 'save_checkpoint', 'load_checkpoint', 'CheckpointExistsError',
+           'DataChangedError', 'check_resumable', 'TrainResult', 'TrainingInterrupted', 'learning_rate', 'train',
+           'Trained', 'load_trained']
 
 # %% ../nbs/11_training.ipynb #c8fb2185
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
@@ -291,205 +292,6 @@ class EMA:
     def __repr__(self):
         return f"EMA(decay={self.decay}, warmup={self.warmup}, num_updates={self.num_updates}, tensors={len(self.shadow)})"
 
-# %% ../nbs/11_training.ipynb #b1bc655a
-def shard(
-    B: int,        # the global batch size
-    rank: int,     # this process, 0 <= rank < world
-    world: int,    # number of processes
-) -> slice:        # the rows of the global batch this process computes
-    "Rank `rank`'s equal slice of a global batch of `B` (eq. `eq-train-shard`); B must be a multiple of `world`."
-    if B % world:
-        raise ValueError(f"the global batch size {B} must be a multiple of the number of processes {world}")
-    b = B // world
-    return slice(rank * b, (rank + 1) * b)
-
-
-def _unpack(batch, what: str) -> tuple[Tensor, Tensor | None]:
-    "A batch as (x, y or None): a tensor, or a tuple / list (x, y, ...)."
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-        return batch[0], y
-    raise TypeError(f"{what} must give a tensor x or a tuple (x, y) of tensors, got {type(batch).__name__}")
-
-
-def _check_xy(x, y, what: str) -> tuple[Tensor, Tensor | None]:
-    if not x.is_floating_point() or x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError(f"{what} must give samples x of shape (N, *D), floating point, got {x.dtype} {tuple(x.shape)}")
-    if y is not None and (y.is_floating_point() or y.shape != x.shape[:1]):
-        raise ValueError(f"{what} must give integer labels y of shape (N,) = ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-    return x, y
-
-
-def _digest(h, value) -> None:
-    "Feed `value` into the hash `h`: a tensor's dtype, shape and bytes (copied to the CPU), a tuple item by item, else its repr."
-    if isinstance(value, Tensor):
-        t = value.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            _digest(h, v)
-    else:
-        h.update(f"{value!r};".encode())
-
-
-_PROBE = 64    # draws of a sampler, with a fixed seed, that identify it
-
-
-class _TensorData:
-    "A dataset in memory: each step draws B indices with replacement from the training generator."
-    kind = "tensor"
-
-    def __init__(self, x: Tensor, y: Tensor | None):
-        self.x, self.y = _check_xy(x, y, "`data`")
-        self.shape, self.device, self.has_labels = tuple(x.shape[1:]), x.device, y is not None
-
-    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
-        rows = shard(B, rank, world)
-        idx = torch.randint(self.x.shape[0], (B,), generator=g)[rows].to(self.device)
-        return self.x[idx], None if self.y is None else self.y[idx], B, rows
-
-    def fingerprint(self) -> dict:
-        "What identifies the data: a SHA-256 of every sample and label (read back from the device once)."
-        h = hashlib.sha256()
-        _digest(h, (self.x, self.y))
-        return {"kind": self.kind, "n": int(self.x.shape[0]), "shape": list(self.shape), "sha256": h.hexdigest()}
-
-    def state_dict(self) -> dict:
-        return {"kind": self.kind}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class _SamplerData(_TensorData):
-    "A sampler `data(n, generator=g)`: each step draws a fresh global batch of B from the training generator."
-    kind = "sampler"
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-        x, y = _check_xy(*_unpack(fn(2, generator=torch.Generator().manual_seed(0)), "`data`(n, generator)"),
-                         "`data`(n, generator)")
-        self.shape, self.device, self.has_labels = tuple(x.shape[1:]), x.device, y is not None
-
-    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
-        x, y = _unpack(self.fn(B, generator=g), "`data`(n, generator)")
-        if x.shape[0] != B:
-            raise ValueError(f"`data`(n, generator) returned {x.shape[0]} samples for n = {B}")
-        rows = shard(B, rank, world)
-        return x[rows], None if y is None else y[rows], B, rows
-
-    def fingerprint(self) -> dict:
-        "What identifies the sampler: a SHA-256 of `_PROBE` draws from a generator seeded with 0."
-        h = hashlib.sha256()
-        _digest(h, _unpack(self.fn(_PROBE, generator=torch.Generator().manual_seed(0)), "`data`(n, generator)"))
-        return {"kind": self.kind, "n": None, "shape": list(self.shape), "sha256": h.hexdigest()}
-
-
-class _LoaderData:
-    "A `DataLoader`, cycled through epochs. Its batch is the global batch, sliced per process, unless its sampler is distributed."
-    kind = "loader"
-
-    def __init__(self, loader: DataLoader, seed: int):
-        self.loader, self.seed = loader, seed
-        self.sharded = isinstance(loader.sampler, DistributedSampler)
-        item = _first(loader.dataset)       # one sample: x, or (x, y)
-        x = item[0] if isinstance(item, (tuple, list)) and item else item
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
-            raise TypeError(f"the dataset of `data` (a DataLoader) must give floating tensors x of shape (*D), or (x, y); got {item!r:.80}")
-        self.shape, self.device = tuple(x.shape), x.device
-        self.has_labels = isinstance(item, (tuple, list)) and len(item) > 1
-        self.epoch, self.batch, self.gen_state, self._it = 0, 0, None, None
-
-    def _start_epoch(self):
-        if hasattr(self.loader.sampler, "set_epoch"):
-            self.loader.sampler.set_epoch(self.epoch)
-        gen = self.loader.generator
-        if gen is not None:     # the shuffling generator's state at the start of this epoch: kept, or restored
-            if self.gen_state is None:
-                self.gen_state = gen.get_state()
-            else:
-                gen.set_state(self.gen_state)
-        # a loader without a generator shuffles from torch's global one: seed that per epoch, then put it back
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-            it = iter(self.loader)
-            first = next(it, None)
-        if first is None:
-            raise ValueError("`data` (a DataLoader) yields no batches")
-        for _ in range(self.batch):     # resuming: skip the batches already used
-            first = next(it, None)
-            if first is None:
-                raise ValueError(f"`data` (a DataLoader) has fewer batches per epoch than the checkpoint used ({self.batch})")
-        self._it, self._next = it, first
-
-    def draw(self, B: int, g: torch.Generator, rank: int, world: int):
-        if self._it is None:
-            self._start_epoch()
-        batch = self._next
-        self.batch += 1
-        self._next = next(self._it, None)
-        if self._next is None:         # the epoch is over: the next one starts from the generator's state now
-            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
-            gen = self.loader.generator
-            self.gen_state = None if gen is None else gen.get_state()
-        x, y = _check_xy(*_unpack(batch, "`data` (a DataLoader)"), "`data` (a DataLoader)")
-        if self.sharded:
-            b = x.shape[0]
-            return x, y, b * world, slice(rank * b, (rank + 1) * b)
-        rows = shard(x.shape[0], rank, world)
-        return x[rows], None if y is None else y[rows], x.shape[0], rows
-
-    def fingerprint(self) -> dict:
-        "What identifies the loader: its batch size, its dataset's length and a SHA-256 of 16 evenly spaced items."
-        ds, h = self.loader.dataset, hashlib.sha256()
-        try:
-            n = len(ds)
-        except TypeError:                  # an iterable-style dataset: its first item only
-            n = None
-        items = [0] if n is None else sorted({round(i * (n - 1) / 15) for i in range(16)}) if n else []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)           # items drawn with random augmentations: the same draws every time
-            for i in items:
-                _digest(h, _first(ds) if i == 0 else ds[i])
-        return {"kind": self.kind, "n": n, "shape": list(self.shape), "batch_size": self.loader.batch_size,
-                "sha256": h.hexdigest()}
-
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, "epoch": self.epoch, "batch": self.batch, "gen_state": self.gen_state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch, self.gen_state, self._it = int(state["epoch"]), int(state["batch"]), state["gen_state"], None
-
-
-def _first(dataset):
-    try:
-        return dataset[0]
-    except Exception as e:
-        raise TypeError(f"the dataset of `data` (a DataLoader) must support dataset[0], got {type(dataset).__name__}: {e}") from None
-
-
-def _data_source(data, seed: int):
-    "Wrap what `train` accepts: a tensor (N, *D), a tuple (x, y), a DataLoader, or a sampler `data(n, generator=g)`."
-    if isinstance(data, DataLoader):
-        return _LoaderData(data, seed)
-    if isinstance(data, Tensor) or (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor)):
-        x, y = _unpack(data, "`data`")
-        return _TensorData(x, y)
-    if callable(data):
-        return _SamplerData(data)
-    raise TypeError(f"`data` must be a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g), "
-                    f"got {type(data).__name__}")
-
-
-def data_fingerprint(
-    data,   # what `train` accepts: a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g)
-) -> dict:
-    "What identifies training data, as a checkpoint records it: kind, size, sample shape and a SHA-256 of every sample and label."
-    return _data_source(data, 0).fingerprint()
-
 # %% ../nbs/11_training.ipynb #a73c8c2b
 CKPT_FORMAT, CKPT_VERSION, CKPT_NAME = "sde_diffusion.training", 1, "ckpt.pt"
 
@@ -592,7 +394,7 @@ def check_resumable(
         raise ValueError(f"cannot resume from {str(path)!r}: its config differs from the requested one in "
                          f"{len(diff)} key(s) (checkpoint != requested):\n  " + "\n  ".join(diff))
 
-# %% ../nbs/11_training.ipynb #7f053749
+# %% ../nbs/11_training.ipynb #63ae3ffb
 @dataclasses.dataclass
 class TrainResult:
     "What `train` returns."
@@ -653,7 +455,7 @@ def learning_rate(
         lr *= 0.5 * (1 + math.cos(math.pi * min(step, config.lr_decay_steps) / config.lr_decay_steps))
     return lr
 
-
+# %% ../nbs/11_training.ipynb #dc30071e
 def _distributed(device: torch.device):
     "(rank, world size, device): from torchrun's environment; starts the process group on the first call."
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -698,6 +500,177 @@ def _resolve_device(device, model, source) -> torch.device:
     return source.device
 
 
+def _build(config: TrainConfig, model: nn.Module | None, device: torch.device, dtype: torch.dtype):
+    "(network, SDE) of a run: `build_model(config)`, or the given network, moved and checked against the config's SDE."
+    sde = build_sde(config)
+    if model is None:
+        return build_model(config, sde, device), sde
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    model = model.to(device=device, dtype=dtype)
+    model_sde = getattr(model, "sde", None)
+    if model_sde is not None and (type(model_sde) is not type(sde) or vars(model_sde) != vars(sde)):
+        raise ValueError(f"`model` was built with {type(model_sde).__name__}({vars(model_sde)}) but `config` asks "
+                         f"for {type(sde).__name__}({vars(sde)})")
+    return model, model_sde if model_sde is not None else sde
+
+
+def _mixed_precision(config: TrainConfig, device: torch.device):
+    "(autocast dtype or None, gradient scaler): bf16 where the GPU has it, else fp16 with a scaler; none off CUDA."
+    use_amp = config.amp and device.type == "cuda"
+    if config.amp and not use_amp:
+        warnings.warn(f"`amp`=True is ignored on {device.type}: mixed precision runs on CUDA only; training in {config.dtype}")
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return amp_dtype if use_amp else None, scaler
+
+# %% ../nbs/11_training.ipynb #27c383c3
+@dataclasses.dataclass
+class _Run:
+    "What a training step changes and a checkpoint holds."
+    model: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    g: torch.Generator           # every draw of training: batches, labels, t, z
+    source: object               # `data_source(data)`
+    device: torch.device
+    losses: list = dataclasses.field(default_factory=list)
+
+    def state_dict(self, config: TrainConfig, step: int, fingerprint: dict | None) -> dict:
+        return {"config": config.to_dict(), "step": step, "losses": self.losses,
+                "model": _module(self.model).state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "data": self.source.state_dict(), "data_fingerprint": fingerprint, "rng": _rng_state(self.g, self.device)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"]) if state.get("scaler") else None
+        self.source.load_state_dict(state["data"])
+        _set_rng_state(self.g, state["rng"], self.device)
+        self.losses = list(state["losses"])
+
+
+def _start(config: TrainConfig, model: nn.Module | None, source, device: torch.device, dtype: torch.dtype):
+    "(run, SDE, autocast dtype or None) before the first step: the network (built or given), AdamW, EMA, scaler, generator."
+    model, sde = _build(config, model, device, dtype)
+    if getattr(model, "num_classes", None) is not None and not source.has_labels:
+        raise ValueError("the model is class-conditional (`num_classes`) but `data` gives no labels: pass (x, y)")
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay, config.ema_warmup)
+    if config.lr_decay_steps and config.steps > config.lr_decay_steps:
+        warnings.warn(f"`steps` = {config.steps} > `lr_decay_steps` = {config.lr_decay_steps}: "
+                      "the steps after the decay run at learning rate 0")
+    amp_dtype, scaler = _mixed_precision(config, device)
+    return _Run(model, ema, opt, scaler, torch.Generator().manual_seed(config.seed + 1), source, device), sde, amp_dtype
+
+
+def _restore(path: Path, config: TrainConfig, run: _Run, fingerprint: dict, allow_data_change: bool) -> int:
+    "Load the checkpoint `path` into `run` after checking its config and data against this run's; the step to continue from."
+    if path.with_name(path.name + ".tmp").exists():
+        warnings.warn(f"ignoring {str(path) + '.tmp'!r}, left by an interrupted write; resuming from {str(path)!r}")
+    state = load_checkpoint(path, map_location="cpu")    # generator states must stay on the CPU
+    check_resumable(path, state["config"], config)
+    saved_fp = state.get("data_fingerprint")
+    if saved_fp is None and int(state["step"]) < config.steps:   # (nothing to do: the data go unused)
+        warnings.warn(f"{str(path)!r} holds no fingerprint of its training data (an older checkpoint): "
+                      "cannot check that `data` is the same")
+    elif saved_fp is not None and saved_fp != fingerprint and not allow_data_change:
+        raise DataChangedError(path, saved_fp, fingerprint)
+    run.load_state_dict(state)
+    return int(state["step"])
+
+# %% ../nbs/11_training.ipynb #9c575f98
+class _Batch(NamedTuple):
+    "One step's draws: data, labels (None: unconditional), times, noise, a dropout seed (None: no dropout)."
+    x0: Tensor
+    y: Tensor | None
+    t: Tensor
+    z: Tensor
+    seed: int | None
+
+
+def _draw_batch(source, config: TrainConfig, g: torch.Generator, rank: int, world: int, *, device, dtype,
+                null_class: int | None, T: float, draw_seed: bool) -> _Batch:
+    "This process's rows of a step's draws from `g`, in this order: the batch, the dropped labels, t, z, a dropout seed."
+    x0, y, B, rows = source.draw(config.batch_size, g, rank, world)
+    x0 = x0.to(device=device, dtype=dtype, non_blocking=True)
+    if null_class is not None:
+        y = y.to(device=device, dtype=torch.long, non_blocking=True)
+        drop = (torch.rand(B, generator=g) < config.label_dropout)[rows].to(device)
+        y = torch.where(drop, null_class, y)
+    else:
+        y = None
+    eps = config.eps
+    t = (eps + (T - eps) * torch.rand(B, generator=g, dtype=dtype))[rows].to(device, non_blocking=True)
+    z = torch.randn((B, *x0.shape[1:]), generator=g, dtype=dtype)[rows].to(device, non_blocking=True)
+    seed = int(torch.randint(0, 2**62, (), generator=g)) if draw_seed else None
+    return _Batch(x0, y, t, z, seed)
+
+# %% ../nbs/11_training.ipynb #ee40a35d
+def _step(run: _Run, score: Callable, sde: SDE, batch: _Batch, config: TrainConfig, rank: int) -> Tensor:
+    "One optimizer step on `batch`: the loss (eq. `eq-train-objective`), backward, clipping, AdamW, EMA; the loss, on the device."
+    dropout = batch.seed is not None
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []) if dropout \
+            else contextlib.nullcontext():
+        if dropout:
+            torch.manual_seed(batch.seed + rank)   # dropout: seeded from the training generator, per process
+        loss = denoising_loss(sde, lambda x, t: score(x, t, batch.y), batch.x0, batch.t, batch.z,
+                              weighting=config.weighting).mean()
+        optimizer_step(loss, run.opt, grad_clip=config.grad_clip, scaler=run.scaler)
+    run.ema.update(run.model)
+    return loss.detach()
+
+# %% ../nbs/11_training.ipynb #e8081981
+class _LossLog:
+    "The losses of the steps since the last log, kept on the device; `flush` reads them back, once per `log_every` steps."
+
+    def __init__(self, run: _Run, world: int, stop: _StopOnSignal, bar, callback: Callable | None):
+        self.run, self.world, self.stop, self.bar, self.callback = run, world, stop, bar, callback
+        self.pending, self.stop_all = [], False
+
+    def flush(self, step: int) -> None:
+        "Read the pending losses back (the one host synchronisation), averaged over processes; agree on a stop."
+        if not self.pending:
+            return
+        vals = torch.stack(self.pending).double()
+        if self.world > 1:    # one more number in the same reduction: did any process receive SIGINT / SIGTERM?
+            flag = torch.full((1,), float(self.stop.received is not None), dtype=vals.dtype, device=vals.device)
+            vals = torch.cat([vals, flag])
+            dist.all_reduce(vals)
+            vals /= self.world
+            *vals, anyone = vals.tolist()
+            self.stop_all = anyone > 0
+        else:
+            vals = vals.tolist()
+        self.pending.clear()
+        if not all(map(math.isfinite, vals)):
+            k = step - len(vals) + next(i for i, v in enumerate(vals) if not math.isfinite(v))
+            raise FloatingPointError(f"the training loss became NaN/inf at step {k + 1}: lower `lr`, set `grad_clip`, "
+                                     "or check the data")
+        self.run.losses.extend(vals)
+        self.bar.set_postfix(loss=f"{sum(vals) / len(vals):.4f}")
+        if self.callback is not None:
+            self.callback(step, sum(vals) / len(vals), _module(self.run.model), self.run.ema)
+
+    def stop_requested(self) -> bool:
+        "One process: a Python flag, checked every step; several: agreed on in `flush`, at logging steps."
+        return self.stop.received is not None if self.world == 1 else self.stop_all
+
+# %% ../nbs/11_training.ipynb #21740ebf
+def _save(path: Path | None, run: _Run, config: TrainConfig, step: int, fingerprint: dict | None, written: list) -> None:
+    "Write the checkpoint of `step` and losses.csv (atomically) and note them in `written`; nothing without a path."
+    if path is None:
+        return
+    save_checkpoint(path, run.state_dict(config, step, fingerprint))
+    rows = "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(run.losses))
+    _atomic_write(path.with_name("losses.csv"), lambda f: f.write(("step,loss\n" + rows).encode()))
+    written.extend(p for p in (path, path.with_name("losses.csv")) if p not in written)
+
+# %% ../nbs/11_training.ipynb #268cb093
 def train(
     config: TrainConfig,             # the run: SDE, model, optimizer, batch, steps, EMA, seed, ...
     data,                            # tensor (N, *D); tuple (x, y); DataLoader; or sampler data(n, generator=g) -> (n, *D)
@@ -717,7 +690,7 @@ def train(
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` exclude each other: continue the checkpoint, or replace it")
     t_start = time.perf_counter()
-    source = _data_source(data, config.seed)
+    source = data_source(data, config.seed)
     if config.data_shape is not None and tuple(config.data_shape) != source.shape:
         raise ValueError(f"`data` has samples of shape {source.shape} but `config.data_shape` is {config.data_shape}")
     config = dataclasses.replace(config, data_shape=source.shape)
@@ -725,173 +698,69 @@ def train(
     dtype = DTYPES[config.dtype]
     bar = None
     try:
-        sde = build_sde(config)
-        if model is None:
-            model = build_model(config, sde, device)
-        elif not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-        else:
-            model = model.to(device=device, dtype=dtype)
-            model_sde = getattr(model, "sde", None)
-            if model_sde is not None and (type(model_sde) is not type(sde) or vars(model_sde) != vars(sde)):
-                raise ValueError(f"`model` was built with {type(model_sde).__name__}({vars(model_sde)}) but `config` asks "
-                                 f"for {type(sde).__name__}({vars(sde)})")
-            sde = model_sde if model_sde is not None else sde
-        conditional = getattr(model, "num_classes", None) is not None
-        if conditional and not source.has_labels:
-            raise ValueError("the model is class-conditional (`num_classes`) but `data` gives no labels: pass (x, y)")
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        ema = EMA(model, config.ema_decay, config.ema_warmup)
-        if config.lr_decay_steps and config.steps > config.lr_decay_steps:
-            warnings.warn(f"`steps` = {config.steps} > `lr_decay_steps` = {config.lr_decay_steps}: "
-                          "the steps after the decay run at learning rate 0")
-        use_amp = config.amp and device.type == "cuda"
-        if config.amp and not use_amp:
-            warnings.warn(f"`amp`=True is ignored on {device.type}: mixed precision runs on CUDA only; training in {config.dtype}")
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        g = torch.Generator().manual_seed(config.seed + 1)    # every draw of training: batches, labels, t, z
-        losses, start, resumed_from, written = [], 0, None, []
-
+        run, sde, amp_dtype = _start(config, model, source, device, dtype)
+        model, ema, opt = run.model, run.ema, run.opt
+        # restore
         path = None if ckpt_dir is None else Path(ckpt_dir) / CKPT_NAME
         fingerprint = None if path is None else source.fingerprint()
+        start, resumed_from, written = 0, None, []
         if path is not None and path.exists():
-            if resume:
-                if path.with_name(path.name + ".tmp").exists():
-                    warnings.warn(f"ignoring {str(path) + '.tmp'!r}, left by an interrupted write; resuming from {str(path)!r}")
-                state = load_checkpoint(path, map_location="cpu")    # generator states must stay on the CPU
-                check_resumable(path, state["config"], config)
-                saved_fp = state.get("data_fingerprint")
-                if saved_fp is None and int(state["step"]) < config.steps:   # (nothing to do: the data go unused)
-                    warnings.warn(f"{str(path)!r} holds no fingerprint of its training data (an older checkpoint): "
-                                  "cannot check that `data` is the same")
-                elif saved_fp is not None and saved_fp != fingerprint and not allow_data_change:
-                    raise DataChangedError(path, saved_fp, fingerprint)
-                model.load_state_dict(state["model"])
-                ema.load_state_dict(state["ema"])
-                opt.load_state_dict(state["optimizer"])
-                scaler.load_state_dict(state["scaler"]) if state.get("scaler") else None
-                source.load_state_dict(state["data"])
-                _set_rng_state(g, state["rng"], device)
-                losses, start = list(state["losses"]), int(state["step"])
-                resumed_from = start
-            elif not overwrite:
+            if not (resume or overwrite):
                 raise CheckpointExistsError(path)
+            if resume:
+                start = resumed_from = _restore(path, config, run, fingerprint, allow_data_change)
         work = resumed_from is None or start < config.steps    # a resumed run already at `steps`: nothing to write
-        if path is not None and rank == 0 and work:
+        if rank != 0:
+            path = None                                        # only process 0 writes
+        if path is not None and work:
             path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(config.to_dict(), indent=2) + "\n"
             _atomic_write(path.with_name("config.json"), lambda f: f.write(text.encode()))
             written.append(path.with_name("config.json"))
-
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-        contexts = [sde] + ([model.sde] if getattr(model, "sde", None) not in (None, sde) else [])
-        draw_seed = _uses_global_rng(model)
-        T, eps = sde.T, config.eps
 
         def score(x, t, y=None):
-            with torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
+            with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext():
                 return net(x, t) if y is None else net(x, t, y)
 
-        def save(step):
-            if path is None or rank != 0:
-                return
-            save_checkpoint(path, {
-                "config": config.to_dict(), "step": step, "losses": losses,
-                "model": _module(model).state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "data": source.state_dict(), "data_fingerprint": fingerprint, "rng": _rng_state(g, device)})
-            rows = "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(losses))
-            _atomic_write(path.with_name("losses.csv"), lambda f: f.write(("step,loss\n" + rows).encode()))
-            written.extend(p for p in (path, path.with_name("losses.csv")) if p not in written)
-
-        pending, stop_all = [], [False]
-
-        def flush(step):
-            "Read the pending losses back (the one host synchronisation), averaged over processes; agree on a stop."
-            if not pending:
-                return
-            vals = torch.stack(pending).double()
-            if world > 1:    # one more number in the same reduction: did any process receive SIGINT / SIGTERM?
-                flag = torch.full((1,), float(stop.received is not None), dtype=vals.dtype, device=vals.device)
-                vals = torch.cat([vals, flag])
-                dist.all_reduce(vals)
-                vals /= world
-                *vals, anyone = vals.tolist()
-                stop_all[0] = anyone > 0
-            else:
-                vals = vals.tolist()
-            pending.clear()
-            if not all(map(math.isfinite, vals)):
-                k = step - len(vals) + next(i for i, v in enumerate(vals) if not math.isfinite(v))
-                raise FloatingPointError(f"the training loss became NaN/inf at step {k + 1}: lower `lr`, set `grad_clip`, "
-                                         "or check the data")
-            losses.extend(vals)
-            bar.set_postfix(loss=f"{sum(vals) / len(vals):.4f}")
-            if callback is not None:
-                callback(step, sum(vals) / len(vals), _module(model), ema)
-
+        draw = functools.partial(_draw_batch, source, config, run.g, rank, world, device=device, dtype=dtype,
+                                 null_class=getattr(model, "num_classes", None), T=sde.T,
+                                 draw_seed=_uses_global_rng(model))
         bar = tqdm(total=config.steps, initial=min(start, config.steps), disable=not progress or rank != 0, desc="train")
         with contextlib.ExitStack() as stack:
             # with a checkpoint to write, SIGINT / SIGTERM end the step in progress, save it, raise TrainingInterrupted
-            stop = stack.enter_context(_StopOnSignal(path is not None))
-            for s in contexts:
+            stop = stack.enter_context(_StopOnSignal(ckpt_dir is not None))
+            for s in [sde] + ([model.sde] if getattr(model, "sde", None) not in (None, sde) else []):
                 stack.enter_context(s.unchecked())    # t is drawn in [eps, T]: no per-call range checks (host syncs)
+            log = _LossLog(run, world, stop, bar, callback)
             for step in range(start, config.steps):
                 if config.lr_warmup or config.lr_decay_steps:
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(config, step)
-                x0, y, B, rows = source.draw(config.batch_size, g, rank, world)
-                x0 = x0.to(device=device, dtype=dtype, non_blocking=True)
-                if conditional:
-                    y = y.to(device=device, dtype=torch.long, non_blocking=True)
-                    drop = (torch.rand(B, generator=g) < config.label_dropout)[rows].to(device)
-                    y = torch.where(drop, model.num_classes, y)
-                else:
-                    y = None
-                t = (eps + (T - eps) * torch.rand(B, generator=g, dtype=dtype))[rows].to(device, non_blocking=True)
-                z = torch.randn((B, *x0.shape[1:]), generator=g, dtype=dtype)[rows].to(device, non_blocking=True)
-                seed = int(torch.randint(0, 2**62, (), generator=g)) if draw_seed else None
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if draw_seed \
-                        else contextlib.nullcontext():
-                    if draw_seed:
-                        torch.manual_seed(seed + rank)   # dropout: seeded from the training generator, per process
-                    loss = denoising_loss(sde, lambda x, t: score(x, t, y), x0, t, z, weighting=config.weighting).mean()
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                if config.grad_clip is not None:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                ema.update(model)
-                pending.append(loss.detach())
+                log.pending.append(_step(run, score, sde, draw(), config, rank))
                 bar.update(1)
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
-                    flush(done)
-                # one process: a Python flag, checked every step; several: agreed on in `flush`, at logging steps
-                if done != config.steps and (stop.received is not None if world == 1 else stop_all[0]):
-                    flush(done)
-                    save(done)
-                    raise TrainingInterrupted(stop.received or "a signal to another process", done,
-                                              path if rank == 0 else None)
+                    log.flush(done)
+                if done != config.steps and log.stop_requested():
+                    log.flush(done)
+                    _save(path, run, config, done, fingerprint, written)
+                    raise TrainingInterrupted(stop.received or "a signal to another process", done, path)
                 if config.ckpt_every and done % config.ckpt_every == 0 and done != config.steps:
-                    flush(done)
-                    save(done)
-            flush(config.steps)
+                    log.flush(done)
+                    _save(path, run, config, done, fingerprint, written)
+            log.flush(config.steps)
             steps_done = max(start, config.steps)
-            if path is not None and work:     # a signal now waits for the last checkpoint, then is ignored
-                save(steps_done)
+            if work:     # a signal now waits for the last checkpoint, then is ignored
+                _save(path, run, config, steps_done, fingerprint, written)
     finally:
         if bar is not None:
             bar.close()
     model = _module(model)
-    return TrainResult(model, ema.averaged_model(model), ema, losses, steps_done, config, time.perf_counter() - t_start,
-                       resumed_from, tuple(written))
+    return TrainResult(model, ema.averaged_model(model), ema, run.losses, steps_done, config,
+                       time.perf_counter() - t_start, resumed_from, tuple(written))
 
-
+# %% ../nbs/11_training.ipynb #c96a7a63
 class Trained(NamedTuple):
     "A network restored from a checkpoint."
     model: nn.Module             # eval mode, no gradients

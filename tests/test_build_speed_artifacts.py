@@ -19,7 +19,7 @@ import torch
 
 import sde_diffusion
 from sde_diffusion.data import load_digits
-from sde_diffusion.quality import DigitClassifier, confusion_matrix, train_digit_classifier
+from sde_diffusion.image_quality import DigitClassifier, confusion_matrix, train_digit_classifier
 from sde_diffusion.training import data_fingerprint
 
 FORMAT, VERSION = "sde_diffusion.pretrained.digit_classifiers", 1
@@ -34,7 +34,7 @@ def artifact_path() -> Path:
 
 def _noisy(x_train, y_train):
     from sde_diffusion.guidance import train_noisy_classifier
-    from sde_diffusion.images import digits_config
+    from sde_diffusion.digits_unet import digits_config
     from sde_diffusion.training import build_sde
     return train_noisy_classifier(build_sde(digits_config()), x_train, y_train, seed=0, **NOISY_KW)
 
@@ -62,7 +62,7 @@ def build_blob() -> dict:
 
 def _probe(noisy, x_test, y_test):
     "Accuracy and correctness per digit of a noisy classifier on the test digits noised at T_PROBE (fixed draws)."
-    from sde_diffusion.images import digits_config
+    from sde_diffusion.digits_unet import digits_config
     from sde_diffusion.training import build_sde
     sde, g, right = build_sde(digits_config()), torch.Generator().manual_seed(0), []
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_shipped_classifiers_match_the_data_and_the_books_calls(shipped):
 def test_shipped_weights_give_the_recorded_accuracy(shipped):
     "Loading is exact: the same weights give the same predictions, so the recorded accuracies come back to rounding."
     from sde_diffusion.guidance import NoisyClassifier
-    from sde_diffusion.images import digits_config
+    from sde_diffusion.digits_unet import digits_config
     from sde_diffusion.training import build_sde
     x_test, y_test = load_digits("test")
     for seed in (0, 1):
@@ -136,7 +136,7 @@ def test_retraining_the_noisy_classifier_reproduces_the_shipped_one(shipped):
     the last 100 steps within 3 standard errors of the difference of two such means, and the accuracy on the probe
     (the same noisy test digits) paired within 4 standard errors."""
     from sde_diffusion.guidance import NoisyClassifier
-    from sde_diffusion.images import digits_config
+    from sde_diffusion.digits_unet import digits_config
     from sde_diffusion.training import build_sde
     x_train, y_train = load_digits("train")
     x_test, y_test = load_digits("test")
@@ -183,7 +183,7 @@ def _mlp_runs(callback: bool = True) -> dict:
     "Both runs as chapter 11 makes them (one thread); with `callback`, the ring run records the chapter's `track` rows."
     import contextlib
     import dataclasses
-    from sde_diffusion.losses import dsm_loss, esm_loss, perturb
+    from sde_diffusion.score_matching import dsm_loss, esm_loss, perturb
     from sde_diffusion.toy import make_2d_dataset, ring_of_gaussians
     from sde_diffusion.training import build_sde, train
     torch.set_num_threads(1)
@@ -264,7 +264,7 @@ def test_retraining_the_mlp_runs_reproduces_the_shipped_ones(shipped_mlp):
     let the trajectories drift, so: the first 50 losses to rtol 1e-4, the mean loss of the last 100 steps within 3
     standard errors of the difference of two such means, the callback's rows of the first 500 steps to rtol 1e-3, and
     the EMA networks' paired DSM loss on fixed draws within 4 standard errors."""
-    from sde_diffusion.losses import dsm_loss
+    from sde_diffusion.score_matching import dsm_loss
     from sde_diffusion.toy import ring_of_gaussians
     runs = _mlp_runs()
     for name, run in runs.items():

@@ -6,7 +6,7 @@ import torch
 
 from sde_diffusion.ddpm import (DDPMSchedule, ddpm_ancestral_step, ddpm_sample, ddpm_schedule, ddpm_timesteps_to_t,
                                 eps_from_score, q_posterior_mean_variance, q_sample, score_from_eps)
-from sde_diffusion.metrics import expected_log_prob, mean_logp_gap
+from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.sde import VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
 from sde_diffusion.toy import ring_of_gaussians

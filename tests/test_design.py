@@ -11,7 +11,7 @@ from torch import nn
 from sde_diffusion.design import (DESIGNS, PREDICTIONS, EDMPrecond, PredictionModel, convert_prediction,
                                   edm_coefficients, edm_sigma, implied_weight, min_snr_weight, prediction_loss,
                                   prediction_target, sample_training_times, time_from_sigma, train_design)
-from sde_diffusion.losses import dsm_loss
+from sde_diffusion.score_matching import dsm_loss
 from sde_diffusion.models import UNet
 from sde_diffusion.sde import CosineVPSDE, VESDE, VPSDE
 

@@ -12,7 +12,7 @@ from sde_diffusion.brownian import time_grid
 from sde_diffusion.flow import (PARAMETERIZATIONS, LinearInterpolantSDE, Reparameterized, as_score_fn, as_velocity_fn,
                                 conditional_velocity, convert, flow_matching_loss, interpolant_clock, kernel_rates,
                                 sample_interpolant_sde)
-from sde_diffusion.losses import dsm_loss, perturb
+from sde_diffusion.score_matching import dsm_loss, perturb
 from sde_diffusion.reverse import probability_flow
 from sde_diffusion.sampling import ode_sample, sample
 from sde_diffusion.sde import CosineVPSDE, SubVPSDE, VESDE, VPSDE
@@ -77,7 +77,7 @@ def test_conversions_are_exact_in_float64(name, t_val):
             err = ((got - want[target]).abs().max() / want[target].abs().max()).item()
             assert err < tol, (source, target, err)
     # the theorem: the marginal velocity is the probability-flow drift
-    pf = sde.reverse(MIX.score_fn(sde), probability_flow=True).drift(x, t)
+    pf = sde.reverse(MIX.score_fn(sde), ode=True).drift(x, t)
     assert ((pf - want["velocity"]).abs().max() / want["velocity"].abs().max()).item() < tol
 
 
@@ -276,7 +276,7 @@ def test_interpolant_clock_with_nu_g2_is_the_reverse_sde():
     assert_close(drift(y, s), drift_r(y, s))
     assert_close(diffusion(y, s), diffusion_r(y, s))
     assert_close(interpolant_clock(vp, score, 0.0)[0](y, s),
-                               reversed_clock(vp, score, probability_flow=True)[0](y, s))
+                               reversed_clock(vp, score, ode=True)[0](y, s))
 
 
 # ------------------------------------------------------------------------------------------------ errors

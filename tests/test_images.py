@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sde_diffusion.data import load_digits
-from sde_diffusion.images import (config_key, digits_config, load_pretrained, pretrained_path, save_pretrained,
+from sde_diffusion.digits_unet import (config_key, digits_config, load_pretrained, pretrained_path, save_pretrained,
                                   train_digits)
 from sde_diffusion.training import data_fingerprint, train
 
@@ -73,7 +73,7 @@ def test_another_config_trains_and_the_flag_retrains(tmp_path, shipped):
 
 def test_pretrained_false_trains_even_the_shipped_config(monkeypatch, tmp_path, shipped):
     "The flag: with pretrained=False the shipped weights are not used, the book's config goes to `train`."
-    import sde_diffusion.images as images
+    import sde_diffusion.digits_unet as images
     calls = []
     monkeypatch.setattr(images, "train", lambda config, data, **kw: calls.append((config, kw)) or "trained")
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path))
@@ -109,7 +109,7 @@ def test_full_retraining_reproduces_the_shipped_run(shipped, tmp_path):
     byte-identical losses.csv). Elsewhere float32 rounding may let the trajectory drift, so: the first K losses to 1e-4,
     and the level the run ends at (mean loss of the last 100 steps) and the averaged model's DSM loss on fixed draws
     within 3 standard errors of the shipped run's."""
-    from sde_diffusion.losses import dsm_loss
+    from sde_diffusion.score_matching import dsm_loss
     blob, _ = shipped
     result = train_digits(pretrained=False, ckpt_dir=tmp_path)
     losses, ref = np.array(result.losses), np.array(blob["losses"])

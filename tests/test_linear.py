@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sde_diffusion.brownian import time_grid
-from sde_diffusion.linear import (LinearSDE, fokker_planck_1d, fokker_planck_terms, gaussian_log_prob,
+from sde_diffusion.fokker_planck import (LinearSDE, fokker_planck_1d, fokker_planck_terms, gaussian_log_prob,
                                   linear_sde_moments)
 from sde_diffusion.solvers import OrnsteinUhlenbeck, euler_maruyama
 

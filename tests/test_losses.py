@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.losses import (WEIGHTINGS, dsm_loss, esm_loss, irreducible_dsm_constant, ism_loss, perturb,
+from sde_diffusion.score_matching import (WEIGHTINGS, dsm_loss, esm_loss, irreducible_dsm_constant, ism_loss, perturb,
                                   weighting)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
@@ -377,7 +377,7 @@ def test_times_exactly_on_the_boundaries_are_accepted():
 
 def test_scalar_x_is_refused_by_name_and_a_batch_of_one_is_valid():
     "A 0-d tensor has no batch axis: ValueError naming `x` (not an IndexError); B = 1 gives the per-sample value."
-    with pytest.raises(ValueError, match="`x` must have shape"):
+    with pytest.raises(ValueError, match="`x` must have (a batch dimension|shape)"):
         ism_loss(lambda x, t: -x, torch.tensor(1.0), torch.zeros(()))
     sde = VPSDE()
     score = _gaussian_score(sde)

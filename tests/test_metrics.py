@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.metrics import (EnergyReference, NoiseFloor, energy_distance, energy_distance_gaussian_1d, expected_log_prob,
+from sde_diffusion.distances import (EnergyReference, NoiseFloor, energy_distance, energy_distance_gaussian_1d, expected_log_prob,
                                    mean_logp_gap, noise_floor, random_directions, sample_metrics, sliced_wasserstein)
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
@@ -290,7 +290,7 @@ def test_sets_on_different_devices():
 # ------------------------------------------------------------------ regressions found by tests/test_properties.py
 def test_half_precision_samples_are_measured_in_float32():
     "float16 failed inside torch ('geqrf_cpu' / 'cdist' not implemented for 'Half'); now computed in float32."
-    from sde_diffusion.metrics import energy_distance, sliced_wasserstein
+    from sde_diffusion.distances import energy_distance, sliced_wasserstein
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 2, generator=g), torch.randn(40, 2, generator=g) + 0.5
     for dtype in (torch.float16, torch.bfloat16):
@@ -302,7 +302,7 @@ def test_half_precision_samples_are_measured_in_float32():
 
 def test_metric_argument_errors_name_the_argument():
     "NaN samples gave NaN distances; n < 2 and a zero-width sample raised unnamed errors (or ZeroDivisionError)."
-    from sde_diffusion.metrics import energy_distance, energy_distance_gaussian_1d, sliced_wasserstein
+    from sde_diffusion.distances import energy_distance, energy_distance_gaussian_1d, sliced_wasserstein
     x = torch.randn(5, 2)
     bad = x.clone()
     bad[0, 0] = math.nan
@@ -321,14 +321,14 @@ def test_metric_argument_errors_name_the_argument():
 
 def test_gaussian_energy_distance_far_apart_is_finite():
     "Means 1e300 apart with std 1e-300: delta**2 raised OverflowError; the exact value is 2|delta| - 2(s1 + s2)/sqrt(pi)."
-    from sde_diffusion.metrics import energy_distance_gaussian_1d
+    from sde_diffusion.distances import energy_distance_gaussian_1d
     e = energy_distance_gaussian_1d(1e300, 1e-300, 0.0, 1.0)
     assert e == pytest.approx(2e300, rel=1e-15)
 
 
 # ------------------------------------------------------------------ glue: measured numbers handed to the prose
 def test_glue_returns_the_value_and_refuses_what_cannot_be_quoted():
-    from sde_diffusion.metrics import glue
+    from sde_diffusion.core import glue
     assert glue("x", 1.5) == 1.5 and glue("n", 7) == 7 and glue("s", "DDIM") == "DDIM"
     v = glue("t", torch.tensor([0.25], dtype=torch.float64))
     assert v == 0.25 and isinstance(v, float)
@@ -349,7 +349,7 @@ def test_glue_records_the_value_for_myst_nb_in_a_kernel():
     "Inside IPython, the value is displayed under myst-nb's glue mime type with its name, and not shown as text."
     pytest.importorskip("myst_nb")
     from IPython.core.interactiveshell import InteractiveShell
-    from sde_diffusion.metrics import glue
+    from sde_diffusion.core import glue
     shell = InteractiveShell.instance()
     shown = []
     shell.display_pub.publish = lambda data, metadata=None, **kw: shown.append((data, metadata))

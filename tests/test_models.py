@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sde_diffusion.losses import dsm_loss, esm_loss, irreducible_dsm_constant, perturb
+from sde_diffusion.score_matching import dsm_loss, esm_loss, irreducible_dsm_constant, perturb
 from sde_diffusion.models import GaussianFourierProjection, ScoreMLP, UNet
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast

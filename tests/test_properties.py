@@ -231,16 +231,16 @@ def test_discretize_is_the_named_chain(sde, shape, dtype, device, t_values):
 @given(sde=sde_params(), shape=shapes(), dtype=st.sampled_from(FLOATS), pf=st.sampled_from([False, True, 0, 1, "no", None, 2.5]),
        t_values=st.lists(st.floats(1e-3, 1), min_size=1, max_size=4))
 def test_reverse_is_anderson(sde, shape, dtype, pf, t_values):
-    """reverse(score_fn, probability_flow): probability_flow must be a bool; drift f - w g^2 s with w = 1 (SDE) or 1/2
+    """reverse(score_fn, ode): ode must be a bool; drift f - w g^2 s with w = 1 (SDE) or 1/2
     (ODE); diffusion g or 0; discretize: f_i - w G_i^2 s and G_i or 0."""
     x = randn(shape, dtype)
     t = times(shape[0], dtype, "cpu", t_values)
     score = lambda x, t: -x            # the score of N(0, I)
-    rev = call(lambda: sde.reverse(score, probability_flow=pf), "probability_flow")
+    rev = call(lambda: sde.reverse(score, ode=pf), "ode")
     if rev is None:
         assert not isinstance(pf, bool)
         return
-    assert isinstance(pf, bool), f"probability_flow={pf!r} accepted"
+    assert isinstance(pf, bool), f"ode={pf!r} accepted"
     w = 0.5 if pf else 1.0
     d, g = rev.sde(x, t)
     f, gf = sde.sde(x, t)

@@ -116,7 +116,7 @@ PREDICTOR_CHOICES = list(PREDICTORS) + ["ddim_eta", "ancestral_transition", "eul
 
 def _predictor(name):
     return {"ddim_eta": lambda: DDIM(0.6), "ancestral_transition": lambda: AncestralSampling("transition"),
-            "euler_pf": lambda: EulerMaruyama(probability_flow=True)}.get(name, lambda: name)()
+            "euler_pf": lambda: EulerMaruyama(ode=True)}.get(name, lambda: name)()
 
 
 @given(st.data())

@@ -3,7 +3,7 @@
 A number typed into a markdown cell drifts from the computation as soon as a seed, a sample size or a network changes
 (chapter 13 once said 8 %, 0.88 and 94 % while its own tables printed 10.5 %, 0.857 and 92 %). So the prose of every
 notebook may quote a decimal number, a percentage or a duration in seconds only
-- through myst-nb's glue role, {glue:text}`name:.2f`, filled in by the build from `sde_diffusion.metrics.glue(name, x)`
+- through myst-nb's glue role, {glue:text}`name:.2f`, filled in by the build from `sde_diffusion.core.glue(name, x)`
   in a code cell of the same notebook; or
 - listed in the notebook's metadata `typed_numbers`, {"0.16": "why it is typed"}: a parameter of the setup, a closed
   form, a value from the literature, or a result the text says came from another run.
@@ -76,7 +76,7 @@ def test_every_quoted_number_has_a_source(path):
         f"{path.name}: every entry of metadata.typed_numbers needs a reason"
     unsourced = [(i, n, ctx) for i, n, ctx in typed_numbers(nb) if n not in allowed]
     assert not unsourced, (f"{path.name}: numbers typed into the prose with no source. Glue them from the cell that "
-                           "computes them ({glue:text}`name:.2f`, sde_diffusion.metrics.glue), or list them in the "
+                           "computes them ({glue:text}`name:.2f`, sde_diffusion.core.glue), or list them in the "
                            "notebook's metadata typed_numbers with the reason they are typed:\n"
                            + "\n".join(f"  cell {i}: {n!r} in '...{ctx}...'" for i, n, ctx in unsourced))
     written = {n for _, n, _ in typed_numbers(nb)}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sde_diffusion.data import load_digits
-from sde_diffusion.metrics import NoiseFloor
-from sde_diffusion.quality import (ClassifierReport, DigitClassifier, classifier_features, classifier_scores,
+from sde_diffusion.distances import NoiseFloor
+from sde_diffusion.image_quality import (ClassifierReport, DigitClassifier, classifier_features, classifier_scores,
                                    confusion_matrix, frechet_distance, frechet_distance_gaussians, frechet_floor,
                                    frechet_floor_gaussian, gaussian_fit, random_shift, sample_quality,
                                    train_digit_classifier)

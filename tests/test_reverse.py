@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from sde_diffusion.metrics import energy_distance, mean_logp_gap, expected_log_prob
+from sde_diffusion.distances import energy_distance, mean_logp_gap, expected_log_prob
 from sde_diffusion.reverse import probability_flow, reversed_clock, sample_reverse_sde
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
@@ -21,7 +21,7 @@ def test_reversed_clock_formula():
     f, g = sde.sde(y, t)
     torch.testing.assert_close(drift(y, s), -(f - g**2 * score(y, t)))
     torch.testing.assert_close(diffusion(y, s), g)
-    drift_ode, diffusion_ode = reversed_clock(sde, score, probability_flow=True)
+    drift_ode, diffusion_ode = reversed_clock(sde, score, ode=True)
     torch.testing.assert_close(drift_ode(y, s), -(f - 0.5 * g**2 * score(y, t)))
     assert (diffusion_ode(y, s) == 0).all()
 
@@ -59,7 +59,7 @@ def test_probability_flow_matches_direct_torchdiffeq_call():
     score = data.score_fn(sde)
     z = sde.prior_sampling((256, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     ours, nfe = probability_flow(sde, score, z, 1.0, 1e-3, rtol=1e-7, atol=1e-7)
-    rsde = sde.reverse(score, probability_flow=True)
+    rsde = sde.reverse(score, ode=True)
     ref = odeint(lambda t, y: rsde.drift(y, t.expand(256)), z, torch.tensor([1.0, 1e-3], dtype=torch.float64),
                  method="dopri5", rtol=1e-7, atol=1e-7,
                  options={"step_t": torch.tensor([1e-3], dtype=torch.float64), "first_step": 1e-2 * (1.0 - 1e-3)})[-1]

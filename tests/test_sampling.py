@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from sde_diffusion.metrics import expected_log_prob, mean_logp_gap
+from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
 from sde_diffusion.sampling import (AUTO_IPNDM_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling,
                                     AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
@@ -64,8 +64,8 @@ def test_stochastic_error_decreases_with_nfe(E_logp):
 
 # ---------------------------------------------------------------- orders of the ODE predictors
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
-@pytest.mark.parametrize("pred,spacing,order", [(EulerMaruyama(probability_flow=True), "uniform", 1.0),
-                                                (ReverseDiffusion(probability_flow=True), "uniform", 1.0),
+@pytest.mark.parametrize("pred,spacing,order", [(EulerMaruyama(ode=True), "uniform", 1.0),
+                                                (ReverseDiffusion(ode=True), "uniform", 1.0),
                                                 (DDIM(), "uniform", 1.0), (Heun(), "edm", 2.0),
                                                 (DPMSolver2M(), "logsnr", 2.0)],
                          ids=["euler", "rd-pf", "ddim", "heun", "dpm2m"])

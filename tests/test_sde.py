@@ -164,7 +164,7 @@ def test_reverse_formulas_with_random_score(name, shape, probability_flow):
     t = torch.rand(shape[0], generator=gen, dtype=torch.float64)
     W = torch.randn(shape, generator=gen, dtype=torch.float64)
     score_fn = lambda x, t: W * x + t.reshape(-1, *[1] * (x.ndim - 1))     # an arbitrary field of the shape of x
-    rsde = sde.reverse(score_fn, probability_flow=probability_flow)
+    rsde = sde.reverse(score_fn, ode=probability_flow)
     assert isinstance(rsde, ReverseSDE) and rsde.T == sde.T and rsde.N == sde.N and rsde.forward is sde
     w = 0.5 if probability_flow else 1.0
     drift, diffusion = sde.sde(x, t)
@@ -406,8 +406,8 @@ def test_bool_times_and_integer_prior_dtype_are_named_errors():
         sde.marginal_prob(torch.zeros(2, 1), torch.ones(2, dtype=torch.bool))
     with pytest.raises(TypeError, match="`dtype`"):
         sde.prior_sampling((2, 3), dtype=torch.int64)
-    with pytest.raises(TypeError, match="`probability_flow`"):
-        sde.reverse(lambda x, t: -x, probability_flow="no")     # bool("no") is True
+    with pytest.raises(TypeError, match="`ode`"):
+        sde.reverse(lambda x, t: -x, ode="no")     # bool("no") is True
 
 
 def test_meta_tensors_give_shapes():

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.metrics import expected_log_prob, mean_logp_gap
+from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.sde import VESDE
 from sde_diffusion.smld import NoisePerturbation, annealed_langevin, noise_conditional_score, smld_reverse_diffusion, ve_sigma_to_t
 from sde_diffusion.solvers import batch_broadcast

@@ -192,7 +192,7 @@ def _check_wheel(tmp: Path):
     if r.stdout.split() != [settings["version"]] * 2:
         problems.append(f"__version__ / metadata version: {r.stdout.strip()} {r.stderr[-1000:]}, want {settings['version']}")
 
-    r = _python(py, out, "from sde_diffusion.images import pretrained_path, digits_config; "
+    r = _python(py, out, "from sde_diffusion.digits_unet import pretrained_path, digits_config; "
                          "p = pretrained_path(digits_config()); print(p.exists(), p)")
     if not r.stdout.startswith("True "):
         problems.append(f"the shipped weights are not found where images.pretrained_path looks: {r.stdout}{r.stderr[-1000:]}")

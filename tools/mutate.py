@@ -43,7 +43,7 @@ TESTS = {
     "sde": ["tests/test_sde.py", "tests/test_properties.py"],
     "reverse": ["tests/test_reverse.py"],
     "likelihood": ["tests/test_likelihood.py"],
-    "losses": ["tests/test_losses.py"],
+    "score_matching": ["tests/test_losses.py"],
     "toy": ["tests/test_toy.py"],
     "ddpm": ["tests/test_ddpm.py"],
     "smld": ["tests/test_smld.py"],
