@@ -1107,3 +1107,14 @@ def test_min_step_ratio_default_and_repr():
     for cls in (DPMSolver2M, DPMSolver3M, UniPC, IPNDM):
         assert cls().min_step_ratio == 0.5 and "min_step_ratio=0.5" in repr(cls())
         assert cls(min_step_ratio=0).min_step_ratio == 0.0
+
+
+def test_step_ratio_guard_keeps_a_ratio_exactly_at_the_threshold():
+    "eq-step-ratio keeps a past point whose ratio equals `min_step_ratio` (>=, not >): exact binary fractions, numbers and tensors."
+    from sde_diffusion.sampling import _ratio_order
+    # nodes newest first, step 1: ratios 0.5 (exactly the threshold) then 0.25 (below it)
+    assert _ratio_order(3, [0.0, -0.5, -0.75], 1.0, 0.5) == 2
+    assert _ratio_order(2, [0.0, -0.5], 1.0, 0.5) == 2
+    assert _ratio_order(2, [0.0, -0.5], 1.0, 0.625) == 1
+    nodes = [torch.zeros(3, 1), torch.tensor([[-0.5], [-0.25], [-1.0]]), torch.tensor([[-1.0], [-0.5], [-1.25]])]
+    assert torch.equal(_ratio_order(3, nodes, torch.ones(3, 1), 0.5), torch.tensor([[3], [1], [2]]))
