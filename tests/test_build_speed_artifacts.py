@@ -116,14 +116,17 @@ def _paired_gap_ok(right_a, right_b):
 
 @pytest.mark.slow
 def test_retraining_the_judges_reproduces_the_shipped_ones(shipped):
-    """12 epochs again for each seed (~6 s each on one core). Same machine: identical losses. Elsewhere float32
-    rounding may make the trajectory drift, so: the per-epoch losses to rtol 1e-3 (rounding grows over 276 steps; measured
-    0 on the machine that made the file) and the test predictions paired within 4 standard errors."""
+    """12 epochs again for each seed (~6 s each on one core). Same machine: identical losses. On another CPU (other
+    SIMD kernels, other summation orders) float32 rounding differs, and training amplifies it: measured on an AVX-512
+    machine against the AVX2 machine that made the file, epoch 1 identical, epoch 2 off by 3e-4, epoch 4 by 4-6 %, as
+    if another seed had been drawn. So only the first epoch's mean loss is compared tightly (rtol 1e-4: rounding only),
+    and the outcome statistically: the test predictions paired within 4 standard errors (McNemar)."""
     x_test, y_test = load_digits("test")
     for seed in (0, 1):
         model, report = train_digit_classifier(seed=seed, **JUDGE_KW)
         ref = shipped[f"judge{seed}"]
-        torch.testing.assert_close(torch.tensor(report.losses), torch.tensor(ref["losses"]), rtol=1e-3, atol=0)
+        assert len(report.losses) == len(ref["losses"]) == JUDGE_KW["epochs"]
+        torch.testing.assert_close(torch.tensor(report.losses[0]), torch.tensor(ref["losses"][0]), rtol=1e-4, atol=0)
         old = DigitClassifier(seed=seed)
         old.load_state_dict(ref["weights"])
         with torch.no_grad():
