@@ -14,8 +14,10 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # more than it saves, the more so when the book and the tests run JOBS processes at once, one per core. A reader's GPU
 # is unaffected.
 export OMP_NUM_THREADS ?= 1
-# Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core).
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Processes at once: notebooks executed by `make book`, pytest workers in `make test` (one per core). GNU nproc reports
+# OMP_NUM_THREADS when it is set (so a reader's `export OMP_NUM_THREADS=1` would have meant one job, and make 4.4 passes
+# the export above to $(shell)): count the cores without it.
+JOBS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 
 .PHONY: help install prepare book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite
 
