@@ -79,27 +79,45 @@ def test_internal_links_resolve(book):
 
 
 class _ReaderText(HTMLParser):
-    "The text a reader sees: prose and cell outputs, without code-cell sources (docstrings may name labels)."
+    """The text a reader sees: prose and cell outputs, without code-cell sources (docstrings may name labels). Printed
+    outputs render inside `<div class="highlight">` within a `cell_output`: those are kept (a label typed into a
+    printout is shown to the reader), only highlighted code outside an output is skipped."""
     SKIP = ("cell_input", "highlight")
 
     def __init__(self):
         super().__init__()
-        self.stack, self.parts = [], []
+        self.stack, self.parts = [], []        # per open element: (skipped, inside a cell output)
 
     def handle_starttag(self, tag, attrs):
         if tag in ("br", "img", "meta", "link", "hr", "input"):
             return
         classes = (dict(attrs).get("class") or "").split()
-        skip = tag in ("script", "style") or any(c in classes for c in self.SKIP) and "cell_output" not in classes
-        self.stack.append(skip or (self.stack[-1] if self.stack else False))
+        parent_skip, parent_output = self.stack[-1] if self.stack else (False, False)
+        output = parent_output or "cell_output" in classes
+        skip = parent_skip or tag in ("script", "style") or not output and any(c in classes for c in self.SKIP)
+        self.stack.append((skip, output))
 
     def handle_endtag(self, tag):
         if tag not in ("br", "img", "meta", "link", "hr", "input") and self.stack:
             self.stack.pop()
 
     def handle_data(self, data):
-        if not (self.stack and self.stack[-1]):
+        if not (self.stack and self.stack[-1][0]):
             self.parts.append(data)
+
+
+def test_reader_text_keeps_printed_outputs_and_drops_code():
+    "The parser behind the label check, on myst-nb's markup: a printout's text is kept, a code cell's source is not."
+    html_text = ('<div class="cell docutils container"><div class="cell_input docutils container">'
+                 '<div class="highlight-ipython3 notranslate"><div class="highlight"><pre>x = 1  # eq-in-code</pre>'
+                 '</div></div></div><div class="cell_output docutils container"><div class="output stream '
+                 'highlight-myst-ansi notranslate"><div class="highlight"><pre>eq-printed: 1e-9</pre></div></div>'
+                 '</div></div><p>prose</p><script>var a = "eq-script";</script>')
+    p = _ReaderText()
+    p.feed(html_text)
+    text = " ".join(p.parts)
+    assert "eq-printed" in text and "prose" in text
+    assert "eq-in-code" not in text and "eq-script" not in text
 
 
 def test_no_equation_label_shown_as_text(book):
