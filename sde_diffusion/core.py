@@ -21,8 +21,8 @@ from torch import Tensor
 __all__ = ['REDUCTIONS', 'HALF_DTYPES', 'batch_broadcast', 'check_batch', 'sq_norm', 'check_reduce', 'reduce_batch',
            'checked_call', 'check_int', 'check_real', 'positive_int', 'nonneg_int', 'positive_float', 'nonneg_float',
            'check_eps', 'check_seed', 'optional_seed', 'seeded', 'generator_device', 'check_generator', 'randn_like',
-           'work_dtype', 'widen', 'NonFiniteError', 'flag_nonfinite', 'optimizer_step', 'check_label', 'batch_labels',
-           'glue', 'renamed_argument', 'document_arguments']
+           'work_dtype', 'widen', 'NonFiniteError', 'all_finite', 'NonFiniteWatch', 'optimizer_step', 'check_label',
+           'batch_labels', 'glue', 'renamed_argument', 'document_arguments']
 
 # %% ../nbs/00_core.ipynb #7517c4bf
 def batch_broadcast(
@@ -262,13 +262,54 @@ class NonFiniteError(FloatingPointError, ValueError):
     "NaN or inf appeared in a solve: a `FloatingPointError`, as the package's other loops raise, and a `ValueError` (bad input)."
 
 
-def flag_nonfinite(
-    first_bad: Tensor,  # the first non-finite step so far, -1 if none, shape () on x's device
-    x: Tensor,          # the state after step `k`
-    k: int,             # the step's index
-) -> Tensor:            # `first_bad`, set to `k` if it was -1 and `x` holds NaN or inf
-    "Record step `k` as the first non-finite one, on the device (no host synchronisation); every sampler loop uses this."
-    return torch.where((first_bad < 0) & ~torch.isfinite(x).all(), k, first_bad)
+def all_finite(
+    x: Tensor,   # any tensor (not on the meta device)
+) -> bool:       # whether every entry of `x` is finite
+    "Exact, one host synchronisation: the sum first (finite sum => finite entries), the entrywise test only if it is not."
+    return bool(torch.isfinite(x.sum(dtype=work_dtype(x.dtype)))) or bool(torch.isfinite(x).all())
+
+
+class NonFiniteWatch:
+    """The NaN/inf watch of every loop: `watch(x)` after each step keeps the 0-d sum of `x` on its device (no host
+    synchronisation); after the loop, `first()` is the index of the first non-finite sum (one synchronisation)."""
+    CHUNK = 1024   # the sums are stacked into one tensor every CHUNK steps: memory stays small for long loops
+
+    def __init__(self):
+        self._chunks, self._sums = [], []
+
+    def __call__(
+        self,
+        x: Tensor,   # the state after this step; summed in its dtype (float32 for float16/bfloat16), detached
+    ) -> None:
+        "Record step `len(self)`: the sum of `x`, NaN or inf if `x` holds NaN or inf."
+        if x.requires_grad:
+            x = x.detach()
+        self._sums.append(x.sum(dtype=work_dtype(x.dtype)))
+        if len(self._sums) == self.CHUNK:
+            self._chunks.append(torch.stack(self._sums))
+            self._sums = []
+
+    def __len__(self) -> int:
+        return self.CHUNK * len(self._chunks) + len(self._sums)
+
+    def first(self) -> int:
+        "The index of the first step whose sum is NaN or inf, or -1 if none; one host synchronisation."
+        parts = self._chunks + ([torch.stack(self._sums)] if self._sums else [])
+        if not parts:
+            return -1
+        sums = torch.cat(parts)
+        n = sums.numel()
+        k = int(torch.where(torch.isfinite(sums), n, torch.arange(n, device=sums.device)).min())
+        return -1 if k == n else k
+
+    def check(
+        self,
+        where: Callable,   # the message for the first bad step: k (int) -> str
+    ) -> None:
+        "Raise `NonFiniteError(where(k))` for the first non-finite step `k`, if any."
+        k = self.first()
+        if k >= 0:
+            raise NonFiniteError(where(k))
 
 # %% ../nbs/00_core.ipynb #481a7350
 def optimizer_step(

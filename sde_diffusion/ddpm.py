@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .sde import VPSDE
-from .core import batch_broadcast, check_generator, document_arguments, flag_nonfinite
+from .core import NonFiniteWatch, batch_broadcast, check_generator, document_arguments
 
 # %% auto #0
 __all__ = ['DDPMSchedule', 'ddpm_schedule', 'q_sample', 'ddpm_timesteps_to_t', 'eps_from_score', 'score_from_eps',
@@ -272,7 +272,7 @@ def ddpm_sample(
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > sde.T:
             raise ValueError(f"`times` must lie in [0, T] = [0, {sde.T}], got values in [{lo:.4g}, {hi:.4g}]")
     B = x.shape[0]
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+    watch = NonFiniteWatch()   # record r: the state after step i = N - 1 - r
     path = [x] if return_path else None
     with sde.unchecked():   # the grid is validated: no per-step host synchronisation in the SDE's range checks
         for i in tqdm(range(s.N - 1, -1, -1), disable=not progress, desc="DDPM"):
@@ -283,12 +283,11 @@ def ddpm_sample(
             eps = out if prediction == "eps" else -s.sqrt_one_minus_alphas_cumprod[i] * out
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if i > 0 else None
             x = _ancestral(s, x, i, eps, noise, variance)
-            first_bad = flag_nonfinite(first_bad, x, i)
+            watch(x)
             if return_path:
                 path.append(x)
-    k = int(first_bad)   # the one host synchronisation, after the loop
-    if k >= 0:
-        raise FloatingPointError(f"DDPM sampling became NaN/inf at step i = {k} (t = {times[k].item():.4g}); check `model_fn`")
+    watch.check(lambda r: f"DDPM sampling became NaN/inf at step i = {s.N - 1 - r} (t = {times[s.N - 1 - r].item():.4g}); "
+                          "check `model_fn`")   # the one host synchronisation, after the loop
     return torch.stack(path) if return_path else x
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

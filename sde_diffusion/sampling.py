@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import (NonFiniteError, batch_broadcast, check_eps, document_arguments, positive_float,
-                                positive_int, randn_like, renamed_argument)
+from .core import (NonFiniteError, NonFiniteWatch, batch_broadcast, check_eps, document_arguments,
+                                positive_float, positive_int, randn_like, renamed_argument)
 from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
 
@@ -644,13 +644,6 @@ def _start(sde: SDE, shape, generator, dtype, device, x_T) -> Tensor:
     return x.to(out_dtype)
 
 
-def _first_nonfinite(sums: Tensor) -> int:
-    "Index of the first non-finite per-step sum, or -1 when all are finite; one host synchronisation."
-    n = sums.numel()
-    k = int(torch.where(torch.isfinite(sums), n, torch.arange(n, device=sums.device)).min())
-    return -1 if k == n else k
-
-
 def _rows(table: dict) -> list[dict]:
     "Per-step coefficients {name: (K,) tensor} -> K dicts of Python numbers (no device transfer inside the loop)."
     columns = {name: v.tolist() for name, v in table.items()}
@@ -747,15 +740,13 @@ def sample(
     tb = ts.unsqueeze(1).expand(steps + 1, B).unbind(0)   # t_k as a (B,) view, for every k at once
     move = None if project is None else (lambda y, t: _checked_project(project, y, t))
     pred.reset(steps)
-    # NaN/inf shows in a sum: [0] the start, [1 + k] step k, [steps + 1] the denoised samples, [steps + 2] the output
-    # dtype. The states are summed in their own dtype (float32 or float64: finite samples would need a sum beyond
-    # 1e38 to be flagged), 0-d tensors on the device, stacked once after the loop; the output in float64.
-    fold = (lambda y: y.detach().sum()) if enable_grad else (lambda y: y.sum())
-    sums = []
+    # NaN/inf shows in a sum (core.NonFiniteWatch): record [0] the start, [1 + k] step k, [steps + 1] the denoised
+    # samples if `denoise`, and the last one the samples in the output dtype.
+    watch = NonFiniteWatch()
     with grad_ctx, sde.unchecked():   # no graph unless asked for; no host synchronisation inside the loop
         if move is not None:
             x = move(x, tb[0])
-        sums.append(fold(x))
+        watch(x)
         path = [x] if return_path else None
         for k in tqdm(range(steps), disable=not progress, desc=type(pred).__name__):
             t, t_next = tb[k], tb[k + 1]
@@ -766,25 +757,23 @@ def sample(
             x, _ = pred.apply(rows[k], score, x, t, t_next, generator)
             if move is not None:
                 x = move(x, t_next)
-            sums.append(fold(x))
+            watch(x)
             if return_path:
                 path.append(x)
         if denoise:
             x = tweedie_denoise(sde, score, x, tb[-1])
-            sums.append(fold(x))
+            watch(x)
             if return_path:
                 path.append(x)
-        else:
-            sums.append(sums[0].new_zeros(()))
         out = (torch.stack(path) if return_path else x).to(out_dtype)
-        sums = torch.cat([torch.stack(sums).double(), out.detach().sum(dtype=torch.float64).reshape(1)])
-    k = _first_nonfinite(sums)   # the one host synchronisation, after the loop
+        watch(out)
+    k = watch.first()   # the one host synchronisation, after the loop
     if k == 0:
         raise NonFiniteError("`x_T` contains NaN or inf" + (" (after `project`)" if project is not None else ""))
     if k > 0:
-        k -= 1
-        if k == steps + 1:
+        if k == len(watch) - 1:
             raise NonFiniteError(f"the samples are finite in {x.dtype} but overflow `dtype` {out_dtype}")
+        k -= 1
         where = ("the final denoising step" if k == steps else
                  f"step {k} of {steps} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g})")
         raise NonFiniteError(f"sampling became NaN/inf at {where}; check `score_fn` or use more steps")

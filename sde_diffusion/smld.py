@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import (check_generator, document_arguments, flag_nonfinite, generator_device, positive_float,
+from .core import (NonFiniteWatch, check_generator, document_arguments, generator_device, positive_float,
                                 positive_int)
 from .sde import VESDE, gaussian_prior_sample
 
@@ -137,7 +137,7 @@ def annealed_langevin(
     x, sigmas = _start(x, sigmas, generator, dtype, device)
     B, L = x.shape[0], sigmas.numel()
     alphas = step_lr * (sigmas / sigmas[-1]) ** 2
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+    watch = NonFiniteWatch()   # record k = i * n_steps_each + j; the denoising step L * n_steps_each
     path = [x] if return_path else None
     for i in tqdm(range(L), disable=not progress, desc="annealed Langevin"):
         sigma, alpha = sigmas[i].expand(B), alphas[i]
@@ -145,19 +145,17 @@ def annealed_langevin(
             k = i * n_steps_each + j
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x = x + 0.5 * alpha * _score_call(score_fn, x, sigma, check=k == 0) + alpha.sqrt() * noise
-            first_bad = flag_nonfinite(first_bad, x, k)
+            watch(x)
         if return_path:
             path.append(x)
     if final_denoise:
         x = x + sigmas[-1] ** 2 * _score_call(score_fn, x, sigmas[-1].expand(B), check=False)
-        first_bad = flag_nonfinite(first_bad, x, L * n_steps_each)
+        watch(x)
         if return_path:
             path[-1] = x
-    k = int(first_bad)   # the one host synchronisation, after the loop
-    if k >= 0:
-        where = ("the final denoising step" if k == L * n_steps_each else
-                 f"level {k // n_steps_each} (sigma = {sigmas[k // n_steps_each].item():.4g}), step {k % n_steps_each}")
-        raise FloatingPointError(f"annealed Langevin became NaN/inf at {where}; reduce `step_lr` or check `score_fn`")
+    where = lambda k: ("the final denoising step" if k == L * n_steps_each else
+                       f"level {k // n_steps_each} (sigma = {sigmas[k // n_steps_each].item():.4g}), step {k % n_steps_each}")
+    watch.check(lambda k: f"annealed Langevin became NaN/inf at {where(k)}; reduce `step_lr` or check `score_fn`")
     return torch.stack(path) if return_path else x
 
 # %% ../nbs/07_smld.ipynb #38dc8c29
@@ -177,19 +175,17 @@ def smld_reverse_diffusion(
     x, sigmas = _start(x, sigmas, generator, dtype, device)
     B, N = x.shape[0], sigmas.numel()
     increments = sigmas.square() - torch.cat([sigmas[1:], sigmas.new_zeros(1)]).square()   # sigma_i^2 - sigma_{i-1}^2 > 0
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+    watch = NonFiniteWatch()   # record k: the state after step k
     path = [x] if return_path else None
     for k in tqdm(range(N), disable=not progress, desc="reverse diffusion"):
         x = x + increments[k] * _score_call(score_fn, x, sigmas[k].expand(B), check=k == 0)
         if k < N - 1 or not final_denoise:
             x = x + increments[k].sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        first_bad = flag_nonfinite(first_bad, x, k)
+        watch(x)
         if return_path:
             path.append(x)
-    k = int(first_bad)   # the one host synchronisation, after the loop
-    if k >= 0:
-        raise FloatingPointError(f"the reverse-diffusion chain became NaN/inf at step {k} (sigma = {sigmas[k].item():.4g}); "
-                                 "check `score_fn`")
+    watch.check(lambda k: f"the reverse-diffusion chain became NaN/inf at step {k} (sigma = {sigmas[k].item():.4g}); "
+                          "check `score_fn`")   # the one host synchronisation, after the loop
     return torch.stack(path) if return_path else x
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from .brownian import brownian_increments, check_time_grid
-from .core import batch_broadcast, check_real, document_arguments, flag_nonfinite, positive_float
+from .core import (NonFiniteWatch, all_finite, batch_broadcast, check_real, document_arguments,
+                                positive_float)
 
 # %% auto #0
 __all__ = ['OrnsteinUhlenbeck', 'GeometricBrownianMotion', 'euler_maruyama', 'milstein', 'ConvergenceFit', 'convergence_order']
@@ -120,7 +121,7 @@ def _prepare(x0, ts, dW, generator):
         raise ValueError("`x0` must have a batch dimension: shape (B, *D)")
     if x0.device.type == "meta":
         raise ValueError("`x0` is on the meta device: the solvers check the values of the path (NaN/inf), which meta tensors lack")
-    if not torch.isfinite(x0).all():
+    if not all_finite(x0):
         raise ValueError("`x0` contains NaN or inf")
     ts = check_time_grid(torch.as_tensor(ts, dtype=x0.dtype, device=x0.device))
     n_steps = ts.numel() - 1
@@ -133,28 +134,26 @@ def _prepare(x0, ts, dW, generator):
             raise ValueError(f"`dW` must have shape (len(ts) - 1, *x0.shape) = {(n_steps, *x0.shape)}, got {tuple(dW.shape)}")
         if dW.device != x0.device:
             raise ValueError(f"`dW` is on {dW.device} but `x0` is on {x0.device}")
-        if not torch.isfinite(dW).all():
+        if not all_finite(dW):   # a sum, not an entrywise test of all N steps at once
             raise ValueError("`dW` contains NaN or inf")
         dW = dW.to(x0.dtype)
     return ts, dW
 
 
 def _integrate(step, x0, ts, dW, return_path):
-    "Run `step(x, t, dt, dW_n)` over the grid; flag the first non-finite step on the device, check once at the end."
+    "Run `step(x, t, dt, dW_n)` over the grid; watch for NaN/inf on the device, check once at the end."
     B, dts = x0.shape[0], ts.diff()
     x, path = x0, [x0] if return_path else None
-    first_bad = torch.full((), -1, dtype=torch.long, device=x0.device)
+    watch = NonFiniteWatch()   # record n: the state after step n
     for n in range(dts.numel()):
         x = step(x, ts[n].expand(B), dts[n], dW[n])
         if n == 0 and x.shape != x0.shape:
             raise ValueError(f"`drift`/`diffusion` produced a state of shape {tuple(x.shape)} from x of shape {tuple(x0.shape)}")
-        first_bad = flag_nonfinite(first_bad, x, n)
+        watch(x)
         if return_path:
             path.append(x)
-    k = int(first_bad)  # the one host synchronisation, after the loop
-    if k >= 0:
-        raise FloatingPointError(f"the solution became NaN/inf at step {k} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}); "
-                                 "reduce the step size or check `drift` and `diffusion`")
+    watch.check(lambda k: f"the solution became NaN/inf at step {k} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}); "
+                          "reduce the step size or check `drift` and `diffusion`")   # the one host synchronisation
     return torch.stack(path) if return_path else x
 
 

@@ -279,6 +279,29 @@ def test_nonfinite_values_raise_naming_the_step():
         ddpm_sample(breaks_late, (8, 2), sde, generator=torch.Generator().manual_seed(0))
 
 
+
+@pytest.mark.parametrize("i", [1999, 300, 0])   # the first step, one past the watch's first chunk of 1024 sums, the last
+def test_nan_injected_at_step_i_is_reported_as_step_i(i):
+    from sde_diffusion.core import NonFiniteError
+    sde = VPSDE(N=2000)
+    times = ddpm_timesteps_to_t(sde, torch.arange(2000), torch.float64).clamp(max=sde.T)   # increasing in i
+    t_bad = times[i].item()
+
+    def breaks_at(x, t):   # NaN from the step of index i on (i counts down; t_i is its time)
+        return torch.where(batch_broadcast(t <= t_bad, x).bool(), torch.full_like(x, float("nan")), -x)
+    for return_path in (False, True):
+        with pytest.raises(NonFiniteError, match=rf"DDPM sampling became NaN/inf at step i = {i} \(t = {t_bad:.4g}\)"):
+            ddpm_sample(breaks_at, (4, 2), sde, x_T=torch.zeros(4, 2, dtype=torch.float64), times=times,
+                        generator=torch.Generator().manual_seed(0), return_path=return_path)
+
+
+def test_the_nan_watch_runs_no_entrywise_test_per_step(monkeypatch):
+    "The loop keeps one sum per step (core.NonFiniteWatch): torch.isfinite runs a fixed number of times, not N = 1000."
+    calls, isfinite = [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda v: calls.append(v.numel()) or isfinite(v))
+    ddpm_sample(gaussian_score(VP, 1.0), (4, 2), VP, generator=torch.Generator().manual_seed(0))
+    assert 0 < len(calls) <= 2, calls   # the 1000 sums, once after the loop
+
 # ------------------------------------------------------------------ regressions found by tests/test_properties.py
 def test_integer_dtypes_and_bad_indices_and_sigmas_are_named():
     "An int64 schedule truncated every coefficient (betas all 0) and int64 times were all 0; '3' and sigma='0.5' failed in torch."

@@ -256,6 +256,42 @@ def test_nonfinite_values_at_the_first_step_a_later_step_and_the_denoising_step_
         annealed_langevin(nan_after(4), [2.0, 1.0], (4, 2), n_steps_each=2, step_lr=1e-3)
 
 
+
+@pytest.mark.parametrize("k", [0, 5, 1100])   # 1100: past the watch's first chunk of 1024 per-step sums
+def test_nan_injected_at_step_k_is_reported_as_step_k(k):
+    "Step k of annealed Langevin is level k // n_steps_each, step k % n_steps_each; of the chain, step k."
+    from sde_diffusion.core import NonFiniteError
+
+    def nan_from_call(m):   # the exact score of N(0, I) data for calls 0 .. m - 1: the state after step m is the first NaN
+        calls, exact = [], gaussian_ncsn_score(1.0)
+
+        def score(x, sigma):
+            calls.append(1)
+            return exact(x, sigma) if len(calls) <= m else x * float("nan")
+        return score
+    sigmas = torch.logspace(1, -2, 12)   # 12 levels x 100 steps; the chain: 12 steps
+    level, step = divmod(k, 100)
+    with pytest.raises(NonFiniteError, match=rf"annealed Langevin became NaN/inf at level {level} "
+                                             rf"\(sigma = {sigmas[level].item():.4g}\), step {step};"):
+        annealed_langevin(nan_from_call(k), sigmas, (4, 2), n_steps_each=100, step_lr=1e-5,
+                          generator=torch.Generator().manual_seed(0))
+    if k < 12:
+        with pytest.raises(NonFiniteError, match=rf"reverse-diffusion chain became NaN/inf at step {k} "
+                                                 rf"\(sigma = {sigmas[k].item():.4g}\)"):
+            smld_reverse_diffusion(nan_from_call(k), sigmas, (4, 2), generator=torch.Generator().manual_seed(0))
+
+
+def test_the_nan_watch_runs_no_entrywise_test_per_step(monkeypatch):
+    "The loops keep one sum per step (core.NonFiniteWatch): torch.isfinite runs a fixed number of times, not per step."
+    calls, isfinite = [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda v: calls.append(v.numel()) or isfinite(v))
+    annealed_langevin(gaussian_ncsn_score(1.0), torch.logspace(1, -2, 10), (4, 2), n_steps_each=30, step_lr=1e-5,
+                      generator=torch.Generator().manual_seed(0))
+    assert 0 < len(calls) <= 3, calls   # the levels' check, the 301 sums once after the loop
+    calls.clear()
+    smld_reverse_diffusion(gaussian_ncsn_score(1.0), torch.logspace(1, -2, 300), (4, 2), generator=torch.Generator().manual_seed(0))
+    assert 0 < len(calls) <= 3, calls
+
 def test_score_shape_is_checked_when_there_is_a_single_step():
     bad = lambda x, sigma: -x[:, :1]     # broadcasts against x: only the shape check catches it
     with pytest.raises(ValueError, match="`score_fn` must return a tensor of the shape of x"):

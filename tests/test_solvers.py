@@ -133,6 +133,28 @@ def test_divergence_names_the_step():
                        generator=torch.Generator().manual_seed(0))
 
 
+
+@pytest.mark.parametrize("solver", [euler_maruyama, milstein])
+@pytest.mark.parametrize("k", [0, 7, 1500])   # 1500: past the watch's first chunk of 1024 per-step sums
+def test_nan_injected_at_step_k_is_reported_as_step_k(solver, k):
+    from sde_diffusion.core import NonFiniteError
+    ts = time_grid(0.0, 1.0, 2000)
+    t_bad = ts[k].item()
+    drift = lambda x, t: torch.where(batch_broadcast(t >= t_bad, x).bool(), torch.full_like(x, float("nan")), -x)
+    diffusion = lambda x, t: 0.5 * torch.ones_like(x)
+    with pytest.raises(NonFiniteError, match=rf"became NaN/inf at step {k} \(t = {t_bad:.4g} -> {ts[k + 1].item():.4g}\)"):
+        solver(drift, diffusion, torch.ones(4, 2), ts, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_nan_watch_runs_no_entrywise_test_per_step(monkeypatch):
+    "The loop keeps one sum per step (core.NonFiniteWatch): torch.isfinite runs a fixed number of times, not 300."
+    calls, isfinite = [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda v: calls.append(v.numel()) or isfinite(v))
+    for solver in (euler_maruyama, milstein):
+        calls.clear()
+        solver(OU.drift, OU.diffusion, torch.ones(4, 2), time_grid(0.0, 1.0, 300), generator=torch.Generator().manual_seed(0))
+        assert 0 < len(calls) <= 4, calls   # x0's sum, the grid, the 300 sums once after the loop
+
 def test_bad_parameters():
     with pytest.raises(ValueError, match="`theta` must be a positive"):
         OrnsteinUhlenbeck(theta=0.0)
