@@ -48,7 +48,8 @@ EPS = bs.EPS               # last time of every continuous-time sampler (1e-3); 
 N_PROJ = bs.N_PROJ         # directions of the sliced W2
 _gen = bs._gen
 
-NFES = (5, 8, 10, 15, 25, 50, 100, 250)
+NFES = (5, 6, 7, 8, 10, 15, 25, 50, 100, 250)   # 6, 7: just above NFE 5 = sampling.AUTO_IPNDM_STEPS + 1, where
+                                                #   `recommended_sampler` switches from iPNDM to UniPC
 QUICK_NFES = (5, 10, 25)
 SEEDS = 3
 SUITE_SEED = 20240610      # the generated mixtures depend on this and on (dimension, index) only
