@@ -123,8 +123,8 @@ def annealed_langevin(
     sigmas,                   # levels $\sigma_1 > \dots > \sigma_L$, shape (L,), largest first
     x,                        # start states, shape (B, *D); or a shape (B, *D): start from $\mathcal{N}(0, \sigma_1^2 I)$
     *,
-    n_steps_each: int = 100,  # Langevin steps per level, $T$
-    step_lr: float = 2e-5,    # $\epsilon$: step size $\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2$ (eq. `eq-smld-annealed`)
+    n_steps_each: int = 100,  # Langevin steps per level, $M$
+    step_lr: float = 2e-5,    # $\alpha_L$, the smallest level's step: $\alpha_i = \alpha_L\,\sigma_i^2/\sigma_L^2$ (eq. `eq-smld-annealed`)
     generator: torch.Generator | None = None,   # drives the start draw and the noise, on the samples' device
     final_denoise: bool = True,   # finish with Tweedie's step $x + \sigma_L^2 s(x, \sigma_L)$ (eq. `eq-smld-tweedie`)
     dtype=None,                   # dtype of the samples, when `x` is a shape
