@@ -102,11 +102,15 @@ def test_floor_formula_matches_gaussian_simulation():
     vals = torch.tensor([frechet_distance(torch.randn(n, d, generator=g, dtype=F64) @ root,
                                           torch.randn(2 * n, d, generator=g, dtype=F64) @ root) for _ in range(R)])
     pred = frechet_floor_gaussian(cov, n, 2 * n)
-    assert abs(vals.mean().item() - pred) < 4 * vals.std().item() / math.sqrt(R) + 0.02 * pred
+    # within 4 se alone: the terms eq. (bias) neglects are of relative order 1/n and below (a few tenths of a per cent at
+    # n = 100 for F = 64, A5_quality), far under the se of R = 200 pairs (about 1 %)
+    assert abs(vals.mean().item() - pred) < 4 * vals.std().item() / math.sqrt(R)
     # identity covariance: 2F/n + F(F+1)/2(n-1)
     assert abs(frechet_floor_gaussian(torch.eye(8, dtype=F64), 100) - (16 / 100 + 8 * 9 / 2 / 99)) < 1e-12
-    # halving n doubles the floor, to first order
-    assert 1.95 < frechet_floor_gaussian(cov, 500) / frechet_floor_gaussian(cov, 1000) < 2.05
+    # halving n doubles the floor, to first order: f(n) = A/n + B/(n - 1) with A, B >= 0, so f(500)/f(1000) lies
+    # between 1000/500 and 999/499 exactly (rounding: a few ulps)
+    ratio = frechet_floor_gaussian(cov, 500) / frechet_floor_gaussian(cov, 1000)
+    assert 2 * (1 - 1e-12) <= ratio <= 999 / 499 * (1 + 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,7 +119,10 @@ def test_floor_formula_matches_gaussian_simulation():
 def test_classifier_reaches_the_accuracy_and_reports_it(trained, digits):
     model, report = trained
     assert isinstance(report, ClassifierReport)
-    assert report.test_accuracy >= 0.95 and report.train_accuracy >= 0.95
+    # the judge's specification of A5_quality (eq. coverage): an error rate below 1/(2K), so that its mistakes can
+    # neither fake nor hide a class; measured about 1 % on both splits, 5 to 14 binomial se below 5 %
+    spec = 1 / (2 * model.n_classes)
+    assert 1 - report.test_accuracy < spec and 1 - report.train_accuracy < spec
     (_, _), (x_test, y_test) = digits
     conf = confusion_matrix(model, x_test, y_test)
     assert torch.equal(conf, report.confusion) and conf.sum() == len(y_test)
@@ -152,16 +159,48 @@ def test_random_shift_moves_content_by_at_most_max_shift():
 # ---------------------------------------------------------------------------------------------------------------------
 # classifier scores and the floor
 
+def _fano(e, K=10):
+    "F(e) = h_b(e) + e log(K - 1): Fano's bound H(p) <= F(1 - p_j), and the Fannes-Audenaert bound |H(p) - H(q)| <= F(tv)."
+    e = torch.as_tensor(e, dtype=F64)
+    h_b = -(e * e.clamp(min=1e-300).log() + (1 - e) * (1 - e).clamp(min=1e-300).log())
+    return h_b + e * math.log(K - 1)
+
+
+def _kl_uniform(h):
+    "KL(h || uniform) in nats, 0 log 0 = 0."
+    h = h[h > 0]
+    return (h * (10 * h).log()).sum().item()
+
+
 def test_coverage_drops_when_a_class_is_removed(trained, digits):
     model, _ = trained
     (_, _), (x_test, y_test) = digits
     full = classifier_scores(model, x_test)
     no3 = classifier_scores(model, x_test[y_test != 3])
     only7 = classifier_scores(model, x_test[y_test == 7])
-    assert full["coverage"] == 1.0 and full["classes_covered"] == 10 and full["class_kl"] < 0.01
-    assert no3["coverage"] == 0.9 and no3["class_kl"] > 0.08
-    assert only7["coverage"] == 0.1 and only7["class_histogram"][7] > 0.9
-    assert 1.0 <= only7["inception_score"] < 1.5 < 8 < full["inception_score"] <= 10
+    assert full["coverage"] == 1.0 and full["classes_covered"] == 10
+    assert no3["coverage"] == 0.9 and only7["coverage"] == 0.1
+    # class KL against the labels' (A5_quality): the predicted histogram is within total variation tv of the true one,
+    # so its KL to uniform within F(tv) of the labels' (Fannes-Audenaert): near 0 for the test split, near log(10/9)
+    # without the 3s
+    for scores, labels in ((full, y_test), (no3, y_test[y_test != 3])):
+        h_true = torch.bincount(labels, minlength=10).double() / len(labels)
+        tv = 0.5 * (scores["class_histogram"] - h_true).abs().sum().item()
+        assert abs(scores["class_kl"] - _kl_uniform(h_true)) <= _fano(tv).item() + 1e-12
+    # the 7s' histogram entry is the classifier's accuracy on the 7s, exactly
+    conf = confusion_matrix(model, x_test, y_test)
+    assert only7["class_histogram"].argmax() == 7 and abs(only7["class_histogram"][7] - conf[7, 7] / conf[7].sum()) < 1e-12
+    # the Inception Score in [1, K], and against what the classifier's probabilities allow (A5_quality, eq. is): the 7s'
+    # IS <= exp F(1 - p_bar_7); the test split's IS >= exp(H(labels) - F(tv(p_bar, labels)) - mean_i F(1 - max_k p_i))
+    with torch.no_grad():
+        p7, p_test = model(x_test[y_test == 7]).double().softmax(1), model(x_test).double().softmax(1)
+    is7_bound = _fano(1 - p7.mean(0)[7]).exp().item()
+    h_true = torch.bincount(y_test, minlength=10).double() / len(y_test)
+    tv = 0.5 * (p_test.mean(0) - h_true).abs().sum()
+    is_test_bound = (-(h_true * h_true.log()).sum() - _fano(tv) - _fano(1 - p_test.max(1).values).mean()).exp().item()
+    assert 1 - 1e-12 <= only7["inception_score"] <= is7_bound * (1 + 1e-12)
+    assert is_test_bound * (1 - 1e-12) <= full["inception_score"] <= 10 * (1 + 1e-12)
+    assert is7_bound < is_test_bound            # the two bounds alone separate one class from the real data
     assert abs(full["class_histogram"].sum().item() - 1) < 1e-12
 
 
