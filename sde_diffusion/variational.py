@@ -90,7 +90,7 @@ class _Nodes(NamedTuple):
 
 def elbo_terms(
     sde: SDE,                   # the forward SDE; a VPSDE for `discrete=True` (DDPM's chain of `sde.N` steps)
-    model_fn: Callable,         # $s_\theta(x, t)$ or $\hat\epsilon_\theta(x, t)$: x (B, *D), t (B,) -> (B, *D)
+    model_fn: Callable,         # $s_\theta(x, t)$ or $\hat z_\theta(x, t)$: x (B, *D), t (B,) -> (B, *D)
     x: Tensor,                  # data at the model's scale, shape (B, *D), floating point
     *,
     prediction: str = "score",  # what `model_fn` returns: 'score' or 'eps'
@@ -194,8 +194,8 @@ def _estimate(sde, model_fn, x, nodes: _Nodes, prediction, n_prior, cv_var, prio
             if not isinstance(out, Tensor) or out.shape != xt.shape:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"`model_fn` must return a tensor of the shape of its input {tuple(xt.shape)}, got {got}")
-            eps_hat = out.to(x.dtype) if prediction == "eps" else -sg_f * out.to(x.dtype)
-            sq = (zf - eps_hat).reshape(2 * m, B, -1).square().sum(-1)   # |eps - eps_hat|^2 for z and for -z
+            z_hat = out.to(x.dtype) if prediction == "eps" else -sg_f * out.to(x.dtype)
+            sq = (zf - z_hat).reshape(2 * m, B, -1).square().sum(-1)   # |z - z_hat|^2 for z and for -z
             c2 = _cv_coeff((a[:m] / sg[:m]) ** 2, cv_var)
             hs.append(0.5 * (sq[:m] + sq[m:]) - c2 * (z.reshape(m, B, -1).square().sum(-1) - D))
     h = torch.cat(hs).reshape(K, J, B)
@@ -224,7 +224,7 @@ def _estimate(sde, model_fn, x, nodes: _Nodes, prediction, n_prior, cv_var, prio
 
 def elbo(
     sde: SDE,                   # the forward SDE (a VPSDE for `discrete=True`)
-    model_fn: Callable,         # $s_\theta(x, t)$ or $\hat\epsilon_\theta(x, t)$: x (B, *D), t (B,) -> (B, *D)
+    model_fn: Callable,         # $s_\theta(x, t)$ or $\hat z_\theta(x, t)$: x (B, *D), t (B,) -> (B, *D)
     x: Tensor,                  # data at the model's scale, shape (B, *D); dequantized points for `bpd=True`
     *,
     bpd: bool = False,          # report bits per dimension of the discrete data (an upper bound, eq. `eq-lik-bpd`)
