@@ -1,5 +1,6 @@
 """The old names still work (issue 13): the renamed modules import under their old names, with the same objects and a
-DeprecationWarning that names the new module; `probability_flow=` still works where it became `ode=`, and warns."""
+DeprecationWarning that names the new module; `probability_flow=` still works where it became `ode=`, and warns; so do
+DDPM's old epsilon names (issue 11)."""
 import importlib
 import sys
 
@@ -53,3 +54,26 @@ def test_probability_flow_keyword_still_works_and_warns():
         drift_old, _ = reversed_clock(sde, score, probability_flow=True)
     torch.testing.assert_close(drift_old(x, t), reversed_clock(sde, score, ode=True)[0](x, t), rtol=0, atol=0)
     torch.testing.assert_close(sde.reverse(score, True).drift(x, t), sde.reverse(score, ode=True).drift(x, t), rtol=0, atol=0)
+
+
+def test_ddpm_noise_names_old_names_still_work_and_warn():
+    "eps_from_score / score_from_eps / ddpm_ancestral_step(eps_pred=) became noise names (issue 11): same numbers, a warning."
+    from sde_diffusion import ddpm
+    from sde_diffusion.ddpm import eps_from_score, score_from_eps     # importable, though not in __all__ (not on the API page)
+    from sde_diffusion.sde import VPSDE
+    assert "eps_from_score" not in ddpm.__all__ and "noise_from_score" in ddpm.__all__
+    g = torch.Generator().manual_seed(0)
+    s, x, z, sigma = (torch.randn(5, 3, generator=g) for _ in range(4))
+    sigma = sigma.abs() + 0.1
+    with pytest.warns(DeprecationWarning, match="use `noise_from_score`"):
+        old = eps_from_score(s, sigma[:, 0])
+    assert torch.equal(old, ddpm.noise_from_score(s, sigma[:, 0]))
+    with pytest.warns(DeprecationWarning, match="use `score_from_noise`"):
+        back = score_from_eps(old, sigma[:, 0])
+    assert torch.equal(back, ddpm.score_from_noise(old, sigma[:, 0]))
+    vp = VPSDE()
+    new = ddpm.ddpm_ancestral_step(x, 7, old, z, schedule=vp)
+    with pytest.warns(DeprecationWarning, match="use `noise_pred`"):
+        assert torch.equal(ddpm.ddpm_ancestral_step(x, 7, eps_pred=old, noise=z, schedule=vp), new)
+    with pytest.raises(TypeError, match="give only `noise_pred`"):
+        ddpm.ddpm_ancestral_step(x, 7, old, z, eps_pred=old, schedule=vp)

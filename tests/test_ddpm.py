@@ -1,11 +1,11 @@
-"""DDPM as the VP SDE: schedule, time map, eps <-> score, posterior, ancestral sampling; cross-checked against diffusers."""
+"""DDPM as the VP SDE: schedule, time map, noise prediction <-> score, posterior, ancestral sampling; cross-checked against diffusers."""
 import math
 
 import pytest
 import torch
 
 from sde_diffusion.ddpm import (DDPMSchedule, ddpm_ancestral_step, ddpm_sample, ddpm_schedule, ddpm_timesteps_to_t,
-                                eps_from_score, q_posterior_mean_variance, q_sample, score_from_eps)
+                                noise_from_score, q_posterior_mean_variance, q_sample, score_from_noise)
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.sde import VESDE, VPSDE
 from sde_diffusion.solvers import batch_broadcast
@@ -80,11 +80,11 @@ def test_time_map_matches_alpha_bar():
         ddpm_timesteps_to_t(VP, 0.5)
 
 
-def test_eps_score_round_trip_and_q_sample():
+def test_noise_score_round_trip_and_q_sample():
     g = torch.Generator().manual_seed(0)
     s, sigma = torch.randn(6, 2, 3, generator=g), torch.rand(6, generator=g) + 0.1
-    torch.testing.assert_close(score_from_eps(eps_from_score(s, sigma), sigma), s)
-    torch.testing.assert_close(eps_from_score(s, 0.5), -0.5 * s)
+    torch.testing.assert_close(score_from_noise(noise_from_score(s, sigma), sigma), s)
+    torch.testing.assert_close(noise_from_score(s, 0.5), -0.5 * s)
     sched = ddpm_schedule(VP)
     x0, eps = torch.randn(6, 2, 3, generator=g), torch.randn(6, 2, 3, generator=g)
     i = torch.tensor([0, 1, 10, 500, 998, 999])
@@ -119,7 +119,7 @@ def test_ancestral_step_matches_reverse_sde_euler_maruyama_to_second_order():
         i = N // 2 - 1
         t = ddpm_timesteps_to_t(sde, i, torch.float64)
         score = gaussian_score(sde, v)(x, t.expand(500))
-        mean = ddpm_ancestral_step(x, i, eps_from_score(score, s.sqrt_one_minus_alphas_cumprod[i]), None, schedule=s)
+        mean = ddpm_ancestral_step(x, i, noise_from_score(score, s.sqrt_one_minus_alphas_cumprod[i]), None, schedule=s)
         beta_dt = sde.beta(t).item() / N
         gaps["mean"].append((mean - (x + beta_dt * (0.5 * x + score))).abs().max().item())
         gaps["fixed_large"].append(abs(s.betas[i].item() - beta_dt))
@@ -248,7 +248,7 @@ def test_bad_input():
         ddpm_ancestral_step(x, torch.tensor([0.5, 1.0, 2.0, 3.0]), x, x, schedule=sched)
     with pytest.raises(ValueError, match="`variance` must be one of"):
         ddpm_ancestral_step(x, 5, x, x, "learned", schedule=sched)
-    with pytest.raises(ValueError, match="`eps_pred` must be a tensor of the shape of x"):
+    with pytest.raises(ValueError, match="`noise_pred` must be a tensor of the shape of x"):
         ddpm_ancestral_step(x, 5, x[:, :1], x, schedule=sched)
     with pytest.raises(ValueError, match="`noise` must be a tensor of the shape of x"):
         ddpm_ancestral_step(x, 5, x, x[:2], schedule=sched)
@@ -305,7 +305,7 @@ def test_the_nan_watch_runs_no_entrywise_test_per_step(monkeypatch):
 # ------------------------------------------------------------------ regressions found by tests/test_properties.py
 def test_integer_dtypes_and_bad_indices_and_sigmas_are_named():
     "An int64 schedule truncated every coefficient (betas all 0) and int64 times were all 0; '3' and sigma='0.5' failed in torch."
-    from sde_diffusion.ddpm import ddpm_schedule, ddpm_timesteps_to_t, eps_from_score, score_from_eps
+    from sde_diffusion.ddpm import ddpm_schedule, ddpm_timesteps_to_t, noise_from_score, score_from_noise
     from sde_diffusion.sde import VPSDE
     sde = VPSDE()
     with pytest.raises(TypeError, match="`dtype`"):
@@ -318,8 +318,8 @@ def test_integer_dtypes_and_bad_indices_and_sigmas_are_named():
     s = torch.ones(2, 3)
     for sigma, err in (("0.5", TypeError), (True, TypeError), (0.0, ValueError), (float("nan"), ValueError), (-1.0, ValueError)):
         with pytest.raises(err, match="`sigma`"):
-            score_from_eps(s, sigma)
-    assert torch.equal(eps_from_score(s, 0.0), torch.zeros_like(s))    # sigma = 0: eps = 0 is well defined
+            score_from_noise(s, sigma)
+    assert torch.equal(noise_from_score(s, 0.0), torch.zeros_like(s))    # sigma = 0: z_hat = 0 is well defined
 
 
 # ------------------------------------------------------------------ mutation-testing survivors (bench/MUTATION.md)

@@ -694,11 +694,11 @@ def test_ddpm_timesteps_to_t_matches_alpha_bar(N, i, dtype):
 
 @given(B=st.integers(1, 4), rank=st.integers(1, 4), dtype=st.sampled_from(FLOATS),
        sigma=st.one_of(st.floats(1e-3, 1), st.sampled_from([0.0, -0.5, math.nan, math.inf, True, "0.5"])))
-def test_eps_score_round_trip(B, rank, dtype, sigma):
-    "score_from_eps(eps_from_score(s, sigma), sigma) = s to rounding for sigma in (0, 1]; sigma <= 0, NaN, inf, bools named."
+def test_noise_score_round_trip(B, rank, dtype, sigma):
+    "score_from_noise(noise_from_score(s, sigma), sigma) = s to rounding for sigma in (0, 1]; sigma <= 0, NaN, inf, bools named."
     s = randn((B,) + (2,) * (rank - 1), dtype)
-    e = call(lambda: ddpm.eps_from_score(s, sigma), "sigma")
-    back = call(lambda: ddpm.score_from_eps(e, sigma), "sigma") if e is not None else None
+    e = call(lambda: ddpm.noise_from_score(s, sigma), "sigma")
+    back = call(lambda: ddpm.score_from_noise(e, sigma), "sigma") if e is not None else None
     if e is None or back is None:
         assert not (isinstance(sigma, float) and 0 < sigma < math.inf)
         return
