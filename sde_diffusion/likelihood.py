@@ -154,7 +154,7 @@ def log_likelihood(
     with torch.inference_mode(False):   # inference tensors cannot enter autograd: clone x, create everything else normally
         x = (x.clone() if x.is_inference() else x).detach().to(work_dtype(x.dtype))   # float16/bfloat16 data: float32
         grid = torch.tensor([float(eps), sde.T], dtype=x.dtype, device=x.device)
-        rtol, atol, opts = ode_setup(method, rtol, atol, options, grid[-1:], sde.T - float(eps))
+        rtol, atol, opts = ode_setup(method, rtol, atol, options, grid, sde.T - float(eps))   # land on eps (the start) and T
         return _log_likelihood(sde, score_fn, x, grid, trace, noise, int(n_probes), method, rtol, atol, opts,
                                prior_logp, generator)
 
@@ -239,10 +239,13 @@ def dequantize(
         raise ValueError(f"`x` must take values in {{0, ..., {n_bins - 1}}}, got values in [{int(x.min())}, {int(x.max())}]")
     check_generator(generator, x.device, "`x` is on")
     a, xf = (hi - lo) / n_bins, x.to(dtype)
-    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     lower, upper = lo + a * xf, lo + a * (xf + 1)            # the bin's edges, as `quantize` computes them
-    y = lo + a * (xf + u)
-    return torch.maximum(torch.minimum(y, torch.nextafter(upper, lower)), lower)   # rounding never leaves the bin
+    if not torch.equal(xf.to(x.dtype), x) or not bool((lower < upper).all()):
+        raise ValueError(f"`dtype` {dtype} cannot hold {n_bins} bins on [{lo}, {hi}) apart: a level or a whole bin rounds "
+                         "onto another, so `quantize` could not invert `dequantize`; use a wider floating dtype")
+    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
+    y = lo + a * (xf + u)            # never below `lower`: u >= 0, and rounding is monotone
+    return torch.minimum(y, torch.nextafter(upper, lower))   # u rounding up onto the next bin's edge stays in the bin
 
 
 def quantize(

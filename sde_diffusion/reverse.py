@@ -172,7 +172,7 @@ def ode_setup(
     rtol: float,            # relative tolerance (> 0)
     atol: float,            # absolute tolerance (> 0)
     options: dict | None,   # torchdiffeq options; a fixed-step method needs 'step_size'
-    t_end: Tensor,          # the final time, shape (1,): adaptive steps land on it
+    t_end: Tensor,          # times adaptive steps land on, shape (K,): the final time (and possibly the start)
     span: float,            # length of the time interval: the first step is 1 % of it
 ) -> tuple[float, float, dict]:  # rtol, atol and the options to pass to torchdiffeq
     "Validated tolerances and torchdiffeq options: adaptive methods land on `t_end` and start with a given step; fixed-step ones need a step."

@@ -400,3 +400,62 @@ def test_out_of_range_values_and_bits_per_dim_shape_boundaries():
         with pytest.raises(ValueError, match="`shape`"):
             bits_per_dim(logp, bad)
     assert bits_per_dim(logp, 1).shape == (3,)
+
+
+@pytest.mark.parametrize("probes", [None, "hutchinson"], ids=["exact", "hutchinson"])
+def test_divergence_frees_the_graph_after_its_last_backward_pass(probes):
+    """The D (or n_probes) backward passes keep the field's autograd graph between passes only: after the last one its
+    saved tensors are freed (retain_graph is False there), so a caller that still holds the output cannot backpropagate
+    through it again. (Mutation survivors: retaining the graph on the last pass changes no number, only memory.)"""
+    kept = []
+
+    def field(y):
+        f = torch.sin(y) * y      # saves y and sin(y) for its backward pass
+        kept.append((y, f))
+        return f
+
+    x = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    v = None if probes is None else hutchinson_probes((2, 3, 4), generator=torch.Generator().manual_seed(1), dtype=F64)
+    _, div = divergence(field, x, v)
+    exact = (torch.cos(x) * x + torch.sin(x)).sum(1)     # d/dy (y sin y), summed over the 4 dimensions
+    if probes is None:
+        torch.testing.assert_close(div, exact, rtol=1e-12, atol=1e-12)   # float64 rounding of a sum of 4 terms
+    y, f = kept[0]
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(f.sum(), y)
+
+
+def test_the_first_trial_step_is_one_percent_of_the_interval():
+    """Adaptive methods start with a step of 1 % of [eps, T] (no automatic probe outside the interval): dopri5's second
+    stage evaluates the score at eps + c2 h with c2 = 1/5 and h = 0.01 (T - eps). eps = 0.1 makes T - eps and T + eps
+    differ by 20 % (a mutant used the sum); the times agree to float64 rounding (a few ulps of 0.1)."""
+    ts = []
+
+    def score(x, t):
+        ts.append(float(t[0]))
+        return -x                  # N(0, I) data under VP: a smooth field, any step is accepted
+
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sde, eps = VPSDE(), 0.1
+    log_likelihood(sde, score, x, eps=eps)
+    assert ts[0] == eps
+    assert ts[1] - eps == pytest.approx(0.2 * 0.01 * (sde.T - eps), rel=1e-12)
+    assert max(ts) <= sde.T          # the steps land on T, never past it
+
+
+@pytest.mark.parametrize("n_bins,data_range,dtype", [
+    (256, (0.0, 1000.0), torch.bfloat16),    # a = 3.9 < the bfloat16 spacing 4 on [512, 1024): some bins hold no value
+    (4096, (-1.0, 1.0), torch.float16),      # level 4095 is not a float16 number (rounds to 4096)
+])
+def test_dequantize_refuses_a_dtype_that_cannot_resolve_the_bins(n_bins, data_range, dtype):
+    """Each dequantized value must lie in its own bin, so that `quantize` inverts `dequantize`. When the dtype cannot
+    represent a level or any value of a bin, that is impossible: refused by name (it used to return values in another
+    bin, silently). Below the limit, bfloat16 and float16 round-trip exactly."""
+    x = torch.arange(n_bins).repeat(4)
+    with pytest.raises(ValueError, match="`dtype`"):
+        dequantize(x, torch.Generator().manual_seed(0), n_bins=n_bins, data_range=data_range, dtype=dtype)
+    for n_bins, data_range, dtype in ((256, (0.0, 255.0), torch.bfloat16),   # one bfloat16 value per bin on [128, 256)
+                                      (2048, (-1.0, 1.0), torch.float16)):    # every level up to 2047 is a float16 number
+        x = torch.arange(n_bins).repeat(50)
+        y = dequantize(x, torch.Generator().manual_seed(1), n_bins=n_bins, data_range=data_range, dtype=dtype)
+        assert y.dtype == dtype and torch.equal(quantize(y, n_bins=n_bins, data_range=data_range), x)
