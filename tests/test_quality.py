@@ -207,14 +207,30 @@ def test_coverage_drops_when_a_class_is_removed(trained, digits):
 def test_confidence_and_fd_move_with_noise(trained, digits):
     model, _ = trained
     (x_train, _), (x_test, _) = digits
-    g = _gen(4)
-    x = x_train[torch.randperm(len(x_train), generator=g)[:360]]
-    quality = [sample_quality(model, (x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1), x_test)
-               for s in (0.0, 0.4, 0.8)]
-    conf = [q["mean_confidence"] for q in quality]
-    fd = [q["fd"] for q in quality]
-    assert conf[0] > conf[1] > conf[2] and fd[0] < fd[1] < fd[2]
-    assert quality[0]["n"] == 360 and quality[0]["m"] == len(x_test)
+    g, sigmas, n, R = _gen(4), (0.0, 0.4, 0.8), 360, 10
+    x = x_train[torch.randperm(len(x_train), generator=g)[:n]]
+    noisy = [(x + s * torch.randn(x.shape, generator=g)).clamp(-1, 1) for s in sigmas]
+    quality = [sample_quality(model, xs, x_test) for xs in noisy]
+    assert quality[0]["n"] == n and quality[0]["m"] == len(x_test)
+    # the mean confidence falls with the noise, paired over the n images (each image's confidence at two noise levels;
+    # the images are a draw without replacement, so the i.i.d. standard error is conservative): each step's mean change
+    # below -4 of its standard errors (measured -7.1 and -11.8 se); sample_quality's mean is the mean of these, to rounding
+    with torch.no_grad():
+        conf = torch.stack([model(xs).double().log_softmax(1).exp().max(1).values for xs in noisy])    # (3, n)
+    assert all(abs(q["mean_confidence"] - c.mean().item()) < 1e-12 for q, c in zip(quality, conf))
+    steps = conf[1:] - conf[:-1]
+    assert (steps.mean(1) < -4 * steps.std(1) / math.sqrt(n)).all()
+    # the Fréchet distance grows with the noise: R draws of n training digits, each at the three noise levels, so the
+    # differences are paired (a draw's class-count noise, the floor's largest part, cancels); each step's mean above 4 se
+    # of the paired differences over the draws, as in A5_quality (measured 15 and 52 se)
+    feats_test = classifier_features(model, x_test)
+    fd = []
+    for _ in range(R):
+        xr = x_train[torch.randperm(len(x_train), generator=g)[:n]]
+        fd.append([frechet_distance(classifier_features(model, (xr + s * torch.randn(xr.shape, generator=g)).clamp(-1, 1)),
+                                    feats_test) for s in sigmas])
+    d = torch.tensor(fd, dtype=F64).diff(dim=1)                      # (R, 2): FD(0.4) - FD(0), FD(0.8) - FD(0.4)
+    assert (d.mean(0) > 4 * d.std(0) / math.sqrt(R)).all()
 
 
 def test_real_vs_real_floor_is_seeded_falls_with_n_and_brackets_clean_data(trained, digits):
@@ -224,10 +240,22 @@ def test_real_vs_real_floor_is_seeded_falls_with_n_and_brackets_clean_data(train
     assert isinstance(floor, NoiseFloor) and values.shape == (10,) and floor.std > 0
     assert frechet_floor(model, x_train, x_test, n=360, repeats=10) == floor
     assert frechet_floor(model, x_train, x_test, n=360, repeats=10, seed=1) != floor
-    small, large = frechet_floor(model, x_train, n=100), frechet_floor(model, x_train, n=600)
-    assert small.mean > 2 * large.mean
+    # eq. (bias) of A5_quality: two disjoint sets of n drawn from the same digits have E d_F^2 = A/n + B/(n - 1) to first
+    # order, A, B >= 0 (the difference of two disjoint subsets' means has variance 2 S^2/n exactly, as for independent
+    # draws; the neglected terms are of relative order 1/n, about 1 % at n = 100), so floor(100)/floor(600) lies in
+    # [6, 599/99]: the ratio of the means of 100 draws each within 4 delta-method se of that interval (6.28 +- 0.45,
+    # +0.6 se; other seeds -1.4 to +1.0 se); a floor falling like 1/sqrt(n) (ratio 2.4) or not at all fails
+    draws = 100
+    small, large = (frechet_floor(model, x_train, n=m, repeats=draws) for m in (100, 600))
+    ratio = small.mean / large.mean
+    ratio_se = ratio * math.sqrt(((small.std / small.mean) ** 2 + (large.std / large.mean) ** 2) / draws)
+    assert 6 - 4 * ratio_se < ratio < 599 / 99 + 4 * ratio_se
+    # against the floor: the fields are what sample_quality promises (fd_z, a single draw's distance in floor standard
+    # deviations, is reported, not bounded: the floor is skewed and has 10 draws; A5_quality checks clean digits
+    # against the floor with paired draws)
     q = sample_quality(model, x_train[:360], x_test, floor=floor)
-    assert q["fd_floor"] == floor.mean and abs(q["fd_z"]) < 4
+    assert q["fd_floor"] == floor.mean and q["fd_floor_std"] == floor.std
+    assert q["fd_z"] == (q["fd"] - floor.mean) / floor.std
     pixels = frechet_floor(None, x_train, x_test, n=360, repeats=3)
     assert pixels.mean > 0
 
