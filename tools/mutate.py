@@ -203,6 +203,13 @@ def _run_forked(workdir: Path, tests: list[str], timeout: float, extra: list[str
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             status = "timeout"
+        elif _rss_bytes(pid) > MEMORY_LIMIT:
+            # a mutant that allocates without bound (seen: a score-matching mutant at 16.6 GB of 23 GB and rising)
+            # would make the machine kill some other process; it is detected, as a crashing test would be
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            return "killed", time.time() - t0, f"stopped by the memory guard (resident set over {MEMORY_LIMIT / 2**30:.1f} GiB)"
         else:
             time.sleep(0.05)
     os.close(r)
@@ -211,6 +218,29 @@ def _run_forked(workdir: Path, tests: list[str], timeout: float, extra: list[str
     except (OSError, IndexError):
         last = ""
     return status, time.time() - t0, last
+
+
+def _memory_limit() -> int:
+    "A quarter of the machine's memory (MUTATE_MEMORY_GB to set it): a mutant's test run beyond it is stopped."
+    if os.environ.get("MUTATE_MEMORY_GB"):
+        return int(float(os.environ["MUTATE_MEMORY_GB"]) * 2**30)
+    try:
+        total_kb = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
+        return total_kb * 1024 // 4
+    except (OSError, StopIteration, ValueError):
+        return 6 * 2**30
+
+
+MEMORY_LIMIT = _memory_limit()
+
+
+def _rss_bytes(pid: int) -> int:
+    "The resident set of process `pid` (Linux /proc; 0 where it cannot be read)."
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
 
 
 def run_one(workdir: Path, tests: list[str], timeout: float, extra: list[str], fork: bool = True) -> tuple[str, float, str]:
