@@ -212,3 +212,17 @@ def test_x_T_agrees_with_any_spelling_of_its_device(device):
     for spelling in (device, f"{device}:0", torch.device(device, 0)):
         out = sample_reverse_sde(VPSDE(), lambda x, t: -x, x_T=x_T, steps=2, device=spelling)
         assert out.device == x_T.device
+
+
+def test_probability_flow_path_times_do_not_change_the_end_point():
+    """Asking for the states at intermediate times `ts` interpolates inside the adaptive steps: the steps, the NFE and the
+    state at t1 are bit for bit those of the solve without `ts` (only the final time is a step boundary; a mutant that
+    made every output time one changed the steps, and the end point within the tolerance)."""
+    data, sde = ring_of_gaussians(dtype=torch.float64), VPSDE()
+    score = data.score_fn(sde)
+    z = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    end, nfe = probability_flow(sde, score, z, 1.0, 1e-3)
+    ts = torch.tensor([1.0, 0.7, 0.3, 0.1, 1e-3], dtype=torch.float64)
+    path, nfe_path = probability_flow(sde, score, z, 1.0, 1e-3, ts=ts)
+    assert path.shape == (5, 64, 2) and torch.equal(path[0], z)
+    assert nfe_path == nfe and torch.equal(path[-1], end)
