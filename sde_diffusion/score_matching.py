@@ -83,7 +83,7 @@ def _lambda(sde, weighting, t: Tensor) -> Tensor:
         return torch.ones_like(t)
     if weighting == "sigma2":
         return sde.marginal_coeffs(t)[1].to(t.dtype) ** 2
-    return sde.diffusion(t.new_zeros(t.shape[0], 1), t).reshape(t.shape[0]) ** 2   # 'likelihood': g(t)^2
+    return sde.diffusion(t[:, None], t).reshape(t.shape[0]) ** 2   # 'likelihood': g(t)^2 (x = t[:, None] only sets B, rank, dtype)
 
 # %% ../nbs/06_score_matching.ipynb #f2d9a1f1
 def weighting(
@@ -227,7 +227,7 @@ def _value_and_divergence(fn: Callable, x: Tensor, t: Tensor, method: str, num_p
         s = checked_call("score_fn", fn, x, t)
         if not s.requires_grad:
             raise ValueError("`score_fn` output does not depend on `x` through autograd: its divergence cannot be taken")
-        grad = lambda out: torch.autograd.grad(out, x, create_graph=True, allow_unused=True)[0]
+        grad = lambda out, v=None: torch.autograd.grad(out, x, v, create_graph=True, allow_unused=True)[0]   # v^T d out/dx
         div = x.new_zeros(B)
         if method == "exact":
             sf = s.reshape(B, -1)
@@ -238,7 +238,7 @@ def _value_and_divergence(fn: Callable, x: Tensor, t: Tensor, method: str, num_p
         else:
             for _ in range(num_probes):                   # Rademacher probes: E[v^T J v] = tr J
                 v = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-                g = grad((s * v).sum())
+                g = grad(s, v)                            # v^T J, one vector-Jacobian product
                 if g is not None:
                     div = div + (g * v).reshape(B, -1).sum(1)
             div = div / num_probes
