@@ -84,13 +84,20 @@ def test_sliced_w2_shift_closed_form_in_expectation():
 
 
 def test_sliced_w2_scale_closed_form():
-    "SW2(N(0, I), N(0, s^2 I)) = |1 - s| in any dimension (approximately, after subtracting the floor in squares)."
-    D, s, n = 3, 2.0, 4000
+    "SW2(N(0, I), N(0, s^2 I)) = |1 - s| in any dimension; with n points a side E SW^2(x, sy) = (1 - s)^2 + s E SW^2(x, y)."
+    from scipy.stats import t as student_t
+    D, s, n, R = 3, 2.0, 4000, 20
     g = _gen(9)
     sw2 = lambda x, y: sliced_wasserstein(x, y, 30, _gen(10)) ** 2
-    floor = noise_floor(sw2, _gauss(D), n, 4, g)
-    vals = [sw2(_gauss(D)(n, g), s * _gauss(D)(n, g)) for _ in range(4)]
-    assert abs(math.sqrt(sum(vals) / 4 - floor.mean) - abs(1 - s)) < 0.02
+    floor = noise_floor(sw2, _gauss(D), n, R, g)
+    vals = torch.tensor([sw2(_gauss(D)(n, g), s * _gauss(D)(n, g)) for _ in range(R)], dtype=F64)
+    # exact for every n (A2_metrics, the scale exercise: order statistics with (1/n) sum mu_i^2 = 1 - floor/2), so
+    # vals.mean - s floor.mean estimates (1 - s)^2 without bias; Student's t at the Welch df of the two independent sets,
+    # 4-sigma two-sided level (W2^2 = (1 - s)^2 D would be ~100 se away)
+    var_v, var_f = vals.var().item() / R, s**2 * floor.std**2 / R
+    df = (var_v + var_f) ** 2 / ((var_v**2 + var_f**2) / (R - 1))
+    t = (vals.mean().item() - s * floor.mean - (1 - s) ** 2) / math.sqrt(var_v + var_f)
+    assert abs(t) < student_t.isf(math.erfc(4 / math.sqrt(2)) / 2, df), t
 
 
 # ---------------------------------------------------------------------------------------------------------------------
