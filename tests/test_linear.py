@@ -32,16 +32,34 @@ def test_moments_match_closed_forms(device):
 
 @pytest.mark.slow
 def test_marginal_prob_against_simulation():
-    "Euler–Maruyama with a fine grid vs the kernel: mean and variance within 4 standard errors (plus O(dt) bias)."
+    "Euler–Maruyama vs its exact moment recursion within 4 standard errors, and that recursion vs the kernel within Euler's bound."
     sde = LinearSDE(a=lambda t: -1.0 - t, b=lambda t: torch.sin(3 * t), c=lambda t: 0.5 + t)
-    M, T = 100_000, 1.0
+    M, T, N = 100_000, 1.0, 1000
     x0 = torch.full((M,), 0.7, **F64)
-    xT = euler_maruyama(sde.drift, sde.diffusion, x0, time_grid(0.0, T, 1000, **F64),
-                        generator=torch.Generator().manual_seed(0))
+    ts = time_grid(0.0, T, N, **F64)
+    xT = euler_maruyama(sde.drift, sde.diffusion, x0, ts, generator=torch.Generator().manual_seed(0))
+    # for a linear SDE the EM step X' = (1 + a dt) X + b dt + c dW has exact moments m' = (1 + a dt) m + b dt and
+    # V' = (1 + a dt)^2 V + c^2 dt: the samples against them, no discretization bias to allow for
+    m_em, v_em, dt = 0.7, 0.0, T / N
+    for t in ts[:-1].tolist():
+        a, b, c = -1.0 - t, math.sin(3 * t), 0.5 + t
+        m_em, v_em = (1 + a * dt) * m_em + b * dt, (1 + a * dt) ** 2 * v_em + c * c * dt
+    assert abs(xT.mean().item() - m_em) < 4 * math.sqrt(v_em / M)
+    assert abs(xT.var().item() - v_em) < 4 * v_em * math.sqrt(2 / (M - 1))
+    # the recursion is Euler's method for the moment ODEs m' = a m + b, V' = 2 a V + c^2 (plus a^2 dt^2 V per step), so
+    # with |a| <= L = 2 on [0, 1] its global error is at most (dt/2) max|m''| (e^{LT} - 1)/L for the mean and
+    # max|tau| (e^{2LT} - 1)/(e^{2L dt} - 1) for the variance, tau = dt^2 (max|V''|/2 + max a^2 V) the local error;
+    # m'' = a' m + a m' + b' and V'' = 2 a' V + 2 a V' + 2 c c' from the kernel's moments on a fine grid
     mean, std = sde.marginal_prob(x0[:1], torch.tensor([T], **F64))
-    v = std.item() ** 2
-    assert abs(xT.mean().item() - mean.item()) < 4 * math.sqrt(v / M) + 2e-3
-    assert abs(xT.var().item() - v) < 4 * v * math.sqrt(2 / (M - 1)) + 2e-3
+    tf = torch.linspace(1e-9, T, 20_001, **F64)
+    mf, sf = sde.marginal_prob(torch.full_like(tf, 0.7), tf)
+    vf, af, cf = sf**2, -1.0 - tf, 0.5 + tf
+    m2 = (-mf + af * (af * mf + torch.sin(3 * tf)) + 3 * torch.cos(3 * tf)).abs().max().item()
+    v2 = (-2 * vf + 2 * af * (2 * af * vf + cf**2) + 2 * cf).abs().max().item()
+    L = 2.0
+    tau = dt**2 * (v2 / 2 + (af**2 * vf).max().item())
+    assert abs(m_em - mean.item()) <= dt / 2 * m2 * math.expm1(L * T) / L
+    assert abs(v_em - std.item() ** 2) <= tau * math.expm1(2 * L * T) / math.expm1(2 * L * dt)
 
 
 def test_marginal_prob_shapes_and_errors():
