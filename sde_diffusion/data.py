@@ -25,7 +25,7 @@ from .likelihood import quantize
 __all__ = ['SPLITS', 'DIGITS_LEVELS', 'stratified_split', 'load_digits', 'image_grid', 'save_image_grid', 'to_uint8',
            'from_uint8', 'DigitsDataset', 'digits_loader', 'shard', 'data_source', 'data_fingerprint', 'load_mnist']
 
-# %% ../nbs/A4_data.ipynb #fc232198
+# %% ../nbs/A4_data.ipynb #68c245e9
 SPLITS = ("train", "test", "all")
 DIGITS_LEVELS = 17       # pixel values 0..16 in sklearn's digits
 
@@ -50,7 +50,7 @@ def _check_split(split, allowed=SPLITS) -> str:
         raise ValueError(f"`split` must be one of {allowed}, got {split!r}")
     return split
 
-
+# %% ../nbs/A4_data.ipynb #fc232198
 def stratified_split(
     labels: Tensor,              # class labels, shape (N,), integers
     test_fraction: float = 0.2,  # $f$: the share of each class that goes to the test set

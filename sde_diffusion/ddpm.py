@@ -69,7 +69,7 @@ def ddpm_schedule(
     )
     return fields.to(dtype=dtype or torch.get_default_dtype(), device=device)
 
-
+# %% ../nbs/08_ddpm.ipynb #5b70c582
 def _check_float_dtype(dtype) -> None:
     "None or a floating-point dtype (an integer schedule would truncate every coefficient to 0 or 1)."
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
@@ -123,7 +123,7 @@ def _at(v: Tensor, i, x: Tensor) -> Tensor:
     "Schedule entry `v[i]` shaped to broadcast against `x`: () for an int index, (B, 1, ..., 1) for a tensor."
     return batch_broadcast(v[i], x)
 
-
+# %% ../nbs/08_ddpm.ipynb #5552dff0
 def q_sample(
     x0: Tensor,      # data $x_0$, shape (B, *D)
     i,               # step index (0-based): an int, or a tensor of shape (B,)
@@ -159,7 +159,7 @@ def ddpm_timesteps_to_t(
     t = 2 * B_i / (sde.beta_min + torch.sqrt(sde.beta_min**2 + 2 * (sde.beta_max - sde.beta_min) * B_i))
     return t.to(dtype=dtype or torch.get_default_dtype(), device=idx.device)
 
-# %% ../nbs/08_ddpm.ipynb #ed816279
+# %% ../nbs/08_ddpm.ipynb #aeb3cc37
 def _check_sigma(sigma, positive: bool):
     "A number is checked (finite, > 0 or >= 0); a tensor only for its dtype (its values would need a host synchronisation)."
     if isinstance(sigma, Tensor):
@@ -172,7 +172,7 @@ def _check_sigma(sigma, positive: bool):
         raise ValueError(f"`sigma` must be finite and {'> 0' if positive else '>= 0'}, got {sigma!r}")
     return sigma
 
-
+# %% ../nbs/08_ddpm.ipynb #ed816279
 def noise_from_score(
     score: Tensor,        # $s(x, t) \approx \nabla_x\log p_t(x)$, shape (B, *D)
     sigma,                # $\sigma(t) = \sqrt{1 - \bar\alpha}$: a number or shape (B,)
@@ -234,7 +234,7 @@ def _ancestral(s: DDPMSchedule, x: Tensor, i, noise_pred: Tensor, noise: Tensor 
         std = std * batch_broadcast((i > 0).to(x.dtype), x)
     return mean + std * noise
 
-
+# %% ../nbs/08_ddpm.ipynb #4529ae4f
 def _renamed_keyword(old: str, new: str):
     "Decorator: a renamed argument's old keyword still works, with `core.renamed_argument`'s DeprecationWarning."
     def wrap(fn):
@@ -250,7 +250,7 @@ def _renamed_keyword(old: str, new: str):
         return call
     return wrap
 
-
+# %% ../nbs/08_ddpm.ipynb #1efdfa82
 @_renamed_keyword("eps_pred", "noise_pred")   # `eps_pred`, the old name (after DDPM's epsilon), is deprecated
 def ddpm_ancestral_step(
     x: Tensor,                  # the state at step `i`, shape (B, *D)

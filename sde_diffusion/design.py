@@ -22,7 +22,7 @@ __all__ = ['PREDICTIONS', 'NOISE_DISTRIBUTIONS', 'WEIGHTINGS', 'DESIGNS', 'conve
            'implied_weight', 'min_snr_weight', 'edm_coefficients', 'edm_sigma', 'time_from_sigma',
            'sample_training_times', 'PredictionModel', 'EDMPrecond', 'prediction_loss', 'train_design']
 
-# %% ../nbs/16_design.ipynb #5c9cc97b
+# %% ../nbs/16_design.ipynb #239c5e24
 PREDICTIONS = ("eps", "x0", "v", "score")
 
 
@@ -55,7 +55,7 @@ def _check_coeff(name: str, c, x: Tensor, positive: bool) -> Tensor:
         raise ValueError(f"`{name}` must be > 0 for every sample (the conversions divide by it)")
     return batch_broadcast(c.to(x.dtype), x)
 
-
+# %% ../nbs/16_design.ipynb #5c9cc97b
 def convert_prediction(
     value: Tensor,      # a prediction of `source` at $x_t$, shape (B, *D), dtype and device of `x`
     x: Tensor,          # $x_t = \alpha x_0 + \sigma z$, shape (B, *D)

@@ -18,7 +18,7 @@ from .core import check_int, document_arguments, positive_int
 __all__ = ['random_directions', 'sliced_wasserstein', 'energy_distance', 'energy_distance_gaussian_1d', 'EnergyReference',
            'mean_logp_gap', 'expected_log_prob', 'NoiseFloor', 'noise_floor', 'sample_metrics']
 
-# %% ../nbs/A2_metrics.ipynb #89cae655
+# %% ../nbs/A2_metrics.ipynb #75d912ed
 def _points(name, x) -> Tensor:
     "Samples as a (n, D) tensor with D >= 1, checked: floating point, with values (not on `meta`)."
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -45,7 +45,7 @@ def _pair(x, y) -> tuple[Tensor, Tensor]:
             raise ValueError(f"`{name}` contains NaN or inf")
     return x.to(dtype), y.to(dtype)
 
-
+# %% ../nbs/A2_metrics.ipynb #89cae655
 def random_directions(
     n: int,     # number of directions
     d: int,     # dimension

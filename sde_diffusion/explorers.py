@@ -22,7 +22,7 @@ from .core import document_arguments
 # %% auto #0
 __all__ = ['figure_png', 'FramePlayer', 'frame_player']
 
-# %% ../nbs/A7_explorers.ipynb #3e9aab45
+# %% ../nbs/A7_explorers.ipynb #62ee35b5
 def _label(v) -> str:
     "How a slider shows its value: a string as it is, a number with 3 significant digits."
     return v if isinstance(v, str) else f"{v:.3g}"
@@ -46,7 +46,7 @@ def _check_params(params) -> dict:
         out[name] = list(values)
     return out
 
-
+# %% ../nbs/A7_explorers.ipynb #3e9aab45
 def figure_png(
     fig: Figure,              # the figure to encode
     dpi: float = 72,          # resolution; the size grows as dpi squared

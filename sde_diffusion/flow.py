@@ -234,7 +234,7 @@ def flow_matching_loss(
     v = checked_call("velocity_fn", velocity_fn, p.x_t, p.t)
     return reduce_batch(0.5 * sq_norm(widen(v) - widen(target)).to(x0.dtype), reduce)
 
-# %% ../nbs/15_flow_matching.ipynb #50391192
+# %% ../nbs/15_flow_matching.ipynb #2bc07ebe
 def _check_nu(nu):
     if callable(nu):
         return nu
@@ -255,7 +255,7 @@ def _nu_values(nu, t: Tensor) -> Tensor:
         raise ValueError("`nu` must return finite values >= 0 on the sampling grid")
     return v.to(t.dtype)
 
-
+# %% ../nbs/15_flow_matching.ipynb #50391192
 def interpolant_clock(
     sde: SDE,                 # the forward SDE (its kernel is the path)
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)

@@ -68,7 +68,7 @@ def fokker_planck_terms(
     dp_dt = torch.zeros_like(x) if dp_dt is None else dp_dt.detach()  # a stationary density does not depend on t
     return dp_dt, dflux_dx.detach(), 0.5 * d2_g2p
 
-# %% ../nbs/03_fokker_planck.ipynb #1f996d7a
+# %% ../nbs/03_fokker_planck.ipynb #cd37590e
 def _coefficient(name, v):
     "A coefficient of a linear SDE as a function of time: a callable, or a finite number."
     if callable(v):
@@ -90,7 +90,7 @@ def _fits(shape, target) -> bool:
     except RuntimeError:
         return False
 
-
+# %% ../nbs/03_fokker_planck.ipynb #1f996d7a
 def linear_sde_moments(
     a,              # $a(t)$: callable of a time tensor (elementwise), or a number
     b,              # $b(t)$: callable or number
@@ -191,7 +191,7 @@ class LinearSDE:
         mean = batch_broadcast(phi, x0) * x0 + batch_broadcast(shift, x0)
         return mean, batch_broadcast(P[:, 0].clamp_min(0).sqrt(), x0)
 
-# %% ../nbs/03_fokker_planck.ipynb #9ccf6200
+# %% ../nbs/03_fokker_planck.ipynb #5cdf1e54
 def _check_fp_stability(min_rate, worst, h, t, dx):
     "Raise if a jump rate went negative (grid too coarse) or a step was too long (eq. `eq-fp-stability`)."
     if min_rate.item() < 0:
@@ -202,7 +202,7 @@ def _check_fp_stability(min_rate, worst, h, t, dx):
         raise ValueError(f"`dt` is too large for stability near t = {t:.4g}: a step of {h:.3g} moves a fraction {worst.item():.3g} "
                          f"> 1 of a cell's mass; use `dt` <= {1 / rate:.3g}")
 
-
+# %% ../nbs/03_fokker_planck.ipynb #9ccf6200
 def fokker_planck_1d(
     drift: Callable,      # $f(x, t)$: x, t of shape (K-1,) (the inner cell faces) -> shape (K-1,)
     diffusion: Callable,  # $g(x, t)$: x, t of shape (K,) (the cell centres) -> broadcastable to (K,)

@@ -26,7 +26,7 @@ from .toy import GaussianMixture
 __all__ = ['classifier_log_prob', 'classifier_gradient', 'classifier_guided_score', 'mixture_classifier', 'mixture_component',
            'cfg_score', 'cfg_score_from_model', 'inpaint', 'mixture_conditional', 'train_noisy_classifier']
 
-# %% ../nbs/13_guidance.ipynb #c1228f51
+# %% ../nbs/13_guidance.ipynb #5e240e77
 def _check_callable(name: str, f) -> Callable:
     if not callable(f):
         raise TypeError(f"`{name}` must be callable, got {type(f).__name__}")
@@ -39,7 +39,7 @@ def _check_scale(name: str, value) -> float:
         value = value.item()
     return nonneg_float(name, value)
 
-
+# %% ../nbs/13_guidance.ipynb #c1228f51
 def classifier_log_prob(
     classifier: Callable,   # a noise-conditional classifier: x (B, *D), t (B,) -> logits $\ell$ of shape (B, K)
     y,                      # the class: an int, or an integer tensor of shape (B,) (one class per sample)
@@ -166,7 +166,7 @@ def cfg_score_from_model(
         return torch.lerp(s_uncond, s_cond, scale)
     return guided_score
 
-# %% ../nbs/13_guidance.ipynb #cb47992c
+# %% ../nbs/13_guidance.ipynb #2d5c64f6
 def _check_mask(mask, known: Tensor) -> Tensor:
     "The mask as a bool tensor that broadcasts to `known`: True (or 1) where the value is known."
     if not isinstance(mask, Tensor):
@@ -188,7 +188,7 @@ def _check_mask(mask, known: Tensor) -> Tensor:
         mask = mask != 0
     return mask
 
-
+# %% ../nbs/13_guidance.ipynb #cb47992c
 def inpaint(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # the unconditional score $s(x, t)$: x (B, *D), t (B,) -> (B, *D)

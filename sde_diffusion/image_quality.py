@@ -89,7 +89,7 @@ class DigitClassifier(nn.Module):
     ) -> Tensor:         # logits, shape (B, n_classes)
         return self.head(F.relu(self.features(x)))
 
-# %% ../nbs/A5_quality.ipynb #bb8c6e89
+# %% ../nbs/A5_quality.ipynb #2d5d286b
 def _images(model: DigitClassifier, images, name: str = "images") -> Tensor:
     "Images checked against the classifier: shape (N, 1, size, size), its device; cast to its dtype."
     if not isinstance(model, DigitClassifier):
@@ -118,7 +118,7 @@ def _predict(model, images, batch_size=1000, name="images") -> Tensor:
     "Logits (N, K) in float64."
     return _batched(model, _images(model, images, name), batch_size)
 
-
+# %% ../nbs/A5_quality.ipynb #bb8c6e89
 def random_shift(
     images: Tensor,                  # images, shape (B, C, H, W)
     max_shift: int,                  # largest shift in pixels, in each direction
@@ -209,7 +209,7 @@ def train_digit_classifier(
     acc = lambda c: (c.trace() / c.sum()).item()
     return model, ClassifierReport(acc(conf), acc(train_conf), conf, losses, seconds)
 
-# %% ../nbs/A5_quality.ipynb #1827b24e
+# %% ../nbs/A5_quality.ipynb #7b52b2f2
 def _matrix(name: str, x, ndim: int) -> Tensor:
     "A floating tensor with `ndim` dimensions, as float64, or an error naming the argument."
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -240,7 +240,7 @@ def _psd_sqrt(name: str, cov: Tensor) -> Tensor:
     lam, U = _sym_eigh(name, cov)
     return (U * lam.sqrt()) @ U.mT
 
-
+# %% ../nbs/A5_quality.ipynb #1827b24e
 def frechet_distance_gaussians(
     mean_a: Tensor,                  # $\mu_a$, shape (F,)
     cov_a: Tensor,                   # $\Sigma_a$, shape (F, F), symmetric PSD

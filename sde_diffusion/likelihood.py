@@ -96,7 +96,7 @@ def hutchinson_probes(
     bits = torch.randint(0, 2, shape, generator=generator, device=device)
     return (2 * bits - 1).to(dtype or torch.get_default_dtype())
 
-# %% ../nbs/10_likelihood.ipynb #c03f5707
+# %% ../nbs/10_likelihood.ipynb #7305f7b4
 _ADAPTIVE = ADAPTIVE_METHODS
 
 
@@ -117,7 +117,7 @@ def check_data(
         raise ValueError("`x` contains NaN or inf")
     return x
 
-
+# %% ../nbs/10_likelihood.ipynb #c03f5707
 def log_likelihood(
     sde: SDE,                   # the forward SDE
     score_fn: Callable,         # $s(x, t) \approx \nabla_x\log p_t(x)$: x (B, *D), t (B,) -> (B, *D)
@@ -202,7 +202,7 @@ def _log_likelihood(sde, score_fn, x, grid, trace, noise, n_probes, method, rtol
         raise NonFiniteError("the log-likelihood is NaN or inf: the score returned non-finite values or the ODE solve diverged")
     return logp.detach(), field.nfe
 
-# %% ../nbs/10_likelihood.ipynb #eba10461
+# %% ../nbs/10_likelihood.ipynb #4144c75f
 def check_bins(
     n_bins,         # number of quantization levels per dimension, >= 2
     data_range,     # (lo, hi): the interval the data were scaled to, lo < hi
@@ -217,7 +217,7 @@ def check_bins(
         raise ValueError(f"`data_range` must be a pair (lo, hi) of finite numbers with lo < hi, got {data_range!r}")
     return int(n_bins), lo, hi
 
-
+# %% ../nbs/10_likelihood.ipynb #eba10461
 def dequantize(
     x: Tensor,                                  # integer data in {0, ..., n_bins - 1}, shape (B, *D), e.g. uint8 images
     generator: torch.Generator | None = None,   # draws $u$; on x's device

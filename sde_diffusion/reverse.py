@@ -23,7 +23,7 @@ from .solvers import euler_maruyama
 __all__ = ['ADAPTIVE_METHODS', 'FIXED_STEP_METHODS', 'checked_score', 'grad_mode', 'initial_state', 'reversed_clock',
            'sample_reverse_sde', 'ode_setup', 'WatchedField', 'solve_ode', 'probability_flow']
 
-# %% ../nbs/05_reverse.ipynb #4e7e69a1
+# %% ../nbs/05_reverse.ipynb #a24d543c
 def checked_score(
     score_fn: Callable,     # $s_\theta(x, t)$: x of shape (B, *D), t of shape (B,) -> shape of x
     x: Tensor,              # states, shape (B, *D)
@@ -109,7 +109,7 @@ def initial_state(
     check_generator(generator, x.device, "the samples are on")
     return x, out_dtype
 
-
+# %% ../nbs/05_reverse.ipynb #4e7e69a1
 def reversed_clock(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t) \approx \nabla_x \log p_t(x)$: x (B, *D), t (B,) -> (B, *D)
@@ -162,7 +162,7 @@ def sample_reverse_sde(
         raise NonFiniteError(f"the samples overflow `dtype` {out_dtype}; sample in float32")
     return out
 
-# %% ../nbs/05_reverse.ipynb #21943bc4
+# %% ../nbs/05_reverse.ipynb #1d9e88a2
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_STEP_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
@@ -246,7 +246,7 @@ def solve_ode(
         raise NonFiniteError(f"{what} became NaN or inf at t = {bad:.4g} ({method}); check `score_fn` or use smaller steps")
     return out
 
-
+# %% ../nbs/05_reverse.ipynb #21943bc4
 def probability_flow(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$, as above

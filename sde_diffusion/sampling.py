@@ -623,7 +623,7 @@ class SamplerOutput(NamedTuple):
     samples: Tensor   # the samples, shape (B, *D)
     nfe: int          # number of score evaluations spent on them
 
-
+# %% ../nbs/09_sampling.ipynb #d222c573
 def _make(kind, table: dict, name: str, base: type, extra: tuple = (), **kw):
     "An instance from a name in `table`, a subclass of `base` (built with `kw`), or an instance; `extra`: other names allowed."
     names = tuple(extra) + tuple(table)
@@ -658,7 +658,7 @@ def _checked_project(project: Callable, x: Tensor, t: Tensor) -> Tensor:
         raise ValueError(f"`project` must return a tensor of x's shape, dtype and device ({tuple(x.shape)}, {x.dtype}, {x.device}), got {got}")
     return y
 
-
+# %% ../nbs/09_sampling.ipynb #7e62dadc
 def tweedie_denoise(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D)

@@ -72,7 +72,7 @@ def noise_conditional_score(
 
     return score
 
-# %% ../nbs/07_smld.ipynb #b467fd6c
+# %% ../nbs/07_smld.ipynb #83298b11
 def _check_sigmas(sigmas, dtype, device) -> Tensor:
     "Noise levels as a 1-D tensor in `dtype` on `device`: finite, positive, strictly decreasing (one host sync)."
     try:
@@ -117,7 +117,7 @@ def _score_call(score_fn, x: Tensor, sigma: Tensor, check: bool) -> Tensor:
         raise ValueError(f"`score_fn` must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
     return s
 
-
+# %% ../nbs/07_smld.ipynb #b467fd6c
 def annealed_langevin(
     score_fn: Callable,       # noise-conditional score $s(x, \sigma)$: x (B, *D), sigma (B,) -> (B, *D)
     sigmas,                   # levels $\sigma_1 > \dots > \sigma_L$, shape (L,), largest first

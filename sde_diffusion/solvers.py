@@ -19,7 +19,7 @@ from .core import (NonFiniteWatch, all_finite, batch_broadcast, check_real, docu
 # %% auto #0
 __all__ = ['OrnsteinUhlenbeck', 'GeometricBrownianMotion', 'euler_maruyama', 'milstein', 'ConvergenceFit', 'convergence_order']
 
-# %% ../nbs/02_solvers.ipynb #15ded385
+# %% ../nbs/02_solvers.ipynb #2c132f1e
 def _as_t(t, x: Tensor) -> Tensor:
     "Time as a tensor that broadcasts against x: a scalar stays a scalar, shape (B,) becomes (B, 1, ..., 1)."
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -35,7 +35,7 @@ def _elapsed(t, x: Tensor | None = None) -> Tensor:
         raise ValueError("`t` must be finite and >= 0: the closed forms hold for t >= 0 from X_0 at time 0")
     return t
 
-
+# %% ../nbs/02_solvers.ipynb #15ded385
 class OrnsteinUhlenbeck:
     "Ornstein–Uhlenbeck process $\\mathrm{d}X = \\theta(\\mu - X)\\,\\mathrm{d}t + \\sigma\\,\\mathrm{d}W$ (eq. `eq-ou-solution`)."
     def __init__(
@@ -112,7 +112,7 @@ class GeometricBrownianMotion:
         t = _elapsed(t, x0)
         return x0**2 * torch.exp(2 * self.mu * t) * torch.expm1(self.sigma**2 * t)
 
-# %% ../nbs/02_solvers.ipynb #eabfcb6c
+# %% ../nbs/02_solvers.ipynb #4cfebf7b
 def _prepare(x0, ts, dW, generator):
     "Validate solver inputs; return (ts, dW) on x0's device and dtype."
     if not isinstance(x0, Tensor) or not x0.is_floating_point():
@@ -156,7 +156,7 @@ def _integrate(step, x0, ts, dW, return_path):
                           "reduce the step size or check `drift` and `diffusion`")   # the one host synchronisation
     return torch.stack(path) if return_path else x
 
-
+# %% ../nbs/02_solvers.ipynb #eabfcb6c
 def euler_maruyama(
     drift: Callable,       # $f(x, t)$: x of shape (B, *D), t of shape (B,) -> shape of x
     diffusion: Callable,   # $g(x, t)$: -> anything broadcastable to x (diagonal noise)
