@@ -39,13 +39,16 @@ def E_logp():
                          ids=["em", "rd", "ancestral", "ddim", "heun", "dpm2m", "dpm3m", "unipc", "ipndm", "pc"])
 def test_every_sampler_reaches_the_floor(sde_name, kw, E_logp):
     """With the exact score and 500 steps (250 for Heun, 100 for the multistep samplers of order 3 and more: they are
-    accurate sooner), the mean exact log-density of 4,000 samples equals its expectation within
-    4 standard errors plus the O(1/N) bias the chapter measures for the stochastic samplers (|bias| <= 10/N nats)."""
+    accurate sooner), the mean exact log-density of 4,000 samples equals its expectation within 4 standard errors."""
     sde, n, kw = SDES[sde_name], 4000, dict(kw)
     steps = kw.pop("steps", 500)
     out = sample(sde, RING.score_fn(sde), (n, 2), steps=steps, generator=torch.Generator().manual_seed(3), **kw)
     gap, se = mean_logp_gap(out.samples, RING.log_prob, E_logp, return_se=True)
-    assert abs(gap) < 4 * se + 10 / 500, (gap, se)
+    # 4 se of the 4,000 samples (CLT; se 0.0155, 4 se = 0.062 nats); the reference E_logp (400,000 samples) adds a
+    # tenth of that se in quadrature (+0.5 %), neglected. No allowance for the samplers' O(1/N) bias (a picked + 10/500
+    # was here): at these step counts it is below this resolution, measured |gap| <= 1.6 se over the 20 cases (largest:
+    # reverse diffusion on VP, -1.57 se; annealed Langevin PC on VE, -1.40 se). With 10x fewer steps 12 of 20 fail.
+    assert abs(gap) < 4 * se, (gap, se)
 
 
 def test_ode_sampler_reaches_the_floor(E_logp):
