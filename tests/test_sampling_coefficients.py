@@ -18,7 +18,7 @@ import torch
 from sde_diffusion.sampling import (DDIM, IPNDM, AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M,
                                     EulerMaruyama, Heun, Langevin, ReverseDiffusion, UniPC, invert_log_snr, sample,
                                     sampling_times, tweedie_denoise)
-from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.sde import SDE, SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
 
 F64 = torch.float64
@@ -1118,3 +1118,107 @@ def test_step_ratio_guard_keeps_a_ratio_exactly_at_the_threshold():
     assert _ratio_order(2, [0.0, -0.5], 1.0, 0.625) == 1
     nodes = [torch.zeros(3, 1), torch.tensor([[-0.5], [-0.25], [-1.0]]), torch.tensor([[-1.0], [-0.5], [-1.25]])]
     assert torch.equal(_ratio_order(3, nodes, torch.ones(3, 1), 0.5), torch.tensor([[3], [1], [2]]))
+
+
+# ------------------------------------------------------------------ mutation-test survivors of the whole module (issue 17, 2026-12-03)
+class _ExpandingSDE(SDE):
+    "dx = c x dt + dw (c > 0: an expanding linear SDE): alpha = e^{ct}, sigma^2 = (e^{2ct} - 1)/(2c); only what `sample` reads."
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def sde(self, x, t):
+        return self.c * x, torch.ones(x.shape[0], *([1] * (x.ndim - 1)), dtype=x.dtype)
+
+    def marginal_coeffs(self, t):
+        return torch.exp(self.c * t), torch.sqrt(torch.expm1(2 * self.c * t) / (2 * self.c))
+
+    def prior_sampling(self, shape, *, generator=None, dtype=None, device=None):
+        raise NotImplementedError
+
+    def prior_logp(self, z):
+        raise NotImplementedError
+
+
+def test_euler_step_whose_x_factor_is_exactly_zero_keeps_nothing_of_x():
+    """`sample`'s loop skips the product 1 * x when a step's x factor c_x is exactly 1 (VE), and only then. An Euler
+    step of the probability-flow ODE of dx = 2x dt + dw over h = T - eps = 1/2 has c_x = 1 - (f/x) h = 1 - 2 * 1/2 = 0
+    exactly: x' = x - h (2x - s/2) = s/4, with nothing of x left (exact binary fractions: compared bit for bit)."""
+    sde, x = _ExpandingSDE(2.0), x_start(30)
+    out = sample(sde, score, x_T=x, predictor=EulerMaruyama(ode=True), steps=1, eps=0.5, denoise=False)
+    assert torch.equal(out.samples, 0.25 * score(x, tb(1.0)))
+
+
+def test_ddim_at_eta_one_is_ancestral_sampling_in_float32():
+    """Eq. `eq-ddim` at eta = 1 is ancestral sampling: c^2 = v sigma'^2/sigma^2 and sqrt(sigma'^2 - c^2) = a sigma'^2/sigma.
+    In float32 at these (float32) times sigma'^2 - c^2 rounds below zero (-7e-15 for sub-VP, -5e-13 for VE); the clamp
+    keeps the step finite and equal to ancestral sampling's: both formulas start from the same float32 sigma, sigma', a
+    and take at most four roundings each, so they agree within 8 u (u = 2^-24)."""
+    from sde_diffusion.sampling import _transition
+    u = torch.finfo(torch.float32).eps / 2
+    for sde, t, tn in ((SDES["subvp"], 0.5687745213508606, 0.0022201647516340017),
+                       (SDES["ve"], 0.8788895010948181, 0.004040745552629232)):
+        T, TN = torch.tensor([t], dtype=torch.float32), torch.tensor([tn], dtype=torch.float32)
+        assert T.item() == t and TN.item() == tn   # the times are float32 numbers
+        with sde.unchecked():
+            a, v, sigma, sigma_n = _transition(sde, T, TN)
+            assert float(sigma_n**2 - v * sigma_n**2 / sigma**2) < 0   # the rounding the clamp is there for
+            got, want = DDIM(1.0).coefficients(sde, T, TN), AncestralSampling().coefficients(sde, T, TN)
+        for k in ("cx", "cs", "cz"):
+            torch.testing.assert_close(got[k], want[k], rtol=8 * u, atol=0)
+        x = x_start(31).float()
+        step = DDIM(1.0).step(sde, score, x, T.expand(B), TN.expand(B), torch.Generator().manual_seed(3))[0]
+        assert torch.isfinite(step).all()
+
+
+def test_step_ratio_guard_at_threshold_one_and_a_negative_ratio():
+    """`min_step_ratio` = 0 alone switches the guard off (every past point is used, whatever its ratio, even a negative
+    one); any other threshold, 1 included, is compared: ratio 1/2 < 1 drops the point, ratio 1 keeps it."""
+    from sde_diffusion.sampling import _ratio_order
+    assert _ratio_order(2, [0.0, -0.5], 1.0, 1.0) == 1
+    assert _ratio_order(2, [0.0, -1.0], 1.0, 1.0) == 2
+    assert _ratio_order(3, [0.0, -1.0, -1.5], 1.0, 1.0) == 2
+    assert _ratio_order(2, [0.0, 0.5], 1.0, 0) == 2   # a negative ratio, guard off
+    assert _ratio_order(2, [0.0, 0.5], 1.0, 1e-9) == 1
+
+
+def test_corrector_defaults_are_song_et_al():
+    """A corrector built without arguments has Song et al.'s signal-to-noise ratio r = 0.16 and one Langevin step per
+    call: its step equals the explicit one bit for bit (and differs at r = 0.17)."""
+    x, t = x_start(32), tb(0.4)
+    for cls in (Langevin, AnnealedLangevin):
+        assert (cls().snr, cls().n_steps) == (0.16, 1)
+        run = lambda c: c.step(SDES["vp"], score, x, t, torch.Generator().manual_seed(4))[0]   # noqa: E731
+        assert torch.equal(run(cls()), run(cls(0.16, 1))) and not torch.equal(run(cls()), run(cls(0.17, 1)))
+
+
+def test_langevin_norms_cache_follows_feature_size_dtype_and_device(device):
+    """One Langevin instance on batches whose shape, dtype or device changes, one at a time: the cached ones vector is
+    remade for each change (a batch size equal to the old feature size included), and the norms are torch's. Each
+    norm is a sum of D squares and a square root: (D/2 + 2) eps bounds the relative error of both (as in test_sampling).
+    The device change is a change only where there is a GPU (`device` = "cuda")."""
+    corr, g = Langevin(0.16), torch.Generator().manual_seed(9)
+    for shape, dtype, dev in (((4, 2), torch.float32, "cpu"), ((2, 3), torch.float32, "cpu"),   # B = the old D
+                              ((2, 3), torch.float64, "cpu"), ((2, 3), torch.float64, device)):
+        v = torch.randn(shape, dtype=dtype, generator=g).to(dev)
+        tol = (shape[1] / 2 + 2) * torch.finfo(dtype).eps
+        torch.testing.assert_close(corr._norms(v), v.norm(dim=1), rtol=tol, atol=0)
+        assert corr._ones.shape == (shape[1],) and corr._ones.dtype == dtype and corr._ones.device == v.device
+
+
+def test_auto_switches_from_ipndm_to_unipc_after_four_steps():
+    "bench/SUITE.md's choice, as numbers (test_sampling reads the constant itself): iPNDM for 1 to 4 steps, UniPC from 5."
+    from sde_diffusion.sampling import AUTO_IPNDM_STEPS, recommended_sampler
+    assert AUTO_IPNDM_STEPS == 4
+    assert [recommended_sampler(n) for n in (1, 4, 5, 1000)] == [("ipndm", "logsnr")] * 2 + [("unipc", "logsnr")] * 2
+
+
+def test_ode_sample_reports_overflow_of_the_samples_dtype():
+    """VE at sigma_max = 1e6 with a zero score: the ODE leaves the prior draw (values ~1e6) in place, finite in float32,
+    the working dtype of float16 samples, but beyond float16's 65504: an error naming the dtype, not inf."""
+    from sde_diffusion.reverse import NonFiniteError
+    from sde_diffusion.sampling import ode_sample
+    with pytest.raises(NonFiniteError, match=r"samples overflow `dtype` torch.float16 after 2 score evaluations"):
+        ode_sample(VESDE(sigma_max=1e6), lambda x, t: torch.zeros_like(x), (20, 2), method="euler", steps=2,
+                   denoise=False, dtype=torch.float16, generator=torch.Generator().manual_seed(0))
