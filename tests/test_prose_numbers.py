@@ -1,4 +1,4 @@
-"""Every measured number that the book's prose quotes comes from the cell that measured it.
+r"""Every measured number that the book's prose quotes comes from the cell that measured it.
 
 A number typed into a markdown cell drifts from the computation as soon as a seed, a sample size or a network changes
 (chapter 13 once said 8 %, 0.88 and 94 % while its own tables printed 10.5 %, 0.857 and 92 %). So the prose of every
@@ -7,8 +7,14 @@ notebook may quote a decimal number, a percentage or a duration in seconds only
   in a code cell of the same notebook; or
 - listed in the notebook's metadata `typed_numbers`, {"0.16": "why it is typed"}: a parameter of the setup, a closed
   form, a value from the literature, or a result the text says came from another run.
-Numbers inside math ($...$), code and roles are not prose. The check is on the notebook sources, no build needed;
-the build itself fails (-W) on a glue name that no cell recorded.
+The same holds inside math ($...$, $$...$$ and {math} blocks), where a measured value is as easily typed by hand
+($\Delta\log p \approx -0.20$): every decimal, percentage ($2\,\%$) and mantissa of a power of ten ($5\cdot 10^{-3}$)
+is checked, except where the math itself says that it is set, not measured: a symbol set to it ($\beta_{\min} = 0.1$,
+$t = 0, 0.1, 0.3$), a set or an interval it belongs to ($\alpha \in \{0.1, 0.5\}$, $t \in [0.01, 0.99]$), and the base of
+a power ($0.25^2$), and a subscript ($p_{0.5}$). A measured value written as a setting would slip through: write it with \approx, or better glue it.
+(Glue roles do not work inside math, so a glued value stands next to it: $\Delta\log p \approx$ {glue:text}`x:.2f`.)
+Code and roles are not prose. The check is on the notebook sources, no build needed; the build itself fails (-W) on a
+glue name that no cell recorded.
 """
 import json
 import re
@@ -22,12 +28,53 @@ NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
 # decimals (0.16, 1,438.5), percentages (94 %, 2.5%), durations with a space (651 s, 0.43 s; not "the 7s"); not integers (sizes, steps, seeds)
 NUMBER = re.compile(r"(?<![\w.{`$\-−/^,])(\d+(?:\.\d+)?\s?%|\d+(?:\.\d+)?\s(?:s|ms|min)\b|\d{1,3}(?:,\d{3})+\.\d+|\d+\.\d+)"
                     r"(?![\w.]\d)")
+# in math: a mantissa times a power of ten (5\cdot 10^{-3}), a percentage (2\,\%), a decimal (0.06); not integers
+MATH_NUMBER = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?\s*\\(?:cdot|times)\s*10\^\{?-?\d+\}?"
+                         r"|\d+(?:\.\d+)?\s*(?:\\[,;:! ]|~)?\s*\\%|\d+\.\d+)(?![\w.]\d)")
+# what the math says is set, not measured: "symbol = " followed by the number, or by a list, tuple or matrix of numbers
+# ("t = 0, 0.1, ", "x_0 = (1.5, ", "G = \begin{pmatrix} 0.8 & 0 \\ "), and "\in" followed by sets or intervals
+# ("\in \{0.1, ", "\in [-1.5, 3.5] \times [") up to the number, with no relation in between; a symbol is a letter or
+# a command with sub- and superscripts and arguments (\beta_{\min}, s_0^2, \sigma_{\mathrm{VP}}(10^{-3}), P(0))
+SYMBOL = r"(?:\\[A-Za-z]+|[A-Za-z])(?:_\{[^{}]*\}|_\\?[A-Za-z0-9]+|\^\{[^{}]*\}|\^\d|')*(?:\([^()]*\))?"
+SET_BEFORE = re.compile(r"(?:^|[\s,;(])" + SYMBOL + r"\s*=\s*(?:\\begin\{[pbv]?matrix\}|\()?\s*"
+                        r"(?:-?\d+(?:\.\d+)?\s*(?:,|&|\\\\)\s*)*-?$"
+                        r"|\\in\b(?:(?!=|<|>|\\[lg]eq?\b|\\approx|\\sim).)*$")
 GLUE = re.compile(r"\{glue(?::text)?\}`([^`:]+)(?::[^`]*)?`")
+FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*(.*?)\s*$")
+
+
+def split_blocks(markdown: str) -> tuple[str, list[str]]:
+    """The markdown with its fenced blocks blanked (plain code and {math} directives; the bodies of other directives,
+    such as exercises and admonitions, stay: they are prose), and the bodies of its {math} directives."""
+    lines, keep, maths, stack = markdown.split("\n"), [], [], []    # stack: (fence, kind) of the open blocks
+    for line in lines:
+        m = FENCE.match(line)
+        if stack and stack[-1][1] in ("code", "math"):                  # literal content: only its own fence closes it
+            fence, kind = stack[-1]
+            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not m.group(2):
+                stack.pop()
+            elif kind == "math":
+                maths[-1].append(line)
+            keep.append("")
+            continue
+        if m and stack and not m.group(2) and m.group(1)[0] == stack[-1][0][0] and len(m.group(1)) >= len(stack[-1][0]):
+            stack.pop()                                                  # the end of a directive
+            keep.append("")
+        elif m:                                                          # an opening fence
+            info = m.group(2)
+            kind = "math" if info.startswith("{math}") else "directive" if info.startswith("{") else "code"
+            stack.append((m.group(1), kind))
+            if kind == "math":
+                maths.append([])
+            keep.append("")
+        else:
+            keep.append(line)
+    return "\n".join(keep), ["\n".join(body) for body in maths]
 
 
 def prose(markdown: str) -> str:
     "The markdown with code fences, directive options, math, roles and code spans blanked out: what a reader reads as text."
-    md = re.sub(r"^(```+|~~~+)(?!\{)[^\n]*\n.*?^\1\s*$", " ", markdown, flags=re.S | re.M)   # plain code blocks
+    md, _ = split_blocks(markdown)                                 # code blocks, {math} blocks, fence lines
     md = re.sub(r"^:[a-z-]+:.*$", " ", md, flags=re.M)            # directive options (:label:, :class:)
     md = re.sub(r"\$\$.*?\$\$", " ", md, flags=re.S)              # display math
     md = re.sub(r"(?<!\\)\$[^$]*\$", " ", md)                     # inline math
@@ -38,14 +85,47 @@ def prose(markdown: str) -> str:
     return md
 
 
+def math(markdown: str) -> list[str]:
+    "The math of the markdown: inline $...$, display $$...$$ and the bodies of {math} blocks (not in code or code spans)."
+    md, blocks = split_blocks(markdown)
+    md = re.sub(r"``.*?``|`[^`]*`", " ", md)                      # code spans and roles' arguments
+    spans = [m.group(1) if m.group(1) is not None else m.group(2)
+             for m in re.finditer(r"\$\$(.*?)\$\$|(?<!\\)\$([^$]*)\$", md, flags=re.S)]
+    return spans + blocks
+
+
+def written(number: str) -> str:
+    "A number of the math as the metadata names it: 5e-3 for 5\\cdot 10^{-3}, 2% for 2\\,\\%, 0.06 for 0.06."
+    number = re.sub(r"\s|\\[,;:! ]|~|[{}]", "", number)
+    number = re.sub(r"\\(?:cdot|times)10\^", "e", number)
+    return number.replace("\\%", "%")
+
+
+def math_numbers(body: str) -> list[tuple[str, str]]:
+    "(number as written, without spaces, and its math) of every number in one piece of math that is not a setting."
+    found = []
+    for m in MATH_NUMBER.finditer(body):
+        before = body[:m.start()]
+        word = re.search(r"\\?[A-Za-z]+$", before)                   # \pm0.013 is a number, x2.5 or \log_2 is not
+        if word and not word.group().startswith("\\"):
+            continue
+        if SET_BEFORE.search(before) or body[m.end():].lstrip().startswith("^") or re.search(r"_\{?$", before):
+            continue                                                # a setting, the base of a power, a subscript
+        found.append((written(m.group(1)), " ".join(body.split())[:80]))
+    return found
+
+
 def typed_numbers(nb: dict) -> list[tuple[int, str, str]]:
-    "(cell index, number as written, context) of every number in the notebook's prose."
+    "(cell index, number as written, context) of every number in the notebook's prose and in its math."
     found = []
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "markdown":
-            text = prose("".join(cell["source"]))
+            src = "".join(cell["source"])
+            text = prose(src)
             for m in NUMBER.finditer(text):
                 found.append((i, re.sub(r"\s", "", m.group(1)), " ".join(text[max(0, m.start() - 40):m.end() + 20].split())))
+            for body in math(src):
+                found += [(i, n, f"${ctx}$") for n, ctx in math_numbers(body)]
     return found
 
 
@@ -65,7 +145,24 @@ def test_the_prose_scanner_finds_what_it_should():
     md = ("The sampler reaches 94 % (0.857 confidence) in 11 s with 1,438 digits; $0.25$ and `0.3` and "
           "{glue:text}`x:.2f` are not prose, nor eq. (3.2), nor 30 steps.\n```python\nx = 0.5\n```\n:label: ex-1.5\n")
     found = [n for _, n, _ in typed_numbers({"cells": [{"cell_type": "markdown", "source": [md]}]})]
-    assert found == ["94%", "0.857", "11s"]
+    assert found == ["94%", "0.857", "11s", "0.25"]
+
+
+def test_prose_between_two_blocks_is_prose():
+    "A closing fence is not the opening of a code block: the text between two blocks is read (it once was not)."
+    md = ("```{math}\n:label: eq-a\nx = 0.5\n```\nthe loss flattens at 0.27 here\n```{math}\ny \\approx 1.5 z\n```\n"
+          "````{exercise}\nSolve it in 2.5 s.\n```python\nz = 0.75\n```\n````\n")
+    found = [n for _, n, _ in typed_numbers({"cells": [{"cell_type": "markdown", "source": [md]}]})]
+    assert found == ["0.27", "2.5s", "1.5"]
+
+
+def test_the_math_scanner_finds_measurements_not_settings():
+    md = ("$\\Delta\\log p \\approx -0.20$ against $-0.01$, floor $\\pm 0.03$, spread $\\pm0.013$; $e(t)$ is $2\\,\\%$ and a flat "
+          "$\\approx 5\\cdot 10^{-3}$; $t \\approx 0.003$. Settings: $\\beta_{\\min} = 0.1$, $t = 0, 0.1, 0.3, 1$, "
+          "$\\alpha \\in \\{0.1, 0.5\\}$, $(x, t) \\in [-1.5, 3.5] \\times [0.05, 2]$, $\\mathcal{N}(0, 0.25^2 I)$, $N = 1000$, "
+          "$10^{-3}$, $p_{0.5}$, $x_0 = (1.5, -0.5)$, $G = \\begin{pmatrix} 0.8 & 0 \\\\ 0.4 & 0.6 \\end{pmatrix}$.")
+    found = [n for _, n, _ in typed_numbers({"cells": [{"cell_type": "markdown", "source": [md]}]})]
+    assert found == ["0.20", "0.01", "0.03", "0.013", "2%", "5e-3", "0.003"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -75,9 +172,10 @@ def test_every_quoted_number_has_a_source(path):
     assert all(isinstance(v, str) and v.strip() for v in allowed.values()), \
         f"{path.name}: every entry of metadata.typed_numbers needs a reason"
     unsourced = [(i, n, ctx) for i, n, ctx in typed_numbers(nb) if n not in allowed]
-    assert not unsourced, (f"{path.name}: numbers typed into the prose with no source. Glue them from the cell that "
-                           "computes them ({glue:text}`name:.2f`, sde_diffusion.core.glue), or list them in the "
-                           "notebook's metadata typed_numbers with the reason they are typed:\n"
+    assert not unsourced, (f"{path.name}: numbers typed into the prose or its math with no source. Glue them from the "
+                           "cell that computes them ({glue:text}`name:.2f`, sde_diffusion.core.glue; next to the math, "
+                           "since roles do not work inside it), or list them in the notebook's metadata typed_numbers "
+                           "with the reason they are typed:\n"
                            + "\n".join(f"  cell {i}: {n!r} in '...{ctx}...'" for i, n, ctx in unsourced))
     written = {n for _, n, _ in typed_numbers(nb)}
     stale = sorted(set(allowed) - written)
