@@ -54,7 +54,7 @@ class LinearOperator:
 
     def _check_x(self, x) -> Tensor:
         _floating("x", x)
-        if x.ndim < 1 or tuple(x.shape[1:]) != self.event_shape:
+        if tuple(x.shape[1:]) != self.event_shape:   # a 0-d or 1-d x fails too: the event shape is never empty
             raise ValueError(f"`x` must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
         return x
 
@@ -283,11 +283,10 @@ class MixturePosterior:
         def score_fn(x: Tensor, t: Tensor) -> Tensor:
             Qx, Rx, cx = Q.to(x), R.to(x), c.to(x)
             s = self.reduced.marginal_score(x @ Qx, t, sde) @ Qx.mT        # the free directions: a mixture's score
-            if Rx.shape[1]:
-                alpha, sigma = sde.marginal_coeffs(t)
-                # the fixed directions: R^T x_t ~ N(alpha R^T c, sigma^2 I), whatever the component
-                s = s - ((x @ Rx - alpha[:, None] * (cx @ Rx)) / sigma[:, None] ** 2) @ Rx.mT
-            return s
+            alpha, sigma = sde.marginal_coeffs(t)
+            # the fixed directions: R^T x_t ~ N(alpha R^T c, sigma^2 I), whatever the component (none when sigma_y > 0:
+            # R is (D, 0) and the term is an exact zero)
+            return s - ((x @ Rx - alpha[:, None] * (cx @ Rx)) / sigma[:, None] ** 2) @ Rx.mT
         return score_fn
 
 
@@ -320,7 +319,7 @@ def mixture_posterior(
             raise ValueError(f"with `noise_std` = 0 and M = {M} >= D = {D} measurements, x is determined: the posterior is a point")
     S = A @ Sig @ A.mT + noise_std**2 * torch.eye(M, dtype=torch.float64, device=dev)   # A Sigma_k A^T + sigma_y^2 I
     L, info = torch.linalg.cholesky_ex(S)
-    if bool((info > 0).any()):
+    if bool(info.any()):   # info_k > 0: S_k's leading minor of that order is not positive definite
         raise ValueError("`A` Sigma_k `A`^T + noise_std^2 I is not positive definite: use a larger `noise_std` or rescale `A`")
     resid = yv - mu @ A.mT                                             # y - A mu_k, (K, M)
     sol = torch.cholesky_solve(resid[..., None], L)                    # S_k^{-1}(y - A mu_k), (K, M, 1)

@@ -574,3 +574,24 @@ def test_repaint_starts_from_the_measurement_noised_to_T():
     x0[:, :1] = alpha * y + sigma * torch.randn(3, 1, generator=gen(78), dtype=torch.float64)
     want = DDIM().step(VP, score, x0, ts[0].expand(3), ts[1].expand(3))[0]
     assert (out.samples[:, 1] - want[:, 1]).abs().max() <= 1e-12 * want.abs().max()
+
+
+def test_dps_tells_the_predictor_each_step_s_end_time():
+    """`dps` passes the predictor the step's two grid times t_k and t_{k+1}: a user predictor that evaluates the score once
+    at the current state may read t_next (the built-in ones take it from their precomputed coefficients, so a mutant that
+    passed t_{k-1} or t_k survived)."""
+    from sde_diffusion.sampling import EulerMaruyama, sampling_times
+    seen = []
+
+    class Recording(EulerMaruyama):
+        def apply(self, c, score, x, t, t_next, generator=None):
+            seen.append((t.clone(), t_next.clone()))
+            return super().apply(c, score, x, t, t_next, generator)
+
+    y = torch.ones(4, 1, dtype=torch.float64)
+    x_T = torch.randn(4, 2, generator=gen(80), dtype=torch.float64)
+    dps(VP, PAIR.score_fn(VP), PAIR_MASK, y, steps=5, predictor=Recording(), denoise=False, x_T=x_T)
+    ts = sampling_times(VP, 5, dtype=torch.float64)
+    assert len(seen) == 5
+    for k, (t, t_next) in enumerate(seen):
+        assert torch.equal(t, ts[k].expand(4)) and torch.equal(t_next, ts[k + 1].expand(4))
