@@ -24,7 +24,7 @@ __all__ = ['X0_VARIANCES', 'LinearOperator', 'MatrixOperator', 'MaskOperator', '
            'MixturePosterior', 'mixture_posterior', 'mixture_measurement_log_prob', 'noisy_measurement', 'replacement',
            'repaint_schedule', 'repaint', 'likelihood_guided_score', 'reconstruction_guidance', 'dps']
 
-# %% ../nbs/17_inverse.ipynb #9fb55d73
+# %% ../nbs/17_inverse.ipynb #97c049b6
 def _floating(name: str, x, ndim: int | None = None) -> Tensor:
     "A floating-point tensor (float32 or float64), optionally with `ndim` dimensions, or an error naming the argument."
     if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64):
@@ -43,7 +43,7 @@ def _event_shape(name: str, shape) -> tuple[int, ...]:
         raise ValueError(f"`{name}` must be a non-empty tuple of positive integers, got {shape!r}")
     return tuple(int(s) for s in shape)
 
-
+# %% ../nbs/17_inverse.ipynb #9fb55d73
 class LinearOperator:
     """A linear measurement $A: \\mathbb{R}^D \\to \\mathbb{R}^M$ of samples of shape (B, *event_shape) (eq. `eq-inv-measurement`).
     Subclasses implement `_apply`, `_adjoint` and `matrix`; constants follow the input's dtype and device (cached)."""
