@@ -326,7 +326,8 @@ class _LoaderData:
     def __init__(self, loader: DataLoader, seed: int):
         self.loader, self.seed = loader, seed
         self.sharded = isinstance(loader.sampler, DistributedSampler)
-        item = _first(loader.dataset)       # one sample: x, or (x, y)
+        with torch.random.fork_rng(devices=[]):   # an item drawn with random augmentations leaves torch's generator alone
+            item = _first(loader.dataset)         # one sample: x, or (x, y)
         x = item[0] if isinstance(item, (tuple, list)) and item else item
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 1:
             raise TypeError(f"the dataset of `data` (a DataLoader) must give floating tensors x of shape (*D), or (x, y); got {item!r:.80}")
@@ -424,7 +425,7 @@ def data_fingerprint(
     data,   # what `train` accepts: a tensor (N, *D), a tuple (x, y), a DataLoader or a sampler data(n, generator=g)
 ) -> dict:
     "What identifies training data, as a checkpoint records it: kind, size, sample shape and a SHA-256 of every sample and label."
-    return data_source(data, 0).fingerprint()
+    return data_source(data).fingerprint()   # the seed only orders a loader's batches: not part of the fingerprint
 
 # %% ../nbs/A4_data.ipynb #c5a96431
 def _mnist_tensors(data: Tensor, targets: Tensor, dtype, device) -> tuple[Tensor, Tensor]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from sde_diffusion.data import (DigitsDataset, _mnist_tensors, digits_loader, from_uint8, image_grid, load_digits, load_mnist,
-                                save_image_grid, stratified_split, to_uint8)
+from sde_diffusion.data import (DigitsDataset, _mnist_tensors, data_fingerprint, data_source, digits_loader, from_uint8,
+                                image_grid, load_digits, load_mnist, save_image_grid, stratified_split, to_uint8)
 from sde_diffusion.likelihood import dequantize
 
 
@@ -267,3 +267,176 @@ def test_load_mnist_missing_files_no_download(tmp_path):
 def test_load_mnist_bad_split(tmp_path):
     with pytest.raises(ValueError, match="split"):
         load_mnist(tmp_path, split="all")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data sources: what `train` draws its batches from (issue 17: mutation testing of `data_source`)
+
+def _sha256(*values):
+    "The fingerprint's hash as checkpoints store it: each tensor's dtype, shape and bytes, anything else by its repr."
+    import hashlib
+    h = hashlib.sha256()
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        else:
+            h.update(f"{v!r};".encode())
+    return h.hexdigest()
+
+
+def test_tensor_source_draws_with_replacement_from_the_training_generator():
+    "N = 10 samples of D = 3 (N != D): each step's rows are x[randint(N, (B,), generator=g)], sliced per process."
+    x = torch.arange(30, dtype=torch.float64).reshape(10, 3)
+    y = torch.arange(10) % 4
+    src = data_source((x, y))
+    assert src.shape == (3,) and src.has_labels and src.device == x.device
+    xb, yb, B, rows = src.draw(8, torch.Generator().manual_seed(1), 1, 2)
+    idx = torch.randint(10, (8,), generator=torch.Generator().manual_seed(1))
+    assert B == 8 and rows == slice(4, 8)
+    assert torch.equal(xb, x[idx[4:]]) and torch.equal(yb, y[idx[4:]])
+    assert data_fingerprint((x, y)) == {"kind": "tensor", "n": 10, "shape": [3], "sha256": _sha256(x, y)}
+    assert data_fingerprint(x)["sha256"] == _sha256(x, None)
+
+
+def test_sampler_source_probes_with_two_draws_and_fingerprints_64_draws_at_seed_0():
+    """A sampler is called once to learn the sample shape (2 draws from a generator seeded with 0, never the training
+    generator) and fingerprinted by 64 draws from a generator seeded with 0: the hash checkpoints store, so that a
+    resumed run can tell whether `data` changed."""
+    calls = []
+
+    def sampler(n, generator):
+        calls.append((n, generator.initial_seed()))
+        return (torch.randn(n, 2, generator=generator, dtype=torch.float64),)    # a 1-tuple (x,): no labels
+
+    src = data_source(sampler)
+    assert calls == [(2, 0)] and src.shape == (2,) and not src.has_labels
+    fp = src.fingerprint()
+    assert calls[1] == (64, 0)
+    x64 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert fp == {"kind": "sampler", "n": None, "shape": [2], "sha256": _sha256(x64, None)}
+    xb, yb, B, rows = src.draw(6, torch.Generator().manual_seed(3), 0, 3)
+    assert calls[2] == (6, 3) and yb is None and B == 6 and rows == slice(0, 2)
+    assert torch.equal(xb, torch.randn(6, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)[:2])
+
+
+def test_data_shapes_at_their_boundaries():
+    "One sample of one dimension, (1, 1), is data; a (N,) tensor and an empty (0, D) set are refused by name."
+    src = data_source(torch.ones(1, 1))
+    assert src.shape == (1,) and src.draw(3, torch.Generator().manual_seed(0), 0, 1)[0].shape == (3, 1)
+    for bad in (torch.ones(5), torch.ones(0, 3)):
+        with pytest.raises(ValueError, match=r"`data` must give samples x of shape \(N, \*D\)"):
+            data_source(bad)
+    with pytest.raises(ValueError, match=r"`data`\(n, generator\) must give samples x"):
+        data_source(lambda n, generator: torch.ones(n))
+
+
+def _loader(n=12, batch_size=4, seed=None, labels=True, **kw):
+    from torch.utils.data import DataLoader, TensorDataset
+    x = torch.arange(n * 3, dtype=torch.float64).reshape(n, 3)
+    ds = TensorDataset(x, torch.arange(n) % 5) if labels else TensorDataset(x)
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, generator=gen, **kw)
+
+
+def _epoch(loader, seed, epoch):
+    "The batches of one epoch of a generator-less shuffling loader, as `data_source(loader, seed)` seeds it."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+        return list(loader)
+
+
+@pytest.mark.parametrize("seed", [5, 2**62 + 7])   # the second wraps around 2**63
+def test_loader_source_reshuffles_each_epoch_from_its_documented_seed(seed):
+    """A DataLoader without a generator shuffles from torch's global generator: epoch e is seeded with
+    (seed * 1_000_003 + e) mod 2**63 (a resumed run must see the same order), and the global state is put back."""
+    loader = _loader(shuffle=True)
+    src = data_source(loader, seed)
+    assert src.shape == (3,) and src.has_labels and src.state_dict() == {"kind": "loader", "epoch": 0, "batch": 0, "gen_state": None}
+    before = torch.get_rng_state()
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        for want_x, want_y in _epoch(loader, seed, epoch):      # 3 batches per epoch
+            x, y, B, rows = src.draw(4, g, 0, 1)
+            assert B == 4 and rows == slice(0, 4) and torch.equal(x, want_x) and torch.equal(y, want_y)
+        assert src.state_dict()["epoch"] == epoch + 1 and src.state_dict()["batch"] == 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_loader_source_with_a_generator_starts_at_its_first_batch_and_continues_its_stream():
+    loader, reference = _loader(shuffle=True, seed=9), _loader(shuffle=True, seed=9)
+    src = data_source(loader, 0)
+    want = list(reference) + list(reference)                   # two epochs of the same generator stream
+    got = [src.draw(4, torch.Generator(), 0, 1)[0] for _ in range(6)]
+    assert all(torch.equal(a, b[0]) for a, b in zip(got, want))
+
+
+def test_loader_source_slices_the_global_batch_or_takes_a_distributed_sampler_s_share():
+    """Without a DistributedSampler a loader's batch is the global batch and each process takes its slice (eq.
+    `eq-train-shard`); with one, each process's batch is its own share and the global batch is world times larger."""
+    x, y, B, rows = data_source(_loader(batch_size=6)).draw(6, torch.Generator(), 1, 2)
+    full = torch.arange(18, dtype=torch.float64).reshape(6, 3)
+    assert B == 6 and rows == slice(3, 6) and torch.equal(x, full[3:]) and y.tolist() == [3, 4, 0]
+    loader = _loader(batch_size=5, sampler=DistributedSampler(_loader().dataset, num_replicas=2, rank=1, shuffle=False))
+    x, y, B, rows = data_source(loader).draw(10, torch.Generator(), 1, 2)
+    assert x.shape == (5, 3) and B == 10 and rows == slice(5, 10)
+
+
+def test_loader_source_labels_scalars_and_datasets_without_a_length():
+    from torch.utils.data import DataLoader, TensorDataset
+    assert not data_source(_loader(labels=False)).has_labels      # items (x,): no labels
+    with pytest.raises(TypeError, match="must give floating tensors x of shape"):
+        data_source(DataLoader(TensorDataset(torch.randn(6)), batch_size=2))    # items are 0-d
+
+    class NoLength:                                             # map-style, but without __len__: only item 0 is read
+        def __init__(self, second):
+            self.second = second
+
+        def __getitem__(self, i):
+            return torch.full((2,), float(i if i == 0 else self.second))
+
+    a, b = (data_source(DataLoader(NoLength(s), batch_size=1)).fingerprint() for s in (1.0, 7.0))
+    assert a["n"] is None and a == b and a["sha256"] == _sha256(torch.zeros(2))
+
+
+@pytest.mark.parametrize("n,items", [
+    (100, [0, 7, 13, 20, 26, 33, 40, 46, 53, 59, 66, 73, 79, 86, 92, 99]),   # round(i * 99 / 15), i = 0..15
+    (12, list(range(12))),                                                   # 16 spacings of 11/15: every item
+])
+def test_loader_fingerprint_hashes_16_evenly_spaced_items(n, items):
+    loader = _loader(n=n, batch_size=4)
+    ds = loader.dataset
+    want = _sha256(*(v for i in items for v in ds[i]))                       # each item (x_i, y_i), in order
+    assert data_fingerprint(loader) == {"kind": "loader", "n": n, "shape": [3], "batch_size": 4, "sha256": want}
+
+
+def test_loader_fingerprint_of_randomly_augmented_items_is_drawn_at_seed_0_and_default_seed_is_0():
+    from torch.utils.data import DataLoader
+
+    class Noisy:                                                # an item with a random augmentation
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.full((2,), float(i)) + torch.randn(2)
+
+    loader = DataLoader(Noisy(), batch_size=3, shuffle=True)
+    before = torch.get_rng_state()
+    fp = data_fingerprint(loader)
+    assert torch.equal(torch.get_rng_state(), before) and data_fingerprint(loader) == fp
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        want = _sha256(*(Noisy()[i] for i in range(3)))
+    assert fp["sha256"] == want
+    src = data_source(_loader(shuffle=True))                   # the default seed is 0
+    assert torch.equal(src.draw(4, torch.Generator(), 0, 1)[0], _epoch(_loader(shuffle=True), 0, 0)[0][0])
+
+
+def test_a_pair_with_no_labels_is_unconditional_data():
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    src = data_source((x, None))
+    assert not src.has_labels and src.draw(3, torch.Generator().manual_seed(1), 0, 1)[1] is None
+    assert data_fingerprint((x, None)) == data_fingerprint(x)
+    tagged = data_source(lambda n, generator: (torch.randn(n, 2, generator=generator), "tag"))   # (x, y, ...): y a tensor
+    assert not tagged.has_labels and tagged.draw(4, torch.Generator().manual_seed(2), 0, 1)[1] is None
