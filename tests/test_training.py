@@ -21,7 +21,6 @@ from sde_diffusion.toy import ring_of_gaussians
 from sde_diffusion.training import (CKPT_NAME, EMA, TrainConfig, build_model, learning_rate, load_checkpoint,
                                     load_trained, save_checkpoint, shard, train)
 
-ROOT = Path(__file__).resolve().parents[1]
 RING = ring_of_gaussians()
 TINY = TrainConfig(model_kwargs=dict(hidden=16, depth=2, embed_dim=16), batch_size=32, steps=40, log_every=10, seed=1)
 
@@ -308,7 +307,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# the workers import the package this test imported (the repository's, or a mutation tester's copy of it)
+PKG_ROOT = Path(sys.modules["sde_diffusion"].__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PKG_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # A test's processes must not outlive it, even when it is killed outright (SIGKILL: no finally, no atexit). Linux's
 # PR_SET_PDEATHSIG makes the kernel send a signal to a process when its parent dies. torchrun gets it from
 # `_torchrun` (set between fork and exec); each worker, which torchrun starts in a session of its own, sets it at the
@@ -558,3 +559,89 @@ def test_load_trained_refuses_a_checkpoint_that_train_did_not_write(tmp_path):
     save_checkpoint(tmp_path / "other.pt", {"weights": torch.zeros(3)})
     with pytest.raises(ValueError, match="other.pt.*not one of `train`"):
         load_trained(tmp_path / "other.pt")
+
+
+# ------------------------------------------------------------- the steps' draws and bookkeeping (issue 17, mutation testing)
+
+class _Recording(torch.nn.Module):
+    "A score network that records what `train` feeds it: the times, and the seed torch's generator holds (dropout)."
+
+    def __init__(self, net, p=0.0, nan_at=None):
+        super().__init__()
+        self.net, self.sde, self.drop, self.nan_at = net, net.sde, torch.nn.Dropout(p), nan_at
+        self.times, self.seeds = [], []
+
+    def forward(self, x, t):
+        self.times.append(t.detach().clone())
+        self.seeds.append(torch.initial_seed())
+        out = self.drop(self.net(x, t))
+        return out * math.nan if len(self.times) == self.nan_at else out
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5], ids=["no-dropout", "dropout"])
+def test_each_step_draws_the_batch_t_z_and_a_dropout_seed_from_the_seed_plus_1_generator(p):
+    """The draws of a step come from one generator seeded with `seed + 1`, in the documented order: the batch indices,
+    t = eps + (T - eps) u, z, and a dropout seed in [0, 2**62) only when the model has dropout with p > 0 (p = 0 draws
+    nothing: the run equals one without the layer). float64, eps = 0.1: every time is compared exactly."""
+    config = dataclasses.replace(TINY, steps=3, eps=0.1, dtype="float64", log_every=1)
+    x = RING.sample(50, generator=torch.Generator().manual_seed(0)).double()
+    model = _Recording(build_model(dataclasses.replace(config, data_shape=(2,))), p)
+    train(config, x, model=model)
+    g, T = torch.Generator().manual_seed(config.seed + 1), model.sde.T
+    for step in range(3):
+        torch.randint(50, (32,), generator=g)                                             # the batch
+        t = 0.1 + (T - 0.1) * torch.rand(32, generator=g, dtype=torch.float64)
+        torch.randn((32, 2), generator=g, dtype=torch.float64)                           # z
+        assert torch.equal(model.times[step], t)
+        if p > 0:
+            assert model.seeds[step] == int(torch.randint(0, 2**62, (), generator=g))    # torch.manual_seed(seed + rank 0)
+
+
+def test_a_model_built_for_another_sde_is_refused():
+    config = dataclasses.replace(TINY, steps=1, data_shape=(2,))
+    other = build_model(dataclasses.replace(config, sde_kwargs={"beta_max": 10.0}))
+    with pytest.raises(ValueError, match="`model` was built with VPSDE"):
+        train(config, RING.sample, model=other)
+
+
+def test_amp_on_cpu_is_ignored_with_its_own_warning_and_changes_nothing():
+    config = dataclasses.replace(TINY, steps=5)
+    with pytest.warns(UserWarning, match=r"`amp`=True is ignored on cpu"):
+        a = train(dataclasses.replace(config, amp=True), RING.sample)
+    assert a.losses == train(config, RING.sample).losses
+
+
+def test_the_decay_warning_needs_steps_beyond_the_decay():
+    config = dataclasses.replace(TINY, steps=4, lr_decay_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(config, RING.sample)                                   # steps == lr_decay_steps: the schedule ends on time
+    with pytest.warns(UserWarning, match="`steps` = 5 > `lr_decay_steps` = 4"):
+        train(dataclasses.replace(config, steps=5), RING.sample)
+
+
+def test_a_nan_loss_is_reported_at_its_own_step_inside_a_logging_window():
+    config = dataclasses.replace(TINY, steps=10, log_every=10)
+    model = _Recording(build_model(dataclasses.replace(config, data_shape=(2,))), nan_at=5)
+    with pytest.raises(FloatingPointError, match="NaN/inf at step 5:"):
+        train(config, RING.sample, model=model)
+
+
+def test_callback_progress_bar_config_file_checkpoint_rng_and_wall_time(tmp_path, capsys):
+    """Logging at steps 10, 20 and the last, 25, with the mean loss of the steps since the previous log; a progress bar
+    that counts every step; config.json indented by 2; a CPU run's checkpoint holds no CUDA generator state; `seconds`
+    is this call's wall time."""
+    config = dataclasses.replace(TINY, steps=25, log_every=10)
+    logs = []
+    start = time.perf_counter()
+    res = train(config, RING.sample, ckpt_dir=tmp_path, progress=True,
+                callback=lambda step, loss, model, ema: logs.append((step, loss)))
+    elapsed = time.perf_counter() - start
+    assert [s for s, _ in logs] == [10, 20, 25]
+    windows = (res.losses[:10], res.losses[10:20], res.losses[20:])
+    assert [v for _, v in logs] == [sum(w) / len(w) for w in windows]
+    assert "25/25" in capsys.readouterr().err
+    text = (tmp_path / "config.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    assert set(load_checkpoint(tmp_path / CKPT_NAME)["rng"]) == {"generator", "torch"}
+    assert 0 < res.seconds <= elapsed
