@@ -437,8 +437,9 @@ def sample_swiss_roll(
     a, b = 1.5 * math.pi, 4.5 * math.pi
     s = a + (b - a) * torch.rand(n, **kw)
     pts = torch.stack([s * s.cos(), s * s.sin()], -1) + noise * torch.randn(n, 2, **kw)
-    mean = [(b * math.sin(b) + math.cos(b) - a * math.sin(a) - math.cos(a)) / (b - a),    # E[s cos s]
-            (-b * math.cos(b) + math.sin(b) + a * math.cos(a) - math.sin(a)) / (b - a)]   # E[s sin s]
+    # E[s cos s] = [s sin s + cos s]_a^b/(b - a) and E[s sin s] = [sin s - s cos s]_a^b/(b - a), with sin a = -1,
+    # sin b = 1, cos a = cos b = 0: (b + a)/(b - a) = 2 and 2/(b - a) = 2/(3 pi)
+    mean = [2.0, 2 / (b - a)]
     e_s2 = (b**3 - a**3) / (3 * (b - a))
     return _standardize(pts, mean, e_s2 - mean[0] ** 2 - mean[1] ** 2 + 2 * noise**2)
 
@@ -465,8 +466,8 @@ def sample_rings(
 ) -> Tensor:               # shape (n, 2)
     "Four concentric circles of radii 1..4, uniform along their length, shape (n, 2), centred, mean coordinate variance 1."
     kw = _dataset_kw(n, generator, dtype, device)
-    radii = torch.arange(1, 5, dtype=kw["dtype"], device=kw["device"])
-    r = radii[torch.multinomial(radii, n, replacement=True, generator=generator)] if n else radii[:0]
+    radii = torch.arange(4, dtype=kw["dtype"], device=kw["device"]) + 1   # 1, 2, 3, 4
+    r = radii[torch.multinomial(radii, n, replacement=True, generator=generator)] if n else radii[:n]   # n = 0: none
     phi = 2 * math.pi * torch.rand(n, **kw)
     pts = r[:, None] * torch.stack([phi.cos(), phi.sin()], -1) + noise * torch.randn(n, 2, **kw)
     e_r2 = float((radii**3).sum() / radii.sum())   # P(ring) proportional to its radius
