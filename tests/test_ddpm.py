@@ -371,3 +371,25 @@ def test_scalar_state_is_refused_by_name_and_nan_at_the_last_step_is_reported():
         return torch.where(batch_broadcast(t <= t_last, x).bool(), torch.full_like(x, float("nan")), -x)
     with pytest.raises(FloatingPointError, match=r"at step i = 0 \(t = "):
         ddpm_sample(breaks_last, (8, 2), sde, generator=torch.Generator().manual_seed(0))
+
+
+def test_deprecated_ddpm_names_warn_at_the_callers_line_and_keyword_after_the_positionals():
+    """Two survivors of the mutation run (issue 17): the deprecated function names' warning must point at the line that
+    used them (stacklevel 3: the alias, then its caller), and `eps_pred=` must be accepted when exactly the arguments
+    before `noise_pred` are positional (x, i): only a third positional argument (noise_pred itself) is a clash."""
+    import warnings
+    from sde_diffusion.ddpm import eps_from_score, score_from_eps, ddpm_ancestral_step
+    from sde_diffusion.sde import VPSDE
+    score = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    for alias in (eps_from_score, score_from_eps):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            alias(score, 0.5)
+        assert [w.category for w in rec] == [DeprecationWarning] and rec[0].filename == __file__, rec[0].filename
+    x, z, e = (torch.randn(4, 2, generator=torch.Generator().manual_seed(k)) for k in (1, 2, 3))
+    sde = VPSDE(N=100)
+    with pytest.warns(DeprecationWarning):
+        old = ddpm_ancestral_step(x, 5, eps_pred=e, noise=z, schedule=sde)
+    assert torch.equal(old, ddpm_ancestral_step(x, 5, e, z, schedule=sde))
+    with pytest.raises(TypeError, match="eps_pred"):
+        ddpm_ancestral_step(x, 5, e, eps_pred=e, noise=z, schedule=sde)
