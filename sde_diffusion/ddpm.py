@@ -308,17 +308,26 @@ def ddpm_sample(
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > sde.T:
             raise ValueError(f"`times` must lie in [0, T] = [0, {sde.T}], got values in [{lo:.4g}, {hi:.4g}]")
     B = x.shape[0]
+    # Eq. eq-ddpm-ancestral's coefficients for every step, computed once with the same elementwise float operations as
+    # `ddpm_ancestral_step` (so the samples are bit for bit the same) and split into 0-d tensors on x's device: each
+    # step then indexes a Python list instead of recomputing them from the schedule (no host synchronisation either).
+    c_score = (-s.sqrt_one_minus_alphas_cumprod).unbind()            # noise prediction = -sqrt(1 - alpha_bar_i) s
+    c_noise = (s.betas / s.sqrt_one_minus_alphas_cumprod).unbind()    # beta_i / sqrt(1 - alpha_bar_i)
+    c_scale = (1 - s.betas).sqrt().unbind()                           # sqrt(alpha_i)
+    c_std = (s.posterior_variance if variance == "fixed_small" else s.betas).sqrt().unbind()
+    t_i = times.unbind()
     watch = NonFiniteWatch()   # record r: the state after step i = N - 1 - r
     path = [x] if return_path else None
     with sde.unchecked():   # the grid is validated: no per-step host synchronisation in the SDE's range checks
         for i in tqdm(range(s.N - 1, -1, -1), disable=not progress, desc="DDPM"):
-            out = model_fn(x, times[i].expand(B))
+            out = model_fn(x, t_i[i].expand(B))
             if i == s.N - 1 and (not isinstance(out, Tensor) or out.shape != x.shape):
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"`model_fn` must return a tensor of the shape of x {tuple(x.shape)}, got {got}")
-            noise_pred = out if prediction == "eps" else -s.sqrt_one_minus_alphas_cumprod[i] * out
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) if i > 0 else None
-            x = _ancestral(s, x, i, noise_pred, noise, variance)
+            noise_pred = out if prediction == "eps" else c_score[i] * out
+            x = (x - c_noise[i] * noise_pred) / c_scale[i]   # the mean (eq. eq-ddpm-ancestral)
+            if i > 0:                                          # no noise in the last step
+                x = x + c_std[i] * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             watch(x)
             if return_path:
                 path.append(x)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .brownian import brownian_increments, check_time_grid
-from .core import (NonFiniteWatch, all_finite, batch_broadcast, check_real, document_arguments,
+from .core import (NonFiniteError, NonFiniteWatch, all_finite, batch_broadcast, check_real, document_arguments,
                                 positive_float)
 
 # %% auto #0
@@ -134,26 +134,33 @@ def _prepare(x0, ts, dW, generator):
             raise ValueError(f"`dW` must have shape (len(ts) - 1, *x0.shape) = {(n_steps, *x0.shape)}, got {tuple(dW.shape)}")
         if dW.device != x0.device:
             raise ValueError(f"`dW` is on {dW.device} but `x0` is on {x0.device}")
-        if not all_finite(dW):   # a sum, not an entrywise test of all N steps at once
-            raise ValueError("`dW` contains NaN or inf")
-        dW = dW.to(x0.dtype)
+        dW = dW.to(x0.dtype)   # NaN/inf in dW shows in the path: `_integrate` names `dW` when it does
     return ts, dW
 
 
 def _integrate(step, x0, ts, dW, return_path):
     "Run `step(x, t, dt, dW_n)` over the grid; watch for NaN/inf on the device, check once at the end."
-    B, dts = x0.shape[0], ts.diff()
+    B, N = x0.shape[0], ts.numel() - 1
+    # each step's t (as a (B,) view), dt and dW as Python lists of views on the device, made once: no per-step indexing
+    t_n, dt_n, dW_n = ts[:-1, None].expand(N, B).unbind(), ts.diff().unbind(), dW.unbind()
     x, path = x0, [x0] if return_path else None
     watch = NonFiniteWatch()   # record n: the state after step n
-    for n in range(dts.numel()):
-        x = step(x, ts[n].expand(B), dts[n], dW[n])
+    for n in range(N):
+        x = step(x, t_n[n], dt_n[n], dW_n[n])
         if n == 0 and x.shape != x0.shape:
             raise ValueError(f"`drift`/`diffusion` produced a state of shape {tuple(x.shape)} from x of shape {tuple(x0.shape)}")
         watch(x)
         if return_path:
             path.append(x)
-    watch.check(lambda k: f"the solution became NaN/inf at step {k} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}); "
-                          "reduce the step size or check `drift` and `diffusion`")   # the one host synchronisation
+    k = watch.first()   # the one host synchronisation
+    if k >= 0:
+        # NaN/inf in the given increments is not checked before the loop (a sum over all of dW costs as much as the
+        # watch itself): it makes the state non-finite at its step, and is named here, only when something failed
+        bad = ~dW[: k + 1].reshape(k + 1, -1).isfinite().all(1)
+        if bad.any():
+            raise ValueError(f"`dW` contains NaN or inf (at step {int(bad.nonzero()[0])})")
+        raise NonFiniteError(f"the solution became NaN/inf at step {k} (t = {ts[k].item():.4g} -> {ts[k + 1].item():.4g}); "
+                             "reduce the step size or check `drift` and `diffusion`")
     return torch.stack(path) if return_path else x
 
 # %% ../nbs/02_solvers.ipynb #eabfcb6c

@@ -393,3 +393,23 @@ def test_deprecated_ddpm_names_warn_at_the_callers_line_and_keyword_after_the_po
     assert torch.equal(old, ddpm_ancestral_step(x, 5, e, z, schedule=sde))
     with pytest.raises(TypeError, match="eps_pred"):
         ddpm_ancestral_step(x, 5, e, eps_pred=e, noise=z, schedule=sde)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prediction", ["eps", "score"])
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ddpm_sample_is_the_iterated_ancestral_step_bit_for_bit(dtype, prediction, variance):
+    "The loop precomputes each step's coefficients (bench/LOOPS.md): the same float operations as ddpm_ancestral_step."
+    sde = VPSDE(N=50)
+    f = lambda x, t: torch.sin(3 * x) * (1 + t[:, None])
+    x_T = torch.randn(7, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    ours = ddpm_sample(f, (7, 3), sde, prediction=prediction, variance=variance, x_T=x_T,
+                       generator=torch.Generator().manual_seed(1))
+    s, g, x = ddpm_schedule(sde, dtype), torch.Generator().manual_seed(1), x_T
+    times = ddpm_timesteps_to_t(sde, torch.arange(50), dtype).clamp(max=sde.T)
+    for i in range(49, -1, -1):
+        out = f(x, times[i].expand(7))
+        pred = out if prediction == "eps" else -s.sqrt_one_minus_alphas_cumprod[i] * out
+        z = torch.randn(x.shape, generator=g, dtype=dtype) if i > 0 else None
+        x = ddpm_ancestral_step(x, i, pred, z, variance, schedule=s)
+    assert torch.equal(ours, x)

@@ -117,8 +117,13 @@ def test_bad_x0_and_dW(solver):
         solver(OU.drift, OU.diffusion, torch.zeros(4, dtype=torch.long), ts)
     with pytest.raises(ValueError, match=r"`dW` must have shape \(len\(ts\) - 1, \*x0.shape\) = \(10, 4\)"):
         solver(OU.drift, OU.diffusion, torch.zeros(4), ts, dW=torch.zeros(9, 4))
-    with pytest.raises(ValueError, match="`dW` contains NaN"):
+    with pytest.raises(ValueError, match=r"`dW` contains NaN or inf \(at step 0\)"):
         solver(OU.drift, OU.diffusion, torch.zeros(4), ts, dW=torch.full((10, 4), float("nan")))
+    for bad in (float("nan"), float("inf")):   # found after the loop (no check of all of dW before it), at its step
+        dW = torch.zeros(10, 4)
+        dW[7, 2] = bad
+        with pytest.raises(ValueError, match=r"`dW` contains NaN or inf \(at step 7\)"):
+            solver(OU.drift, OU.diffusion, torch.zeros(4), ts, dW=dW)
 
 
 def test_drift_with_wrong_shape():
