@@ -148,7 +148,45 @@ def report(res: dict) -> None:
     total = res.get("seconds") or sum(r["seconds"] for r in runs.values())
     lines += ["", f"Machine: {res.get('machine', '?')} (shared with other jobs); total {total:.0f} s.", "",
               "![](design_space.png)", ""]
-    MD.write_text("\n".join(lines))
+    lines += long_run_section(floor)
+    MD.write_text("\n".join(lines) + "\n")
+
+
+def long_run_section(sweep_floor: float) -> list:
+    "DESIGN.md's section on bench/design_long.py's run (the goal of issue 12 with more training), if it was made."
+    f = HERE / "design_long.json"
+    if not f.exists():
+        return []
+    r = json.loads(f.read_text())
+    s, fl = r["settings"], r["floor"]
+    lines = ["", "## The goal with more training (`bench/design_long.py`)", "",
+             f"One run of the `{r['design']}` design (target {r['prediction']}, noise {r['noise']}, weighting "
+             f"{r['weighting']}) at chapter 12's network size (channels {tuple(s['channels'])}, {r['n_params']:,} "
+             f"parameters), {s['steps']} steps with the learning rate decaying over all of them, otherwise the settings "
+             f"above; judged along the way as above (one sample seed). Floor at n = {s['n_samples']}: "
+             f"{fl['mean']:.3f} ± {fl['std']:.3f} (this run's classifier).", "",
+             "| step | FD (sample seed 1) | × floor | coverage | confidence | train s |", "|---|---|---|---|---|---|"]
+    for p in r["curve"]:
+        lines.append(f"| {p['step']} | {p['fd']:.3f} | {p['fd'] / fl['mean']:.2f} | {p['coverage']:.2f} | "
+                     f"{p['mean_confidence']:.3f} | {p['train_seconds']:.0f} |")
+    ev = r.get("evaluation")
+    if ev:
+        efl = ev["floor"]["mean"]
+        lines += ["", f"Re-judged from the saved weights with {len(ev['sample_seeds'])} sample seeds (mean ± standard "
+                  "error over seeds) and with 20 and 50 sampler steps:", "",
+                  "| step | FD, 20 steps | × floor | FD, 50 steps | × floor |", "|---|---|---|---|---|"]
+        for c in ev["checkpoints"]:
+            a, b = c["fd_20"], c["fd_50"]
+            lines.append(f"| {c['step']} | {a['mean']:.3f} ± {a['se']:.3f} | {a['mean'] / efl:.2f} | "
+                         f"{b['mean']:.3f} ± {b['se']:.3f} | {b['mean'] / efl:.2f} |")
+        best = min(ev["checkpoints"], key=lambda c: min(c["fd_20"]["mean"], c["fd_50"]["mean"]))
+        m = min(best["fd_20"]["mean"], best["fd_50"]["mean"])
+        lines += ["", f"Best: step {best['step']}, FD {m:.3f} = {m / efl:.2f} × the floor (the lower of the two sampler "
+                  "settings): the goal (≤ 2 × floor) is "
+                  + ("**met**." if m <= 2 * efl else "**not met**.")]
+    if "seconds" in r:
+        lines += ["", f"Run time {r['seconds']:.0f} s ({r['machine']}; shared with other jobs)."]
+    return lines
 
 
 def main():

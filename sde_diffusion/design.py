@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +19,11 @@ from .core import (batch_broadcast, check_batch, check_eps, document_arguments, 
 from .training import EMA
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'NOISE_DISTRIBUTIONS', 'WEIGHTINGS', 'DESIGNS', 'convert_prediction', 'prediction_target',
-           'implied_weight', 'min_snr_weight', 'edm_coefficients', 'edm_sigma', 'time_from_sigma',
-           'sample_training_times', 'PredictionModel', 'EDMPrecond', 'prediction_loss', 'train_design']
+__all__ = ['PREDICTIONS', 'NOISE_DISTRIBUTIONS', 'WEIGHTINGS', 'DESIGNS', 'WINNER', 'DESIGN_FORMAT', 'DESIGN_VERSION',
+           'convert_prediction', 'prediction_target', 'implied_weight', 'min_snr_weight', 'edm_coefficients',
+           'edm_sigma', 'time_from_sigma', 'sample_training_times', 'PredictionModel', 'EDMPrecond', 'prediction_loss',
+           'train_design', 'design_model', 'train_digits_design', 'pretrained_design_path', 'save_pretrained_design',
+           'PretrainedDesign', 'load_pretrained_design']
 
 # %% ../nbs/16_design.ipynb #239c5e24
 PREDICTIONS = ("eps", "x0", "v", "score")
@@ -412,5 +415,99 @@ def train_design(
         if callback is not None and step + 1 in checkpoints:
             callback(step + 1, ema)
     return ema, losses
+
+# %% ../nbs/16_design.ipynb #c3e8a921
+WINNER = {   # the shipped run (bench/design_long.py): the sweep's best design at chapter 12's network size, 4x its steps
+    "design": "edm", "channels": [32, 64], "fourier_scale": 4.0, "num_classes": 10, "steps": 6000, "batch_size": 128,
+    "lr": 2e-3, "lr_warmup": 100, "ema_decay": 0.999, "label_dropout": 0.1, "seed": 0}
+DESIGN_FORMAT, DESIGN_VERSION = "sde_diffusion.pretrained.design", 1
+
+
+def design_model(
+    settings: dict = WINNER,     # a design (`DESIGNS` key), the U-Net's channels, fourier_scale, num_classes, seed
+    sigma_data: float = 0.5,     # $\sigma_{data}$ of the data (the digits: their root mean square entry)
+) -> PredictionModel:            # the untrained model: a class-conditional `UNet` wrapped for the design on the VP SDE
+    "The model of a digits design: chapter 12's U-Net (`models.UNet`) as the network $F_\\theta$ of a `PredictionModel`."
+    from sde_diffusion.models import UNet
+    from sde_diffusion.sde import VPSDE
+    if settings.get("design") not in DESIGNS:
+        raise ValueError(f"`settings['design']` must be one of {tuple(DESIGNS)}, got {settings.get('design')!r}")
+    net = UNet(channels=tuple(settings["channels"]), num_classes=settings["num_classes"],
+               fourier_scale=settings["fourier_scale"], seed=settings["seed"])
+    return PredictionModel(net, VPSDE(), DESIGNS[settings["design"]][0], sigma_data)
+
+
+def train_digits_design(
+    settings: dict = WINNER,     # as `WINNER`: the design, the network and the training run
+    *,
+    stop_at: int | None = None,  # stop after this many steps (the learning-rate schedule stays that of `steps`)
+    callback: Callable | None = None,   # callback(step, averaged) at every step in `checkpoints`: the EMA's averaged model
+    checkpoints=(),              # steps at which to call `callback`
+) -> tuple[PredictionModel, EMA, list]:   # the model (last weights), the EMA of its weights, the loss of every step
+    "Train a digits design from scratch on the 1,438 training digits with `train_design`: how the shipped weights were made."
+    from sde_diffusion.data import load_digits
+    x, y = load_digits("train")
+    model = design_model(settings, x.square().mean().sqrt().item())   # sigma_data: the root mean square entry
+    _, noise, weighting = DESIGNS[settings["design"]]
+    ema, losses = train_design(model, x, y, steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
+                               lr_warmup=settings["lr_warmup"], ema_decay=settings["ema_decay"],
+                               label_dropout=settings["label_dropout"], noise=noise, weighting=weighting,
+                               seed=settings["seed"], stop_at=stop_at, checkpoints=checkpoints,
+                               callback=None if callback is None else lambda step, ema: callback(step, ema.averaged_model(model)))
+    return model, ema, losses
+
+
+def pretrained_design_path(
+    design: str = "edm",         # the design whose weights are shipped
+) -> Path:
+    "Where the package keeps a digits design's shipped weights: `sde_diffusion/pretrained/digits-design-<design>.pt`."
+    import importlib.resources
+    return Path(str(importlib.resources.files("sde_diffusion"))) / "pretrained" / f"digits-design-{design}.pt"
+
+
+def save_pretrained_design(
+    averaged: PredictionModel,   # the EMA's averaged model at the end of the run (`ema.averaged_model(model)`)
+    settings: dict,              # the run's settings (`WINNER`)
+    first_losses: list,          # the per-step losses of the run's first steps (the reproduction test retrains them)
+    mean_losses: list,           # the mean loss of every 100 steps of the whole run (the training curve)
+    path,                        # the file to write, e.g. `pretrained_design_path()`
+    seconds: float | None = None,   # the run's wall time
+) -> Path:                       # `path`
+    "Ship a digits design run: averaged weights, settings, sigma_data, losses and the training digits' fingerprint (~3 MB)."
+    from sde_diffusion.data import data_fingerprint, load_digits
+    import sde_diffusion
+    blob = {"format": DESIGN_FORMAT, "version": DESIGN_VERSION, "settings": dict(settings),
+            "sigma_data": averaged.sigma_data, "weights": averaged.state_dict(),
+            "first_losses": [float(v) for v in first_losses], "mean_losses": [float(v) for v in mean_losses],
+            "data_fingerprint": data_fingerprint(load_digits("train")), "seconds": seconds,
+            "made_with": {"torch": str(torch.__version__), "sde_diffusion": sde_diffusion.__version__}}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return Path(path)
+
+
+class PretrainedDesign(NamedTuple):
+    "A shipped digits design: the model (evaluation mode, no gradients) and what the file records."
+    model: PredictionModel
+    settings: dict
+    first_losses: list
+    mean_losses: list
+    seconds: float | None
+
+
+def load_pretrained_design(
+    path=None,                   # a file written by `save_pretrained_design` (default: `pretrained_design_path()`)
+    device=None,                 # where to put the model (default: the CPU)
+) -> PretrainedDesign:
+    "The shipped digits design (default: EDM's preconditioning with its log-normal noise levels, `WINNER`)."
+    path = pretrained_design_path() if path is None else Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != DESIGN_FORMAT or blob.get("version") != DESIGN_VERSION:
+        raise ValueError(f"{str(path)!r} is not a digits design file of this package (format {DESIGN_FORMAT!r}, "
+                         f"version {DESIGN_VERSION})")
+    model = design_model(blob["settings"], blob["sigma_data"])
+    model.load_state_dict(blob["weights"])
+    model = model.to(device).eval().requires_grad_(False)
+    return PretrainedDesign(model, blob["settings"], blob["first_losses"], blob["mean_losses"], blob["seconds"])
 
 document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)

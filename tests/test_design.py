@@ -501,3 +501,68 @@ def test_train_design_calls_back_at_the_checkpoints():
     train_design(PredictionModel(Recorder(), VP, "eps"), x, steps=6, batch_size=4, checkpoints=(1, 3, 6),
                  callback=lambda k, ema: calls.append((k, ema.num_updates)))
     assert calls == [(1, 1), (3, 3), (6, 6)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shipped digits design (chapter 16, "A longer run of the winner"; made by bench/design_long.py)
+
+def _shipped_design():
+    from sde_diffusion.design import pretrained_design_path
+    path = pretrained_design_path()
+    assert path.exists(), f"the package must ship the weights of design.WINNER at {path}"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_the_shipped_design_is_winner_on_the_training_digits():
+    "The file records WINNER's settings, the training digits' fingerprint and their sigma_data; it loads as documented."
+    from sde_diffusion.data import data_fingerprint, load_digits
+    from sde_diffusion.design import WINNER, load_pretrained_design
+    blob = _shipped_design()
+    x, y = load_digits("train")
+    assert blob["settings"] == WINNER
+    assert blob["data_fingerprint"] == data_fingerprint((x, y))
+    assert blob["sigma_data"] == x.square().mean().sqrt().item()   # the same float computation as train_digits_design
+    shipped = load_pretrained_design()
+    assert shipped.settings == WINNER and shipped.first_losses == blob["first_losses"]
+    m = shipped.model
+    assert isinstance(m, PredictionModel) and m.prediction == "edm" and not m.training
+    assert not any(p.requires_grad for p in m.parameters())
+    for name, value in m.state_dict().items():
+        assert torch.equal(value, blob["weights"][name]), name
+    x8 = x[:4]
+    with torch.no_grad():
+        s = m(x8, torch.full((4,), 0.3), torch.tensor([0, 3, 10, 7]))   # 10: the 'no class' label
+    assert s.shape == x8.shape and torch.isfinite(s).all()
+    # the run's loss fell: the mean of its last 100 steps below its first 100 steps' mean
+    assert blob["mean_losses"][-1] < blob["mean_losses"][0] and len(blob["mean_losses"]) == WINNER["steps"] // 100
+
+
+def test_load_pretrained_design_refuses_other_files(tmp_path):
+    from sde_diffusion.design import load_pretrained_design
+    bad = tmp_path / "x.pt"
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(ValueError, match="is not a digits design file"):
+        load_pretrained_design(bad)
+    with pytest.raises(ValueError, match=r"`settings\['design'\]` must be one of"):
+        from sde_diffusion.design import WINNER, design_model
+        design_model(dict(WINNER, design="nope"))
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_shipped_design_losses():
+    """The first K steps of `train_digits_design(WINNER)` give the shipped per-step losses.
+
+    Same seed, same batches, labels, times and noise: the losses agree up to float32 rounding (on the machine that made
+    them, exactly). As for chapter 12's shipped U-Net (tests/test_images.py), the tolerance 1e-4 relative leaves room
+    for other CPU kernels over K = 20 steps and is two orders of magnitude below the step-to-step spread of the loss
+    (checked below), so another seed, other data or other code cannot pass."""
+    import numpy as np
+    from sde_diffusion.design import WINNER, train_digits_design
+    K = 20
+    blob = _shipped_design()
+    torch.manual_seed(123)   # the run must not depend on the global generator
+    _, _, losses = train_digits_design(WINNER, stop_at=K)
+    ref = np.array(blob["first_losses"][:K])
+    np.testing.assert_allclose(np.array(losses), ref, rtol=1e-4)
+    spread = np.abs(np.diff(ref)) / ref[1:]
+    assert np.median(spread) > 100 * 1e-4

@@ -130,7 +130,8 @@ def typed_numbers(nb: dict) -> list[tuple[int, str, str]]:
 
 
 def glued_names(nb: dict) -> tuple[set, set]:
-    "Names the prose uses with {glue:text}, and names that code cells pass to glue(...)."
+    """Names the prose uses with {glue:text}, and names that code cells pass to glue(...): literal names, and f-string
+    templates such as glue(f"g17_{tag}_kept", ...), recorded as regular expressions (a field matches a name's part)."""
     used, recorded = set(), set()
     for cell in nb["cells"]:
         src = "".join(cell["source"])
@@ -138,7 +139,17 @@ def glued_names(nb: dict) -> tuple[set, set]:
             used |= set(GLUE.findall(re.sub(r"``.*?``", " ", src)))   # not a role shown as code
         else:
             recorded |= set(re.findall(r"""\bglue\(\s*f?["']([A-Za-z_][A-Za-z0-9_]*)["']""", src))
+            for template in re.findall(r"""\bglue\(\s*f["']([A-Za-z0-9_{}\[\]"'.]*\{[^"']*)["']""", src):
+                parts = re.split(r"\{[^{}]*\}", template)
+                recorded.add(re.compile("[A-Za-z0-9_]+".join(re.escape(q) for q in parts)))
     return used, recorded
+
+
+def unrecorded(used: set, recorded: set) -> list:
+    "The used names that neither a literal nor a template of `recorded` accounts for."
+    literal = {r for r in recorded if isinstance(r, str)}
+    templates = [r for r in recorded if not isinstance(r, str)]
+    return sorted(n for n in used if n not in literal and not any(t.fullmatch(n) for t in templates))
 
 
 def test_the_prose_scanner_finds_what_it_should():
@@ -186,4 +197,14 @@ def test_every_quoted_number_has_a_source(path):
 def test_every_glued_name_is_recorded_by_a_cell(path):
     "The build fails on a missing glue name too, but only after executing; this finds it in a second."
     used, recorded = glued_names(json.loads(path.read_text(encoding="utf-8")))
-    assert used <= recorded, f"{path.name}: the prose uses glue names that no code cell records: {sorted(used - recorded)}"
+    missing = unrecorded(used, recorded)
+    assert not missing, f"{path.name}: the prose uses glue names that no code cell records: {missing}"
+
+
+def test_glue_templates_match_only_their_names():
+    code = 'for t in "ab":\n    glue(f"g9_{t}_kept", 1)\n    glue(f"g9_{tags[m]}_fd_{k}", 2)\nglue("g9_n", 3)\n'
+    used, recorded = glued_names({"cells": [{"cell_type": "code", "source": [code]},
+                                            {"cell_type": "markdown", "source": ["{glue:text}`g9_a_kept:.2f` {glue:text}`g9_n`"]}]})
+    assert used == {"g9_a_kept", "g9_n"}
+    assert unrecorded({"g9_a_kept", "g9_rp_fd_3", "g9_n"}, recorded) == []
+    assert unrecorded({"g9_a_kept_se", "g9__kept", "g9_a_fd", "g9_m"}, recorded) == ["g9__kept", "g9_a_fd", "g9_a_kept_se", "g9_m"]
