@@ -156,9 +156,14 @@ def _linear_sde(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
 
 def _affine_step(c: dict, score: Callable, x: Tensor, t: Tensor, generator, stochastic: bool) -> tuple[Tensor, Tensor]:
     "The step shared by four predictors: mean $= c_x x + c_s s(x, t)$, plus $c_z z$ when stochastic."
+    # Sums accumulate in place into the step's own new tensors (IEEE addition commutes: c_s s + c_x x is c_x x + c_s s
+    # bit for bit), which saves an allocation per sum; the score's output is never written to.
     cx = c["cx"]   # a Python number in `sample`'s loop: exactly 1 for VE, where 1 * x = x needs no pass over x
-    mean = (x if type(cx) is float and cx == 1.0 else cx * x) + c["cs"] * score(x, t)
-    return (mean + c["cz"] * randn_like(x, generator), mean) if stochastic else (mean, mean)
+    mean = c["cs"] * score(x, t)
+    mean += x if type(cx) is float and cx == 1.0 else cx * x
+    if not stochastic:
+        return mean, mean
+    return randn_like(x, generator).mul_(c["cz"]).add_(mean), mean
 
 # %% ../nbs/09_sampling.ipynb #bfc3d2c2
 class _OdeSwitch(Predictor):
@@ -581,19 +586,22 @@ class Langevin(Corrector):
 
     def _norms(self, v: Tensor) -> Tensor:
         "Per-sample Euclidean norms of `v` (B, *D), shape (B,): $\\sqrt{v^2 \\mathbf{1}}$, a matrix-vector product."
-        v = v.reshape(v.shape[0], -1)
+        if v.ndim != 2:
+            v = v.reshape(v.shape[0], -1)
         ones = getattr(self, "_ones", None)   # cached: made once per feature size, dtype and device
         if ones is None or ones.shape[0] != v.shape[1] or ones.dtype != v.dtype or ones.device != v.device:
             ones = self._ones = torch.ones(v.shape[1], dtype=v.dtype, device=v.device)
-        return torch.mv(v * v, ones).sqrt()   # norm(dim=1) reduces along a short row: several times slower for few features
+        # norm(dim=1) reduces along a short row: several times slower for few features; the root in place (new tensor)
+        return torch.mv(v * v, ones).sqrt_()
 
     def apply(self, c, score, x, t, generator=None):
+        scale = (2 * self.snr) * c["kappa"] ** 0.5   # sqrt(2 delta) / r, with delta = 2 kappa (r snr)^2: once per call
         for _ in range(self.n_steps):
             grad, z = score(x, t), randn_like(x, generator)
             z_norm, grad_norm = self._norms(z), self._norms(grad)   # shape (B,), any rank
             # r = |z| / |s|: per sample, or the ratio of the batch means (written as the ratio of the sums: the same)
             ratio = batch_broadcast(z_norm / grad_norm, x) if self.per_sample else z_norm.sum() / grad_norm.sum()
-            root = (2 * self.snr) * c["kappa"] ** 0.5 * ratio   # sqrt(2 delta), with delta = 2 kappa (r snr)^2
+            root = scale * ratio                                        # sqrt(2 delta)
             mean = torch.addcmul(x, root.square(), grad, value=0.5)   # x + delta grad, one pass over x
             x = torch.addcmul(mean, root, z)                          # + sqrt(2 delta) z
         return x, mean
@@ -609,9 +617,10 @@ class AnnealedLangevin(Corrector):
     def apply(self, c, score, x, t, generator=None):
         delta = 2 * c["kappa"] * (self.snr * c["sigma"]) ** 2
         noise_scale = (2 * delta) ** 0.5
-        for _ in range(self.n_steps):
-            mean = x + delta * score(x, t)
-            x = mean + noise_scale * randn_like(x, generator)
+        for _ in range(self.n_steps):   # sums in place into new tensors, as in `_affine_step`: the same bits
+            mean = delta * score(x, t)
+            mean += x
+            x = randn_like(x, generator).mul_(noise_scale).add_(mean)
         return x, mean
 
 

@@ -478,3 +478,91 @@ def test_langevin_norms_by_matrix_vector_product():
         tol = (v[0].numel() / 2 + 2) * torch.finfo(dtype).eps
         torch.testing.assert_close(corr._norms(v), want, rtol=tol, atol=0)
         assert corr._ones.shape == (v[0].numel(),) and corr._ones.dtype == dtype
+
+
+def _reference_pc(sde, score_fn, x, pred, corr, steps, generator, denoise=True):
+    """`sample`'s loop as it was before the in-place sums (issue 10, item 5), written out with out-of-place tensor
+    operations: the same coefficient tables (as Python numbers) and the same draws in the same order. Langevin:
+    r = ||z|| / ||s|| (per sample, or the ratio of the batch sums), root = (2 snr) sqrt(kappa) r, mean = x + root^2 s / 2
+    and x = mean + root z by addcmul; annealed Langevin: x + delta s + sqrt(2 delta) z; the predictor c_x x + c_s s
+    (c_x x left out when c_x = 1) + c_z z; Tweedie's step at the end."""
+    from sde_diffusion.sampling import _rows
+    grid = sampling_times(sde, steps, 1e-3, "uniform", dtype=torch.float64)
+    with sde.unchecked():
+        rows = _rows(pred.coefficients(sde, grid[:-1], grid[1:]))
+        crows = None if corr is None else _rows(corr.coefficients(sde, grid[:-1]))
+        tb = grid.to(x.dtype).unsqueeze(1).expand(steps + 1, x.shape[0]).unbind(0)
+        pred.reset(steps)
+
+        def norms(v):
+            v = v.reshape(v.shape[0], -1)
+            return torch.mv(v * v, torch.ones(v.shape[1], dtype=v.dtype)).sqrt()
+        for k in range(steps):
+            t = tb[k]
+            if isinstance(corr, Langevin):
+                for _ in range(corr.n_steps):
+                    s, z = score_fn(x, t), torch.randn(x.shape, generator=generator, dtype=x.dtype)
+                    zn, sn = norms(z), norms(s)
+                    ratio = (zn / sn).reshape(-1, *[1] * (x.ndim - 1)) if corr.per_sample else zn.sum() / sn.sum()
+                    root = (2 * corr.snr) * crows[k]["kappa"] ** 0.5 * ratio
+                    x = torch.addcmul(torch.addcmul(x, root.square(), s, value=0.5), root, z)
+            elif isinstance(corr, AnnealedLangevin):
+                delta = 2 * crows[k]["kappa"] * (corr.snr * crows[k]["sigma"]) ** 2
+                for _ in range(corr.n_steps):
+                    mean = x + delta * score_fn(x, t)
+                    x = mean + (2 * delta) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            c = rows[k]
+            mean = (x if c["cx"] == 1.0 else c["cx"] * x) + c["cs"] * score_fn(x, t)
+            x = mean + c["cz"] * torch.randn(x.shape, generator=generator, dtype=x.dtype) if pred.stochastic else mean
+        return tweedie_denoise(sde, score_fn, x, tb[-1]) if denoise else x
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("pred,corr", [
+    ("reverse_diffusion", "langevin"), ("reverse_diffusion", Langevin(0.1, 2, per_sample=True)),
+    ("reverse_diffusion", AnnealedLangevin(0.05, 2)), ("euler_maruyama", None), ("ancestral", None),
+    (ReverseDiffusion(ode=True), Langevin(0.16)), (AncestralSampling("transition"), None)],
+    ids=["pc", "pc-per-sample-2", "pc-annealed-2", "em", "ancestral", "rd-ode+langevin", "ancestral-transition"])
+@pytest.mark.parametrize("shape,dtype", [((1001, 2), torch.float32), ((33, 1, 4, 4), torch.float32),
+                                         ((65, 3), torch.float64)], ids=["1001x2-f32", "images-f32", "65x3-f64"])
+def test_sample_loop_is_the_out_of_place_arithmetic_bit_for_bit(sde_name, pred, corr, shape, dtype):
+    """The in-place sums of the predictors and correctors (one allocation fewer per sum) and Langevin's in-place root
+    and once-per-call factor leave every sample bit for bit as the out-of-place loop above computes it: IEEE addition
+    and multiplication commute, and no product is fused with a sum. An odd batch (1001 x 2) also runs the scalar tails
+    of the vectorized kernels. float64 and image-shaped batches included."""
+    sde = SDES[sde_name]
+    ring = RING64 if dtype == torch.float64 else RING
+    if len(shape) == 2 and shape[1] == 2:
+        score_fn = ring.score_fn(sde)
+    else:   # any rank: a nonlinear, time-dependent stand-in whose value is all a step uses
+        score_fn = lambda x, t: -x / (1 + t.reshape(-1, *[1] * (x.ndim - 1)) ** 2) + 0.1 * torch.sin(3 * x)  # noqa: E731
+    make = lambda kind, table: table[kind]() if isinstance(kind, str) else kind  # noqa: E731
+    p, c = make(pred, PREDICTORS), None if corr is None else make(corr, CORRECTORS)
+    steps = 15
+    got = sample(sde, score_fn, shape, predictor=p, corrector=c, steps=steps, dtype=dtype,
+                 generator=torch.Generator().manual_seed(3)).samples
+    g = torch.Generator().manual_seed(3)
+    x_T = sde.prior_sampling(shape, generator=g, dtype=dtype)
+    want = _reference_pc(sde, score_fn, x_T, p, c, steps, g)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("corr", ["langevin", "annealed_langevin", None])
+def test_gradient_through_the_in_place_sums_is_the_out_of_place_one(corr):
+    """enable_grad=True through the stochastic loop (the sums accumulate in place into the step's new tensors): the
+    samples and d/dw of their mean, w a parameter of the score, equal the out-of-place loop's (float64; the same
+    backward operations, so equal to rounding: rtol 1e-12)."""
+    sde, steps = SDES["vp"], 8
+    w = torch.nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+    score_fn = lambda x, t: -w * x + 0.1 * torch.sin(x)  # noqa: E731
+    x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    c = None if corr is None else CORRECTORS[corr]()
+    got = sample(sde, score_fn, x_T=x_T, predictor="reverse_diffusion", corrector=c, steps=steps, enable_grad=True,
+                 generator=torch.Generator().manual_seed(5)).samples
+    want = _reference_pc(sde, score_fn, x_T, ReverseDiffusion(), c, steps, torch.Generator().manual_seed(5))
+    assert torch.equal(got.detach(), want.detach())
+    (g_got,) = torch.autograd.grad(got.mean(), w)
+    (g_want,) = torch.autograd.grad(want.mean(), w)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=0)
+    assert g_got.abs() > 1e-3
