@@ -86,14 +86,18 @@ class Problem:
         if score_kind == "exact":
             return cls(gm, vp, ve, gm.score_fn(vp), gm.score_fn(ve), n)
         # "null": the exact score of N(0, I) data, almost free: isolates the samplers' own overhead. Under VP, N(0, I)
-        # is stationary (score -x at every t); under VE, p_t = N(0, (1 + sigma(t)^2) I).
+        # is stationary (score -x at every t); under VE, p_t = N(0, (1 + sigma(t)^2) I). Every sampler here passes one
+        # time for the whole batch (t[0] = t[i]), so the VE score takes sigma from t[:1]: its cost no longer depends on
+        # how t is laid out. (It computed sigma for every sample: about 20 us per call more when t is an expanded, stride-0
+        # view, as every VE sampler here passes it, than on the contiguous t its cost was measured with, which
+        # inflated every VE sampler's null-score overhead by that much per score call.)
         lo, ratio = ve.sigma_min, ve.sigma_max / ve.sigma_min
 
         def null_vp(x, t):
             return -x
 
         def null_ve(x, t):
-            return -x / (1 + (lo * ratio ** t) ** 2)[:, None]
+            return -x / (1 + (lo * ratio ** t[:1]) ** 2)
         return cls(gm, vp, ve, null_vp, null_ve, n)
 
 
@@ -514,11 +518,36 @@ def bench_sampler(ctx: Ctx, s: Sampler, targets, rtols) -> list[Run]:
     return runs
 
 
+def null_score_time(P, sde="VP", calls=1000, repeats=21):
+    """CPU time of one call of P's (null) score at batch n, with t an expanded (stride-0) view as the samplers pass it:
+    `calls` calls in a loop, fastest of `repeats`."""
+    score = P.score_vp if sde == "VP" else P.score_ve
+    x = torch.randn(P.n, P.dim, generator=_gen(1))
+    t = torch.tensor(0.5).expand(P.n)
+
+    def run():
+        for _ in range(calls):
+            score(x, t)
+    run()
+    return min_cpu_time(run, repeats) / calls
+
+
+def min_cpu_time(fn, repeats):
+    "Fastest of `repeats` calls in CPU time (time.process_time: time the process was preempted does not count)."
+    best = math.inf
+    for _ in range(repeats):
+        a = time.process_time()
+        fn()
+        best = min(best, time.process_time() - a)
+    return best
+
+
 def null_overhead(samplers, plain: Sampler, n, target, repeats, seed, log=print):
-    """Solver overhead per step with an almost free score (the exact score of N(0, I) data): (wall - NFE t_null)/steps,
+    """Solver overhead per step with an almost free score (the exact score of N(0, I) data): (T - NFE t_null)/steps,
+    T the CPU time of a run (time.process_time: on a shared machine, time the process is preempted does not count),
     fastest of `repeats`, each sampler's runs interleaved with runs of the plain loop so that both see the same load."""
     P = Problem.make(n, "null")
-    t_null = {k: score_time(P, k, repeats=51) for k in ("VP", "VE")}
+    t_null = {k: null_score_time(P, k) for k in ("VP", "VE")}
     ps = plain.steps_for(target)
     plain.run(P, ps, seed)
     out = {}
@@ -529,17 +558,141 @@ def null_overhead(samplers, plain: Sampler, n, target, repeats, seed, log=print)
         s.run(P, steps, seed)
         ws, wp, nfe, nfe_p = math.inf, math.inf, 0, 0
         for _ in range(repeats):
-            a = time.perf_counter()
+            a = time.process_time()
             _, nfe_p, _ = plain.run(P, ps, seed)
-            b = time.perf_counter()
+            b = time.process_time()
             _, nfe, _ = s.run(P, steps, seed)
-            c = time.perf_counter()
+            c = time.process_time()
             wp, ws = min(wp, b - a), min(ws, c - b)
         per = (ws - nfe * t_null[s.sde]) / steps
         per_p = (wp - nfe_p * t_null["VP"]) / ps
         out[s.name] = dict(steps=steps, nfe=nfe, per_step=per, plain=per_p, ratio=per / per_p)
         log(f"  {s.name:30s} {per * 1e3:.4f} ms/step (plain alongside: {per_p * 1e3:.4f}) -> {per / per_p:.2f}x")
     return out, t_null
+
+
+PC_BREAKDOWN_PARTS = (   # (key, label): the arithmetic of one predictor-corrector step (reverse diffusion + Langevin)
+    ("noise", "noise draws: 2 × `randn(n, 2)` (the corrector's z, the predictor's z)"),
+    ("norms", "per-sample norms ‖s‖, ‖z‖ of the Langevin step-size rule: 2 × (square, product with a ones vector, root)"),
+    ("size", "its step size: 2 sums over the batch, their ratio, root = (2 r √κ)·ratio and root² (0-d tensors)"),
+    ("corr", "corrector update: 2 `addcmul` (x + root²/2 · s, then + root · z)"),
+    ("pred", "predictor update: c_x x + c_s s + c_z z (3 products, 2 sums)"),
+)
+
+
+def pc_breakdown(n, steps, repeats, seed, log=print):
+    """Where the CPU time of a predictor-corrector step goes (reverse diffusion + Langevin, VP, null score, n x 2,
+    float32): each part of its arithmetic timed alone in a loop of `steps` iterations on fixed tensors, next to three
+    whole loops of `steps` steps: the plain EM loop, a plain PC loop (`sample`'s arithmetic written out: the same
+    draws and operations, no checks, no NaN watch, no denoising step) and `sample(...)` itself; and `sample`'s NaN
+    watch (one kept sum per step, `core.NonFiniteWatch`) alone. CPU time, fastest of `repeats`, all interleaved.
+    Per step, the score calls (timed the same way) subtracted. Returns {name: seconds per step}."""
+    from sde_diffusion.core import NonFiniteWatch
+    P = Problem.make(n, "null")
+    vp, score, D = P.vp, P.score_vp, P.dim
+    g = _gen(seed)
+    x, s, z = (torch.randn(n, D, generator=g) for _ in range(3))
+    ones, ratio = torch.ones(D), torch.tensor(0.7)
+    zn, sn = torch.mv(z * z, ones).sqrt(), torch.mv(s * s, ones).sqrt()
+    grid = sampling.sampling_times(vp, steps, EPS, "uniform", dtype=torch.float64)
+    with vp.unchecked():
+        rows = sampling._rows(sampling.ReverseDiffusion().coefficients(vp, grid[:-1], grid[1:]))
+        crows = sampling._rows(sampling.Langevin().coefficients(vp, grid[:-1]))
+    tb = grid.float().unsqueeze(1).expand(steps + 1, n).unbind(0)
+    snr = 0.16
+
+    def loop(body):
+        def run():
+            for k in range(steps):
+                body(k)
+        return run
+
+    def pred_update(k):
+        c = rows[k]
+        m = c["cs"] * s
+        m += c["cx"] * x
+        z.mul(c["cz"]).add_(m)
+
+    def watch_run():
+        watch = NonFiniteWatch()
+        for _ in range(steps):
+            watch(x)
+        watch.first()
+
+    def plain_pc():
+        gen = _gen(seed + 1)
+        y = torch.randn(n, D, generator=gen)
+        for k in range(steps):
+            tk = tb[k]
+            sk, zk = score(y, tk), torch.randn(n, D, generator=gen)
+            root = (2 * snr) * crows[k]["kappa"] ** 0.5 * (torch.mv(zk * zk, ones).sqrt_().sum()
+                                                         / torch.mv(sk * sk, ones).sqrt_().sum())
+            y = torch.addcmul(torch.addcmul(y, root.square(), sk, value=0.5), root, zk)
+            c = rows[k]
+            m = c["cs"] * score(y, tk)
+            m += c["cx"] * y
+            y = torch.randn(n, D, generator=gen).mul_(c["cz"]).add_(m)
+        return y
+
+    fns = {
+        "noise": loop(lambda k: (torch.randn(n, D, generator=g), torch.randn(n, D, generator=g))),
+        "norms": loop(lambda k: (torch.mv(z * z, ones).sqrt_(), torch.mv(s * s, ones).sqrt_())),
+        "size": loop(lambda k: ((2 * snr) * crows[k]["kappa"] ** 0.5 * (zn.sum() / sn.sum())).square()),
+        "corr": loop(lambda k: torch.addcmul(torch.addcmul(x, ratio, s, value=0.5), ratio, z)),
+        "pred": loop(pred_update),
+        "score": loop(lambda k: (score(x, tb[k]), score(x, tb[k]))),
+        "watch": watch_run,
+        "plain EM": lambda: plain_em(P, steps, seed),
+        "plain PC": plain_pc,
+        "ours": lambda: sampling.sample(vp, score, (n, D), predictor="reverse_diffusion", corrector="langevin", snr=snr,
+                                        corrector_steps=1, steps=steps, eps=EPS, spacing="uniform", denoise=True,
+                                        generator=_gen(seed + 1)),
+    }
+    for f in fns.values():
+        f()
+    best = {k: math.inf for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            a = time.process_time()
+            f()
+            best[k] = min(best[k], time.process_time() - a)
+    per = {k: v / steps for k, v in best.items()}
+    score1 = per["score"] / 2          # one null score call
+    per["plain EM"] -= score1
+    per["plain PC"] -= 2 * score1
+    per["ours"] -= (2 + 1 / steps) * score1   # + the final denoising step's call
+    per["score1"] = score1
+    log("  PC step by part (µs/step): " + ", ".join(f"{k} {v * 1e6:.1f}" for k, v in per.items()))
+    log(f"  arithmetic {sum(per[k] for k, _ in PC_BREAKDOWN_PARTS) / per['plain EM']:.2f}x the plain EM step; plain PC "
+        f"{per['plain PC'] / per['plain EM']:.2f}x; ours {per['ours'] / per['plain EM']:.2f}x "
+        f"({per['ours'] / per['plain PC']:.2f}x the plain PC loop)")
+    return per | {"n": n, "steps": steps, "repeats": repeats}
+
+
+def pc_breakdown_median(n, steps, repeats, processes, seed, log=print):
+    """`pc_breakdown` in `processes` fresh processes (one burst of load on the shared machine then moves one process's
+    numbers, not the result): the median of each number over them, and the range of `sample`'s ratio to the plain PC
+    loop."""
+    import json
+    import statistics
+    runs = []
+    for k in range(processes):
+        r = subprocess.run([sys.executable, __file__, "--pc-breakdown-child", f"{n},{steps},{repeats},{seed}"],
+                           capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        one = runs[-1]
+        log(f"  process {k + 1} of {processes}: plain PC {one['plain PC'] / one['plain EM']:.2f}x the plain EM step, "
+            f"ours {one['ours'] / one['plain EM']:.2f}x ({one['ours'] / one['plain PC']:.2f}x the plain PC loop)")
+    keys = [k for k in runs[0] if k not in ("n", "steps", "repeats")]
+    med = {k: statistics.median(r[k] for r in runs) for k in keys}
+    vs_plain = [r["ours"] / r["plain PC"] for r in runs]
+    return med | {"n": n, "steps": steps, "repeats": repeats, "processes": processes,
+                  "ours_vs_plain_pc": (min(vs_plain), max(vs_plain))}
+
+
+def pc_steps(target: int) -> int:
+    "Steps of our predictor-corrector sampler at an NFE budget (as in the timing table)."
+    return next(s for s in all_samplers() if s.name == "ours PC RD+Langevin").steps_for(target)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -634,6 +787,51 @@ def judge(runs, samplers, floors, targets):
             row[m] = (o, p, strict, in_floor)
         rows.append(row)
     return rows
+
+
+OVERHEAD_TARGET = {"ours PC RD+Langevin": 1.5, "ours VE PC RD+Langevin": 1.5}   # issue 10, item 5; others 1.2
+
+
+def write_pc_breakdown(w, pcb: dict, null_oh: dict):
+    "The predictor-corrector step part by part (`pc_breakdown`), as a table and the sentences that read it."
+    pe, ppc, ours, watch = pcb["plain EM"], pcb["plain PC"], pcb["ours"], pcb["watch"]
+    arith = sum(pcb[k] for k, _ in PC_BREAKDOWN_PARTS)
+    us = lambda v: f"{v * 1e6:.1f}"  # noqa: E731
+    w("#### The predictor–corrector step, part by part\n")
+    w(f"Reverse diffusion + one Langevin step (VP, null score, n = {pcb['n']} × 2, float32, {pcb['steps']} steps): each "
+      "part of the step's arithmetic timed alone in a loop on fixed tensors, next to whole loops of the same steps: "
+      "the plain EM loop above, a plain PC loop (`sample`'s arithmetic written out by hand: the same draws and "
+      "operations, no checks, no NaN watch, no denoising step) and `sample(...)` itself. CPU time, fastest of "
+      f"{pcb['repeats']}, all interleaved, in each of {pcb.get('processes', 1)} fresh processes; the table gives the "
+      f"median over the processes. The score calls ({us(pcb['score1'])} µs each, timed the same way) subtracted.\n")
+    w("| part of one PC step | µs/step | × the plain EM step |")
+    w("|---|---|---|")
+    for k, label in PC_BREAKDOWN_PARTS:
+        w(f"| {label} | {us(pcb[k])} | {pcb[k] / pe:.2f} |")
+    w(f"| **the arithmetic of any PC loop (sum of the above)** | **{us(arith)}** | **{arith / pe:.2f}** |")
+    w(f"| plain PC loop, measured: that arithmetic + a Python loop | {us(ppc)} | {ppc / pe:.2f} |")
+    w(f"| `sample(..., corrector=\"langevin\")`, measured | {us(ours)} | {ours / pe:.2f} |")
+    w(f"| – of which the NaN watch (one kept sum per step, `core.NonFiniteWatch`, timed alone) | {us(watch)} | "
+      f"{watch / pe:.2f} |")
+    w(f"| – of which the rest: score-output checks, method calls, the setup and the final denoising step | "
+      f"{us(ours - ppc - watch)} | {(ours - ppc - watch) / pe:.2f} |")
+    w(f"| plain EM loop, measured (one draw, 3 products, 2 sums, one score call) | {us(pe)} | 1.00 |")
+    w("")
+    no = null_oh.get("ours PC RD+Langevin")
+    target = OVERHEAD_TARGET["ours PC RD+Langevin"]
+    rng = pcb.get("ours_vs_plain_pc")
+    spread = f" ({rng[0]:.2f}–{rng[1]:.2f}× in the single processes)" if rng else ""
+    w(f"What remains: a PC step draws two noise vectors where the plain EM step draws one, and these draws alone take "
+      f"{pcb['noise'] / pe:.2f}× a whole plain EM step; with the per-sample norms ‖s‖ and ‖z‖ that the Langevin "
+      f"step-size rule needs (δ = 2κ(r‖z‖/‖s‖)², chapter 9's eq. `eq-langevin-snr`), the arithmetic is {arith / pe:.2f}× the "
+      "plain EM step before any Python runs, "
+      + (f"so no loop that computes this step can meet {target}×" if arith / pe > target else
+         f"within {target}×, so the Python around it decides")
+      + (f" (the list above: {no['ratio']:.2f}×)" if no else "") + f". `sample` is {ours / ppc:.2f}× the plain PC "
+      f"loop of the same arithmetic{spread}: {us(watch)} µs of NaN watch and {us(ours - ppc - watch)} µs of checks, calls, "
+      "setup and the final step per step. The VE predictor–corrector step is the same with one product fewer "
+      "(c_x = 1). Measured here again, interleaved with the parts, so a ratio can differ from the list above by the "
+      "machine's noise.\n")
 
 
 def write_report(out: Path, R: dict):
@@ -744,7 +942,9 @@ def write_report(out: Path, R: dict):
       "/ steps with t_score measured just before each sampler; '× plain' divides by the plain loop's at the same budget. "
       f"With t_score ≈ {R['t_score0'] * 1e3:.1f} ms and overheads of ~0.1–0.5 ms per step this is a small difference of "
       "large numbers, so the last column measures the overhead directly: the same sampler with an almost free score "
-      f"(the exact score of N(0, I) data; {R['t_null']['VP'] * 1e6:.0f} µs per call under VP, {R['t_null']['VE'] * 1e6:.0f} µs under VE), at the 1000-NFE budget, fastest of "
+      f"(the exact score of N(0, I) data; {R['t_null']['VP'] * 1e6:.0f} µs per call under VP, {R['t_null']['VE'] * 1e6:.0f} µs under VE, "
+      "CPU time of a call with t laid out as the samplers pass it), at the 1000-NFE budget, in CPU time "
+      "(`time.process_time`: time the process waits for a core on the shared machine does not count), fastest of "
       f"{args.null_repeats} runs, each interleaved with a run of the plain loop so that both see the same load.\n")
     cols = [T for T in (100, 1000) if T in targets]
     w("| sampler | " + " | ".join(f"wall ms @{T}" for T in targets) + " | "
@@ -774,24 +974,32 @@ def write_report(out: Path, R: dict):
 
     # ---- targets
     w("## Targets\n")
-    w("### (1) Per-step overhead ≤ 1.2× the plain loop\n")
+    w("### (1) Per-step overhead ≤ 1.2× the plain loop (predictor + corrector: ≤ 1.5×)\n")
     w("Judged on the null-score measurement (the real-score columns above are too noisy at this overhead/score ratio). "
-      "Samplers with 2 score calls per step are compared per step, as asked, so they carry 2 score-call overheads.\n")
+      "Samplers with 2 score calls per step are compared per step, as asked, so they carry 2 score-call overheads; "
+      "the issue's target for a predictor + corrector step (two score calls, two noise draws) is 1.5×.\n")
     met1 = []
     for nm in names:
         no = null_oh.get(nm)
         if no is None or fam[nm] != "ours":
             continue
         per = f" ({no['nfe'] / no['steps']:.2g} NFE/step)" if abs(no["nfe"] / no["steps"] - 1) > 0.01 else ""
-        ok = no["ratio"] <= 1.2
+        target = OVERHEAD_TARGET.get(nm, 1.2)
+        ok = no["ratio"] <= target
         met1.append(ok)
-        w(f"- {nm}{per}: {no['per_step'] * 1e3:.3f} ms/step vs plain {no['plain'] * 1e3:.3f} → **{no['ratio']:.2f}×**: "
-          f"{'met' if ok else 'NOT met'}")
+        w(f"- {nm}{per}: {no['per_step'] * 1e3:.3f} ms/step vs plain {no['plain'] * 1e3:.3f} → **{no['ratio']:.2f}×** "
+          f"(target {target}×): {'met' if ok else 'NOT met'}")
     w("")
     if met1:
         em = null_oh.get("ours EM")
         w(f"Verdict: {'met' if all(met1) else 'not met'} ({sum(met1)} of {len(met1)} of our fixed-step samplers within "
-          "1.2×)" + (f"; `sample(..., predictor=\"euler_maruyama\")`: {em['ratio']:.2f}×." if em else ".") + "\n")
+          "their targets)" + (f"; `sample(..., predictor=\"euler_maruyama\")`: {em['ratio']:.2f}×." if em else ".") + "\n")
+    pcb = R.get("pc_breakdown")
+    if pcb:
+        write_pc_breakdown(w, pcb, null_oh)
+    w("The package's loops outside `sample` (`ddpm_sample`, `smld.annealed_langevin`, `smld.smld_reverse_diffusion`, "
+      "`solvers.euler_maruyama`, `solvers.milstein`) are measured by `bench/bench_loops.py`: see "
+      "[LOOPS.md](LOOPS.md).\n")
     w("### (2) At every budget our best sampler at least as accurate as the best peer, on every metric\n")
     w("Rule: ours is 'at least as accurate' when our best value is not worse than the best peer value by more than 2 "
       "floor std of that metric (SW2, energy: smaller is better; dlogp: smaller |dlogp|), or when ours is itself within "
@@ -966,7 +1174,12 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=None, help="samples per run (default 10000; 2000 with --quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs at NFE <= 100 (the fastest counts)")
-    ap.add_argument("--null-repeats", type=int, default=5, help="timed runs of the null-score overhead measurement")
+    ap.add_argument("--null-repeats", type=int, default=9, help="timed runs of the null-score overhead measurement")
+    ap.add_argument("--breakdown-repeats", type=int, default=25, help="timed runs of each part of the "
+                    "predictor-corrector step and of the whole loops next to them, per process")
+    ap.add_argument("--breakdown-processes", type=int, default=3, help="fresh processes that measure the "
+                    "predictor-corrector step part by part (the report gives the median)")
+    ap.add_argument("--pc-breakdown-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bias-n", type=int, default=None, help="samples of the 1000-NFE bias check (default 40000; "
                     "0 with --quick: skipped)")
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only the samplers they match")
@@ -976,6 +1189,12 @@ def main(argv=None):
     ap.add_argument("--overhead-only", action="store_true", help="only the null-score per-step overhead of the "
                     "fixed-step samplers against the plain loop (a few minutes), printed; RESULTS.md is not written")
     args = ap.parse_args(argv)
+    if args.pc_breakdown_child:   # one process of pc_breakdown_median: its numbers as JSON on the last line
+        import json
+        n, steps, repeats, seed = (int(v) for v in args.pc_breakdown_child.split(","))
+        torch.set_num_threads(1)
+        print(json.dumps(pc_breakdown(n, steps, repeats, seed, log=lambda *a: None)))
+        return
     if args.report_from:
         import pickle
         R = pickle.loads(Path(args.report_from).read_bytes())
@@ -1009,6 +1228,10 @@ def main(argv=None):
         section(f"null-score overhead, n = {args.n}, {max(targets)}-NFE budget, fastest of {args.null_repeats}")
         null_overhead([s for s in samplers if s is not plain], plain, args.n, max(targets), args.null_repeats,
                       args.seed + 1000, log)
+        section("predictor-corrector step, part by part")
+        pcb = pc_breakdown_median(args.n, pc_steps(max(targets)), args.breakdown_repeats, args.breakdown_processes,
+                                  args.seed + 1000, log)
+        log("  median: " + ", ".join(f"{k} {v * 1e6:.1f} µs" for k, v in pcb.items() if isinstance(v, float)))
         log(f"load average before/after: {load_before} / {loadavg()}")
         return
 
@@ -1047,6 +1270,9 @@ def main(argv=None):
 
     section("null-score overhead")
     null_oh, t_null = null_overhead(samplers, plain, args.n, max(targets), args.null_repeats, args.seed + 1000, log)
+    section("predictor-corrector step, part by part")
+    pcb = pc_breakdown_median(args.n, pc_steps(max(targets)), args.breakdown_repeats, args.breakdown_processes,
+                              args.seed + 1000, log)
 
     dpm1000 = None
     if any(s.name == "diffusers DPM++(2M)" for s in samplers) and not args.quick:
@@ -1070,6 +1296,7 @@ def main(argv=None):
     light = [SimpleNamespace(name=s.name, family=s.family, sde=s.sde, paired=s.paired) for s in samplers]
     R = dict(args=args, runs=runs, samplers=light, floors=floors, targets=targets, rtols=rtols,
              info=machine_info(), elogp=elogp, null=null_oh, t_null=t_null, bias=bias, t_score0=t_score0,
+             pc_breakdown=pcb,
              load_before=load_before, load_after=loadavg(), total_s=total, map_dlogp=map_dlogp, dpm1000=dpm1000)
     if args.dump:
         import pickle
