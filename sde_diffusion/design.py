@@ -366,6 +366,7 @@ DESIGNS = {   # name -> (prediction, noise, weighting): the configurations of th
     "edm": ("edm", "lognormal", "none"),
     "eps-lognormal": ("eps", "lognormal", "none"),
     "edm-uniform": ("edm", "uniform", "none"),
+    "eps-minsnr": ("eps", "uniform", "min_snr"),
 }
 
 
