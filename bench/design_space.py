@@ -120,7 +120,7 @@ def report(res: dict) -> None:
     runs = res["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, names, title in ((axes[0], ["eps", "v", "x0", "edm"], "prediction target (noise as each recipe has it)"),
-                             (axes[1], ["eps", "eps-lognormal", "edm-uniform", "edm"], "training noise distribution")):
+                             (axes[1], ["eps", "eps-lognormal", "edm-uniform", "edm", "eps-minsnr"], "noise distribution and weighting")):
         for name in names:
             if name in runs:
                 c = runs[name]["curve"]
