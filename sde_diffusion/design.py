@@ -489,11 +489,11 @@ def save_pretrained_design(
 
 class PretrainedDesign(NamedTuple):
     "A shipped digits design: the model (evaluation mode, no gradients) and what the file records."
-    model: PredictionModel
-    settings: dict
-    first_losses: list
-    mean_losses: list
-    seconds: float | None
+    model: PredictionModel       # the averaged weights in their `design_model`, evaluation mode, no gradients
+    settings: dict               # the run's settings (`WINNER`)
+    first_losses: list           # the loss of each of the run's first steps (the reproduction test retrains them)
+    mean_losses: list            # the mean loss of every 100 steps of the whole run
+    seconds: float | None        # the run's wall time
 
 
 def load_pretrained_design(
