@@ -121,4 +121,4 @@ def _check_same_grid(h, W):
     if h.shape[0] != W.shape[0] or h.shape[0] < 2:
         raise ValueError(f"`h` and `W` must be sampled on the same grid of at least 2 times, got {h.shape[0]} and {W.shape[0]}")
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

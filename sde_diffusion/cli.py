@@ -389,4 +389,4 @@ def main(
         print(f"{prefix}: error: out of memory on the device; use a smaller --batch-size or --n", file=sys.stderr)
         return 1
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

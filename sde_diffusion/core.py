@@ -492,5 +492,5 @@ def document_arguments(
     return changed
 
 
-document_arguments(__name__)   # this module's own help(); every module's last exported cell ends with this line
+document_arguments(__name__);  # this module's own help(); every module's last exported cell ends with this line
 

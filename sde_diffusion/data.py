@@ -457,4 +457,4 @@ def load_mnist(
         raise FileNotFoundError(f"MNIST is not under {str(root)!r}; pass download=True to fetch it (needs internet)") from e
     return _mnist_tensors(ds.data, ds.targets, dtype, device)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

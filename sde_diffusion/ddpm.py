@@ -335,4 +335,4 @@ def ddpm_sample(
                           "check `model_fn`")   # the one host synchronisation, after the loop
     return torch.stack(path) if return_path else x
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

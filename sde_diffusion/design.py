@@ -511,4 +511,4 @@ def load_pretrained_design(
     model = model.to(device).eval().requires_grad_(False)
     return PretrainedDesign(model, blob["settings"], blob["first_losses"], blob["mean_losses"], blob["seconds"])
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

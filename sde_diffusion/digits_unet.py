@@ -140,4 +140,4 @@ def train_digits(
         ckpt_dir = default_cache_dir() / f"digits-{config_key(config)}"
     return train(config, (x, y), ckpt_dir=ckpt_dir, resume=True, device=device, progress=progress)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -258,4 +258,4 @@ def sample_metrics(
         out["dlogp"] = mean_logp_gap(samples, log_prob, reference)
     return out
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

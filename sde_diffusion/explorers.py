@@ -200,4 +200,4 @@ def frame_player(
         plt.close(fig)
     return FramePlayer(params, frames, initial, dict(labels or {}), time.perf_counter() - t0)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

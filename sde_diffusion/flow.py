@@ -310,4 +310,4 @@ def sample_interpolant_sde(
         raise NonFiniteError(f"the samples overflow `dtype` {out_dtype}; sample in float32")
     return out
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

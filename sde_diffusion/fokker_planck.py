@@ -249,4 +249,4 @@ def fokker_planck_1d(
         out.append(p)
     return torch.stack(out)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -316,4 +316,4 @@ def train_noisy_classifier(
         losses.append(optimizer_step(F.cross_entropy(model(xt, t), y[idx]), opt, scheduler=sched))
     return model.eval(), torch.stack(losses).tolist()   # one host synchronisation, after the loop
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -409,4 +409,4 @@ def sample_quality(
                    fd_z=(out["fd"] - floor.mean) / floor.std if floor.std > 0 else math.inf)
     return out
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

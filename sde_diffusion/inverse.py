@@ -703,4 +703,4 @@ def dps(
             x = tweedie_denoise(sde, score, x, ts[-1].expand(B))
     return SamplerOutput(_finite(x, "DPS"), score.nfe)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

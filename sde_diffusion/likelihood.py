@@ -294,4 +294,4 @@ def bits_per_dim(
     log2_a = math.log2((hi - lo) / n_bins)
     return -logp / (D * math.log(2)) - log2_a
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

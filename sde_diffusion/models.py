@@ -439,4 +439,4 @@ class NoisyClassifier(nn.Module):
                 h = F.avg_pool2d(h, 2)
         return self.head(h.mean((2, 3)))
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

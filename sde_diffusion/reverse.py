@@ -286,4 +286,4 @@ def probability_flow(
     out = out.to(out_dtype)
     return (out[-1] if ts is None else out), field.nfe
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

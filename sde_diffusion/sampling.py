@@ -839,4 +839,4 @@ def ode_sample(
         raise NonFiniteError(f"the probability-flow ODE ({method}) samples {what} after {score.nfe} score evaluations; check `score_fn`")
     return SamplerOutput(out, score.nfe)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

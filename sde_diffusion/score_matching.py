@@ -272,4 +272,4 @@ def ism_loss(
         per = _weighted(sde, weighting, t, per)
     return reduce_batch(per, reduce)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

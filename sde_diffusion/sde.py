@@ -462,4 +462,4 @@ class ReverseSDE:
         "$\\log p_T(z)$ of the forward SDE's prior, shape (B,)."
         return self.forward.prior_logp(z)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

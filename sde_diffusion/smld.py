@@ -188,4 +188,4 @@ def smld_reverse_diffusion(
                           "check `score_fn`")   # the one host synchronisation, after the loop
     return torch.stack(path) if return_path else x
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

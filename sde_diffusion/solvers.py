@@ -261,4 +261,4 @@ def convergence_order(
     return ConvergenceFit(order=coef[0].item(), order_se=boot.std().item(), log_C=coef[1].item(), dts=dts,
                           errors=err, errors_se=samples.std(1) / math.sqrt(samples.shape[1]))
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -491,4 +491,4 @@ def make_2d_dataset(
         raise ValueError(f"`name` must be one of {sorted(DATASETS_2D)}, got {name!r}")
     return DATASETS_2D[name](n, generator=generator, dtype=dtype, device=device, **kwargs)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -790,4 +790,4 @@ def load_trained(
     model = model.to(device if device is not None else "cpu").eval().requires_grad_(False)
     return Trained(model, model.sde, config, int(state["step"]))
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -264,4 +264,4 @@ def _continuous_nodes(sde: SDE, x: Tensor, eps: float, H: int, J: int, generator
     const = (0.5 * D * (math.log(2 * math.pi) + u_lo)).expand(B)        # D/2 log(2 pi / SNR(eps)) of eq. eq-var-celbo
     return _Nodes(t, alpha, sigma, weight, const, alpha_T, sigma_T)
 
-document_arguments(__name__)   # help(name) shows each argument's comment (sde_diffusion.core)
+document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)
