@@ -392,13 +392,14 @@ QUICK_NAMES = ("ours EM", "ours DPM-Solver-2M", "ours PF-ODE dopri5", "plain EM 
 # ----------------------------------------------------------------------------------------------------------------------
 # Measurement
 # ----------------------------------------------------------------------------------------------------------------------
-def min_time(fn, repeats):
-    "Fastest of `repeats` timed calls: the least disturbed by other processes on a shared machine."
+def min_time(fn, repeats, clock=time.perf_counter):
+    """Fastest of `repeats` timed calls: the least disturbed by other processes on a shared machine. `clock`:
+    wall time by default; `time.process_time` counts CPU time only (time the process was preempted does not count)."""
     best = math.inf
     for _ in range(repeats):
-        a = time.perf_counter()
+        a = clock()
         fn()
-        best = min(best, time.perf_counter() - a)
+        best = min(best, clock() - a)
     return best
 
 
@@ -533,13 +534,8 @@ def null_score_time(P, sde="VP", calls=1000, repeats=21):
 
 
 def min_cpu_time(fn, repeats):
-    "Fastest of `repeats` calls in CPU time (time.process_time: time the process was preempted does not count)."
-    best = math.inf
-    for _ in range(repeats):
-        a = time.process_time()
-        fn()
-        best = min(best, time.process_time() - a)
-    return best
+    "Fastest of `repeats` calls in CPU time (`min_time` with `time.process_time`)."
+    return min_time(fn, repeats, clock=time.process_time)
 
 
 def null_overhead(samplers, plain: Sampler, n, target, repeats, seed, log=print):
