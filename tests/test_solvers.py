@@ -129,6 +129,9 @@ def test_bad_x0_and_dW(solver):
 def test_drift_with_wrong_shape():
     with pytest.raises(ValueError, match="`drift`/`diffusion` produced a state of shape"):
         euler_maruyama(lambda x, t: torch.zeros(3, *x.shape), OU.diffusion, torch.zeros(4), time_grid(0.0, 1.0, 5))
+    # a single step: the check is made after the first step, not only on later ones (mutation testing found this open)
+    with pytest.raises(ValueError, match="`drift`/`diffusion` produced a state of shape"):
+        euler_maruyama(lambda x, t: torch.zeros(3, *x.shape), OU.diffusion, torch.zeros(4), time_grid(0.0, 1.0, 1))
 
 
 def test_divergence_names_the_step():
