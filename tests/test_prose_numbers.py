@@ -208,3 +208,37 @@ def test_glue_templates_match_only_their_names():
     assert used == {"g9_a_kept", "g9_n"}
     assert unrecorded({"g9_a_kept", "g9_rp_fd_3", "g9_n"}, recorded) == []
     assert unrecorded({"g9_a_kept_se", "g9__kept", "g9_a_fd", "g9_m"}, recorded) == ["g9__kept", "g9_a_fd", "g9_a_kept_se", "g9_m"]
+
+
+def shown_glue_cells(nb: dict) -> list[int]:
+    """Code cells whose last statement is a bare expression calling `glue`: Jupyter shows its value under the cell
+    (`glue` returns the number), a stray '0.3438' in the book. Ending the line with ';' hides it."""
+    import ast
+    shown = []
+    for i, c in enumerate(nb["cells"]):
+        if c["cell_type"] != "code":
+            continue
+        src = "".join(c["source"])
+        try:
+            body = ast.parse(src).body
+        except SyntaxError:          # cell magics: not plain Python
+            continue
+        if not body or not isinstance(body[-1], ast.Expr):
+            continue
+        last = body[-1]
+        calls = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "glue" for n in ast.walk(last))
+        if calls and not src.split("\n")[last.end_lineno - 1][last.end_col_offset:].lstrip().startswith(";"):
+            shown.append(i)
+    return shown
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_shows_a_glued_value(path):
+    shown = shown_glue_cells(json.loads(path.read_text(encoding="utf-8")))
+    assert not shown, f"{path.name}: cells {shown} end with a bare glue(...) whose value the book shows: end it with ';'"
+
+
+def test_the_glue_display_check_finds_what_it_should():
+    cells = lambda *srcs: {"cells": [{"cell_type": "code", "source": [s]} for s in srcs]}
+    assert shown_glue_cells(cells('x = 1\nglue("a", x)', 'glue("a", 1), glue("b", 2)  # note', "%%time\nglue('a', 1)")) == [0, 1]
+    assert shown_glue_cells(cells('glue("a", 1);', 'glue("a", 1);  # note', 'y = glue("a", 1)', 'glue("a", 1)\nprint(2)')) == []
