@@ -357,7 +357,7 @@ def frechet_floor(
     reference: Tensor | None = None,  # the reference set, disjoint from `real`; None: draw both sets from `real`
     n: int | None = None,           # images drawn from `real` per repeat (default: min(N, M), or N // 2 without `reference`)
     n_ref: int | None = None,       # images of `reference` used (default: all M; without `reference`: `n`, disjoint)
-    repeats: int = 10,              # number of random draws
+    repeats: int = 200,             # number of random draws: the mean's standard error is std / sqrt(repeats)
     seed: int = 0,                  # seeds the draws
     return_values: bool = False,    # also return the `repeats` values, shape (repeats,)
     batch_size: int = 1000,         # images per forward pass of the classifier
