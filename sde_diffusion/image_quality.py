@@ -22,7 +22,7 @@ from .distances import NoiseFloor
 # %% auto #0
 __all__ = ['DigitClassifier', 'random_shift', 'ClassifierReport', 'confusion_matrix', 'train_digit_classifier',
            'frechet_distance_gaussians', 'gaussian_fit', 'frechet_distance', 'classifier_features', 'classifier_scores',
-           'frechet_floor_gaussian', 'frechet_floor', 'sample_quality']
+           'frechet_floor_gaussian', 'frechet_floor', 'sample_quality', 'memorization_test']
 
 # %% ../nbs/A5_quality.ipynb #2e4b8aac
 def _block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
@@ -408,5 +408,56 @@ def sample_quality(
         out.update(fd_floor=floor.mean, fd_floor_std=floor.std,
                    fd_z=(out["fd"] - floor.mean) / floor.std if floor.std > 0 else math.inf)
     return out
+
+# %% ../nbs/A5_quality.ipynb #196859d9
+def memorization_test(
+    samples: Tensor,                # generated images, (n, ...): compared as flat vectors (pixels)
+    train: Tensor,                  # the generator's training images, (N, ...) with the trailing shape of `samples`
+    heldout: Tensor,                # real images it never saw, (M, ...), 2 <= M and 2M < N
+    repeats: int = 20,              # random subsets $A$ of `train` with M images each
+    n_control: int | None = None,   # training images kept out of every $A$ as the real control (default min(n, N - 2M))
+    seed: int = 0,                  # seeds the control and the subsets
+) -> dict:                          # share, share_se, control, control_se, z, copy_share, n, n_control, repeats
+    """Are the samples nearer the training images than unseen ones? The share of samples nearer to a random M-subset of
+    `train` than to `heldout` (eq. `eq-quality-memorization`), against real training images kept out of the subsets."""
+    for name, v in (("samples", samples), ("train", train), ("heldout", heldout)):
+        if not isinstance(v, Tensor) or not v.is_floating_point() or v.ndim < 2:
+            raise TypeError(f"`{name}` must be a floating-point tensor of shape (count, ...), got "
+                            f"{v.dtype if isinstance(v, Tensor) else type(v).__name__}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"`{name}` contains NaN or inf")
+    if train.shape[1:] != samples.shape[1:] or heldout.shape[1:] != samples.shape[1:]:
+        raise ValueError(f"`train` {tuple(train.shape)} and `heldout` {tuple(heldout.shape)} must have the trailing shape "
+                         f"of `samples` {tuple(samples.shape)}")
+    if train.device != samples.device or heldout.device != samples.device:
+        raise ValueError(f"`train` ({train.device}) and `heldout` ({heldout.device}) must be on the device of `samples` "
+                         f"({samples.device})")
+    n, N, M = len(samples), len(train), len(heldout)
+    if n < 2:
+        raise ValueError(f"`samples` must hold at least 2 images, got {n}")
+    if M < 2 or 2 * M >= N:
+        raise ValueError(f"`heldout` must hold 2 <= M < N / 2 images (M = {M}, N = {N}): the subsets and the control "
+                         "come out of `train`")
+    repeats = check_int("repeats", repeats, 1)
+    n_control = _subset_size("n_control", n_control, min(n, N - 2 * M), N - 2 * M)
+    seed = check_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(N, generator=g).to(train.device)
+    control, pool = train[perm[:n_control]], perm[n_control:]
+    flat = lambda x: x.reshape(len(x), -1).to(torch.float64)
+    xs, xc, tr = flat(samples), flat(control), flat(train)
+    d_heldout = [torch.cdist(x, flat(heldout)).min(1).values for x in (xs, xc)]
+    hits = [torch.zeros(len(x), dtype=torch.float64, device=x.device) for x in (xs, xc)]
+    for _ in range(repeats):
+        subset = tr[pool[torch.randperm(len(pool), generator=g)[:M].to(pool.device)]]
+        for h, x, d_t in zip(hits, (xs, xc), d_heldout):
+            h += (torch.cdist(x, subset).min(1).values < d_t).to(torch.float64)
+    (s, s_se), (c, c_se) = ((h.mean() / repeats, h.std() / repeats / math.sqrt(len(h))) for h in hits)
+    s, s_se, c, c_se = (v.item() for v in (s, s_se, c, c_se))
+    se = math.hypot(s_se, c_se)
+    return {"share": s, "share_se": s_se, "control": c, "control_se": c_se,
+            "z": (s - c) / se if se > 0 else (0.0 if s == c else math.copysign(math.inf, s - c)),
+            "copy_share": M / N + (1 - M / N) * c,            # eq. (copy): every sample a random training image
+            "n": n, "n_control": n_control, "repeats": repeats}
 
 document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)

@@ -9,7 +9,7 @@ from sde_diffusion.data import load_digits
 from sde_diffusion.distances import NoiseFloor
 from sde_diffusion.image_quality import (ClassifierReport, DigitClassifier, classifier_features, classifier_scores,
                                    confusion_matrix, frechet_distance, frechet_distance_gaussians, frechet_floor,
-                                   frechet_floor_gaussian, gaussian_fit, random_shift, sample_quality,
+                                   frechet_floor_gaussian, gaussian_fit, memorization_test, random_shift, sample_quality,
                                    train_digit_classifier)
 
 
@@ -260,6 +260,24 @@ def test_real_vs_real_floor_is_seeded_falls_with_n_and_brackets_clean_data(train
     assert pixels.mean > 0
 
 
+def test_memorization_test_null_and_verbatim_copies(digits):
+    (x_train, _), (x_test, _) = digits
+    # eq. (memorization) of A5_quality: real digits that no set contains are as near to a random training subset A as
+    # the control (real training digits kept out of every A): the difference within 4 of its standard errors
+    half = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(3))
+    fresh = memorization_test(x_test[half[:180]], x_train, x_test[half[180:]], repeats=10, seed=1)
+    assert abs(fresh["z"]) < 4 and 0 < fresh["share_se"] < 0.05
+    # verbatim training digits: eq. (copy), s = M/N + (1 - M/N) s_control, within 4 se of both estimates
+    copies = x_train[torch.randint(len(x_train), (400,), generator=torch.Generator().manual_seed(4))]
+    r = memorization_test(copies, x_train, x_test, repeats=10, seed=2)
+    m_over_n = len(x_test) / len(x_train)
+    assert r["copy_share"] == m_over_n + (1 - m_over_n) * r["control"]
+    assert abs(r["share"] - r["copy_share"]) < 4 * math.hypot(r["share_se"], (1 - m_over_n) * r["control_se"])
+    assert r["z"] > 4                   # measured 5.4 at n = 500 in A5_quality; the share's mean lift is M/N (1 - s_c)
+    assert memorization_test(copies, x_train, x_test, repeats=10, seed=2) == r          # seeded
+    assert r["n"] == 400 and r["n_control"] == 400 and r["repeats"] == 10
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 
@@ -289,6 +307,12 @@ def test_real_vs_real_floor_is_seeded_falls_with_n_and_brackets_clean_data(train
     (lambda m, x: DigitClassifier(size=0), "size"),
     (lambda m, x: m(x.double()), "`x`"),
     (lambda m, x: random_shift(x, -1), "max_shift"),
+    (lambda m, x: memorization_test(x.long(), x, x[:5]), "samples"),
+    (lambda m, x: memorization_test(x, x, x[:10]), "heldout"),
+    (lambda m, x: memorization_test(x, x, x[:5, :, :4]), "trailing shape"),
+    (lambda m, x: memorization_test(x[:1], x, x[:5]), "samples"),
+    (lambda m, x: memorization_test(x, x * float("nan"), x[:5]), "train"),
+    (lambda m, x: memorization_test(x, x, x[:5], repeats=0), "repeats"),
 ])
 def test_bad_arguments_are_named(call, match):
     model = DigitClassifier(seed=0)
