@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .sde import SDE
-from .core import (batch_broadcast, check_batch, check_eps, document_arguments, positive_float,
+from .core import (batch_broadcast, check_batch, check_eps, check_generator, document_arguments, positive_float,
                                 positive_int)
 from .training import EMA
 
@@ -23,7 +23,7 @@ __all__ = ['PREDICTIONS', 'NOISE_DISTRIBUTIONS', 'WEIGHTINGS', 'DESIGNS', 'WINNE
            'convert_prediction', 'prediction_target', 'implied_weight', 'min_snr_weight', 'edm_coefficients',
            'edm_sigma', 'time_from_sigma', 'sample_training_times', 'PredictionModel', 'EDMPrecond', 'prediction_loss',
            'train_design', 'design_model', 'train_digits_design', 'pretrained_design_path', 'save_pretrained_design',
-           'PretrainedDesign', 'load_pretrained_design']
+           'PretrainedDesign', 'load_pretrained_design', 'denoising_errors']
 
 # %% ../nbs/16_design.ipynb #239c5e24
 PREDICTIONS = ("eps", "x0", "v", "score")
@@ -510,5 +510,42 @@ def load_pretrained_design(
     model.load_state_dict(blob["weights"])
     model = model.to(device).eval().requires_grad_(False)
     return PretrainedDesign(model, blob["settings"], blob["first_losses"], blob["mean_losses"], blob["seconds"])
+
+# %% ../nbs/16_design.ipynb #a6000880
+@torch.no_grad()
+def denoising_errors(
+    score_fn: Callable,          # $s_\theta(x, t)$: x (B, *D), t (B,) -> (B, *D)
+    sde: SDE,                    # the forward SDE of the score
+    x0: Tensor,                  # clean data, (B, *D), floating point
+    taus,                        # noise levels $\tau = \sigma/\alpha$ of the variance-exploding frame: a 1-D sequence, each > 0
+    *,
+    generator: torch.Generator | None = None,   # draws the noise (on x0's device)
+) -> Tensor:                     # $\lVert\hat x_0 - x_0\rVert^2$ per sample at each level, shape (L, B), float64
+    "Squared error of Tweedie's denoiser $\\hat x_0 = (x_t + \\sigma^2 s_\\theta)/\\alpha$ per sample and noise level: the integrand of eq. `eq-design-elbo-levels`."
+    if not callable(score_fn):
+        raise TypeError(f"`score_fn` must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
+    x0 = check_batch(x0, "x0", nonempty=True)
+    if not x0.is_floating_point():
+        raise TypeError(f"`x0` must be floating point, got {x0.dtype}")
+    taus = torch.as_tensor(taus, dtype=torch.float64)
+    if taus.ndim != 1 or len(taus) == 0 or not bool((taus > 0).all()) or not bool(torch.isfinite(taus).all()):
+        raise ValueError(f"`taus` must be a non-empty 1-D sequence of finite noise levels > 0, got {taus.tolist()}")
+    check_generator(generator, x0.device, "`x0` is on")
+    t = time_from_sigma(sde, taus)
+    reached = edm_sigma(sde, t)
+    if not bool(torch.allclose(reached, taus, rtol=1e-6)):
+        raise ValueError(f"`taus` must lie within the SDE's noise levels [{edm_sigma(sde, torch.tensor([1e-5], dtype=torch.float64)).item():.3g}, "
+                         f"{edm_sigma(sde, torch.tensor([sde.T], dtype=torch.float64)).item():.3g}], got {taus.min().item():.3g} to {taus.max().item():.3g}")
+    alpha, sigma = (c.to(x0.dtype).to(x0.device) for c in sde.marginal_coeffs(t))
+    t = t.to(x0.dtype).to(x0.device)
+    out = []
+    for a, s, ti in zip(alpha, sigma, t):
+        xt = a * x0 + s * torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        x0_hat = (xt + s * s * score_fn(xt, ti.expand(len(x0)))) / a
+        out.append((x0_hat - x0).double().square().flatten(1).sum(1))
+    return torch.stack(out)
+
 
 document_arguments(__name__);  # help(name) shows each argument's comment (sde_diffusion.core)
