@@ -278,6 +278,29 @@ def test_memorization_test_null_and_verbatim_copies(digits):
     assert r["n"] == 400 and r["n_control"] == 400 and r["repeats"] == 10
 
 
+def test_memorization_test_edges_defaults_and_ties():
+    # ties count as "not nearer" (a strict comparison): samples equidistant from every training and held-out image
+    train, heldout = torch.ones(10, 4), -torch.ones(2, 4)
+    tie = memorization_test(torch.zeros(3, 4), train, heldout, repeats=2)
+    assert tie["share"] == 0.0 and tie["control"] == 1.0 and tie["share_se"] == tie["control_se"] == 0.0
+    assert tie["z"] == -math.inf                            # no spread at all: the sign of the difference, infinite
+    same = memorization_test(torch.ones(3, 4), train, heldout, repeats=2)
+    assert same["share"] == same["control"] == 1.0 and same["z"] == 0.0
+    # the smallest sets allowed, 2-D input, and the defaults (20 repeats, seed 0, control min(n, N - 2M))
+    g = torch.Generator().manual_seed(0)
+    x, tr, ho = torch.randn(2, 5, generator=g), torch.randn(9, 5, generator=g), torch.randn(2, 5, generator=g)
+    r = memorization_test(x, tr, ho)
+    assert r["repeats"] == 20 and r["n"] == 2 and r["n_control"] == 2
+    assert r == memorization_test(x, tr, ho, repeats=20, seed=0, n_control=2)
+    many = memorization_test(torch.randn(8, 5, generator=g), tr, ho)
+    assert many["n_control"] == 9 - 2 * 2                   # min(n, N - 2M) with n > N - 2M
+    assert memorization_test(torch.randn(8, 5, generator=g), tr, ho, n_control=5)["n_control"] == 5
+    with pytest.raises(ValueError, match="n_control"):
+        memorization_test(x, tr, ho, n_control=6)           # N - 2M = 5 training images are left for the control
+    with pytest.raises(TypeError, match="samples"):
+        memorization_test(torch.randn(5), tr, ho)           # (count, ...) needs at least 2 dimensions
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 
@@ -309,6 +332,7 @@ def test_memorization_test_null_and_verbatim_copies(digits):
     (lambda m, x: random_shift(x, -1), "max_shift"),
     (lambda m, x: memorization_test(x.long(), x, x[:5]), "samples"),
     (lambda m, x: memorization_test(x, x, x[:10]), "heldout"),
+    (lambda m, x: memorization_test(x, x, x[:1]), "heldout"),
     (lambda m, x: memorization_test(x, x, x[:5, :, :4]), "trailing shape"),
     (lambda m, x: memorization_test(x[:1], x, x[:5]), "samples"),
     (lambda m, x: memorization_test(x, x * float("nan"), x[:5]), "train"),
