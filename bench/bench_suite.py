@@ -16,7 +16,9 @@ each peer and writes `SUITE.md` and `suite.png` into `--out`.
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_suite.py           # full run into bench/ (~20 min of CPU; the
                                                                       # wall time grows with the machine's load)
 
-Our predictors are discovered from `sde_diffusion.sampling.PREDICTORS` at run time (new ones are picked up; an
+`--eps` moves the end time of ours, torchdiffeq rk4, the exact flow map and the eps limit together (default 1e-3;
+bench/SUITE_EPS.md compares 1e-3, 1e-4 and 1e-5). Our predictors are discovered from
+`sde_diffusion.sampling.PREDICTORS` at run time (new ones are picked up; an
 expected one that is missing is named in the report). Deterministic given `--seed` (wall times aside).
 """
 from __future__ import annotations
@@ -45,8 +47,42 @@ from sde_diffusion.toy import GaussianMixture, ring_of_gaussians  # noqa: E402
 
 ROOT = bs.ROOT
 EPS = bs.EPS               # last time of every continuous-time sampler (1e-3); ours and rk4 then take Tweedie's step
+DEFAULT_EPS = EPS          # `--eps` changes EPS here and in bench_samplers (ours, rk4, the exact map, the eps limit)
 N_PROJ = bs.N_PROJ         # directions of the sliced W2
 _gen = bs._gen
+
+
+def set_eps(eps: float) -> float:
+    """Set the end time eps of every sampler that integrates to eps (ours, torchdiffeq rk4), of the exact flow map and
+    of the eps limit: here and in bench_samplers, whose functions read `EPS` at call time. diffusers' schedulers keep
+    their own discretization."""
+    global EPS
+    eps = float(eps)
+    if not 0.0 < eps < 1.0:
+        raise ValueError(f"eps must lie in (0, T) = (0, 1), got {eps!r}")
+    EPS = bs.EPS = eps
+    return eps
+
+
+def _eps_pow(eps: float | None = None):
+    "The exponent n when eps = 10^n exactly (up to rounding), else None."
+    eps = EPS if eps is None else eps
+    e = round(math.log10(eps))
+    return e if abs(eps - 10.0**e) <= 1e-9 * eps else None
+
+
+def eps_tex(eps: float | None = None) -> str:
+    "eps as the report writes it: 10⁻³ for the default 1e-3, any power of ten as 10⁻ⁿ, else as %g."
+    eps = EPS if eps is None else eps
+    e = _eps_pow(eps)
+    return f"{eps:g}" if e is None else "10" + str(e).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
+def eps_plain(eps: float | None = None) -> str:
+    "eps in ASCII for the figure: 1e-3 for the default, 1e-n for powers of ten, else as %g."
+    eps = EPS if eps is None else eps
+    e = _eps_pow(eps)
+    return f"{eps:g}" if e is None else f"1e{e}"
 
 NFES = (5, 6, 7, 8, 10, 15, 25, 50, 100, 250)   # 6, 7: just above NFE 5 = sampling.AUTO_IPNDM_STEPS + 1, where
                                                 #   `recommended_sampler` switches from iPNDM to UniPC
@@ -487,7 +523,7 @@ class Cell:
     paired: bool = False
     wall: float = math.nan
     msg: str = ""
-    net: float = math.inf      # |signed - eps limit|: the sampler's own error, without the eps = 1e-3 end time's
+    net: float = math.inf      # |signed - eps limit|: the sampler's own error, without the end time eps's
     net_se: float = math.nan
 
 
@@ -696,8 +732,8 @@ def write_report(out: Path, R: dict):
     quick = " (**--quick smoke run: not the full benchmark; its numbers are not the suite's results**)" if args.quick else ""
     w("# Sampler suite: `sde_diffusion.sampling` vs diffusers and torchdiffeq over a suite of Gaussian mixtures\n")
     w(f"Written by `bench/bench_suite.py`{quick}. Every distribution is a `sde_diffusion.toy.GaussianMixture`, so "
-      "every sampler is driven by the exact score and every error is the sampler's own (or, where said, the ε = 10⁻³ "
-      "end time's). Issue 10, item 1.\n")
+      "every sampler is driven by the exact score and every error is the sampler's own (or, where said, the "
+      f"ε = {eps_tex()} end time's). Issue 10, item 1.\n")
     w(f"This run: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_suite.py {' '.join(R.get('argv', []))}` "
       f"({R['total_s'] / 60:.0f} min wall, {R.get('cpu_s', math.nan) / 60:.0f} min CPU)"
       + (f"; this report and the figure were rewritten from its dump with `--report-from`" if R.get("rendered_from")
@@ -716,7 +752,7 @@ def write_report(out: Path, R: dict):
       "accurate as the best peer on that distribution (within 2 SE, on both metrics; the best peer is chosen per "
       "distribution and per metric).\n")
     w("The last column ranks on the sampler's own error instead, |dlogp − ε limit| (see the suite table): it does not "
-      "reward a discretization error that happens to cancel the ε = 10⁻³ end time's over-concentration.\n")
+      f"reward a discretization error that happens to cancel the ε = {eps_tex()} end time's over-concentration.\n")
     w("| NFE | use (all samplers) | best of ours | its rank: median (mean) | win rate vs best peer (both metrics) "
       "| ours within 0.03 nats & SW2 floor | best peer's | ranked net of the ε limit: use (best of ours) |")
     w("|---|---|---|---|---|---|---|---|")
@@ -774,8 +810,8 @@ def write_report(out: Path, R: dict):
       "(ours: steps + 1 for the final Tweedie step; Heun 2 per step; rk4 4 per step + 1). Actual NFEs are in the "
       "per-distribution tables' source (`--dump`); a budget a sampler cannot use fully (e.g. rk4 at 8 = rk4 at 5) "
       "repeats its smaller run.")
-    w("- VP SDE (β_min 0.1, β_max 20, T = 1). Ours and rk4 run from T to ε = 10⁻³, then Tweedie's step; diffusers' "
-      "schedulers use their default 1000-step linear betas (the DDPM discretization of this SDE) with "
+    w(f"- VP SDE (β_min 0.1, β_max 20, T = 1). Ours and rk4 run from T to ε = {eps_tex()}, then Tweedie's step; "
+      "diffusers' schedulers use their default 1000-step linear betas (the DDPM discretization of this SDE) with "
       "ε-prediction −√(1−ᾱᵢ)·score(x, tᵢ) at the continuous tᵢ with ᾱ(tᵢ) = ᾱᵢ, `clip_sample=False`, "
       "`thresholding=False`, default timestep spacings (see bench/RESULTS.md and /work/shared/PITFALLS.md).\n")
     w("Our predictors were discovered from `sampling.PREDICTORS` at run time: "
@@ -786,7 +822,11 @@ def write_report(out: Path, R: dict):
     w("Samplers (ours in **bold**; name [grid]: uni = uniform in t, logsnr = uniform in log-SNR, edm = EDM ρ = 7):\n")
     for s in samplers:
         w(f"- {bold(s.name)}: {describe_sampler(s)}")
-    if R.get("sel64"):
+    if R.get("sel64") and getattr(args, "ours64", None):
+        w(f"\n64-D distributions (score ~{R['t_score_64'] * 1e3:.0f} ms per call): they ran all peers but only the "
+          "samplers of ours named with `--ours64`: " + ", ".join(R["sel64"]) + ". Rankings and recommendations use the "
+          "samplers run on every distribution.")
+    elif R.get("sel64"):
         w(f"\n64-D distributions (score ~{R['t_score_64'] * 1e3:.0f} ms per call): to fit the time budget they ran "
           "all peers but only our samplers that ranked in the top "
           f"{args.top64} of ours at some NFE on the 2-D and 8-D part: " + ", ".join(R["sel64"]) + ". Rankings and "
@@ -817,12 +857,13 @@ def write_report(out: Path, R: dict):
           f"{q.elogp:.3f} | {fl:.4f} | {q.sw2_floor[0]:.4f} ± {q.sw2_floor[1]:.4f} | {q.limit:+.4f} ± {q.limit_se:.4f} "
           f"| {sum(q.map_nfe) / len(q.map_nfe):.0f} NFE, z = {z:+.1f} |")
     w("")
-    w("- **ε limit**: E[dlogp] of the converged method every sampler here approximates (reach ε = 10⁻³ exactly, then "
-      "Tweedie's step), computed with common random numbers (x₀ ~ p₀, x_ε = α x₀ + σ z, log p₀(Tweedie(x_ε)) − "
+    w("- **ε limit**: E[dlogp] of the converged method every sampler here approximates (reach "
+      f"ε = {eps_tex()} exactly, then Tweedie's step), computed with common random numbers (x₀ ~ p₀, "
+      "x_ε = α x₀ + σ z, log p₀(Tweedie(x_ε)) − "
       "log p₀(x₀)): the value every sampler here converges to as its NFE grows (diffusers' schedulers end on their "
       "own grid, near it); a sampler lands nearer 0 only through an error of the opposite sign. Where it exceeds 0.03 nats (components sharper than "
-      "≈ 0.05 data std, in many dimensions) the |dlogp| ≤ 0.03 target is out of reach at ε = 10⁻³ for every sampler, "
-      "ours and peers alike.")
+      "≈ 0.05 data std, in many dimensions) the |dlogp| ≤ 0.03 target is out of reach at "
+      f"ε = {eps_tex()} for every sampler, ours and peers alike.")
     w("- **exact-map check**: the exact flow map (float64 dopri5, rtol = atol = "
       f"{args.map_rtol:g}, then Tweedie) of each seed's x_T; z = (its mean measured dlogp − ε limit) / SE should be "
       "O(1) (the prior N(0, I) differs slightly from p_T).")
@@ -1024,7 +1065,7 @@ def targets(R) -> dict:
         lines.append(f"NFE 10, mean |dlogp| ≤ 0.03 nats and SW2 ≤ floor + 2 std on ≥ 80 % of the suite: "
                      f"**{'met' if met else 'not met'}**: our recommended sampler ({_short(rec)}) on {_pct(t['raw'])} "
                      f"({_pct(t['net'])} net of the ε limit); the best of ours chosen per distribution on "
-                     f"{_pct(orc / len(dn))} ({_pct(orc_net / len(dn))} net). The ε = 10⁻³ limit alone exceeds "
+                     f"{_pct(orc / len(dn))} ({_pct(orc_net / len(dn))} net). The ε = {eps_tex()} limit alone exceeds "
                      f"0.03 nats on {len(unreach)} of {len(dn)} distributions ({', '.join(unreach) or 'none'}).")
         b = ["### (1) NFE 10: |dlogp| ≤ 0.03 nats and SW2 within floor + 2 std on ≥ 80 % of the suite\n",
              f"Our recommended sampler at NFE 10: {rec}. Per distribution (dlogp ± SE; SW2 against floor mean + "
@@ -1218,8 +1259,12 @@ def observations(R) -> list[str]:
                    "a positive dlogp that shrinks only slowly with NFE.\n")
     lim = [f"{d} ({preps[d].limit:+.3f})" for d in dn if abs(preps[d].limit) > 0.03]
     if lim:
-        out.append("**ε floor**: the converged ε = 10⁻³ + Tweedie method itself misses 0.03 nats on " + ", ".join(lim)
-                   + ": sharp components (axis std ≈ 0.02, about twice σ(ε) ≈ 0.0105) are over-concentrated by "
+        from sde_diffusion.sde import VPSDE as _VP
+        sig = _VP().marginal_coeffs(torch.tensor([EPS], dtype=torch.float64))[1].item()
+        times = "twice" if round(0.02 / sig) == 2 else f"{0.02 / sig:.0f} times"
+        out.append(f"**ε floor**: the converged ε = {eps_tex()} + Tweedie method itself misses 0.03 nats on "
+                   + ", ".join(lim) + f": sharp components (axis std ≈ 0.02, about {times} σ(ε) ≈ {sig:.3g}) "
+                   "are over-concentrated by "
                    "Tweedie's posterior mean (variance factor s²/(s² + σ(ε)²) per axis). A smaller ε (or no final "
                    "denoising and a smaller ε) would be needed there; no sampler setting of the step count fixes it.\n")
     # time per call
@@ -1312,7 +1357,7 @@ def plot(out: Path, R: dict):
         ys = [summ[T]["t1"].get(sn, {}).get("raw", math.nan) for T in nfes]
         ax_t1.plot(nfes, [100 * y for y in ys], **style[sn])
     reach = 100 * sum(abs(preps[d.name].limit) <= 0.03 for d in suite) / len(suite)
-    ax_t1.axhline(reach, color="0.4", ls="-.", lw=1.3, label=f"reachable at ε = 1e-3 ({reach:.0f} %)")
+    ax_t1.axhline(reach, color="0.4", ls="-.", lw=1.3, label=f"reachable at ε = {eps_plain()} ({reach:.0f} %)")
     ax_t1.axhline(80, color="crimson", ls=":", lw=1.5, label="target: 80 % at NFE 10")
     _nfe_axis(ax_t1, nfes)
     ax_t1.set_ylim(-3, 103)
@@ -1402,6 +1447,12 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only the samplers they match")
     ap.add_argument("--top64", type=int, default=4, help="64-D: run only our samplers that ranked in our top k at some "
                     "NFE on the lower dimensions (0: all of ours)")
+    ap.add_argument("--ours64", default=None, help="64-D: run only these of our samplers (comma-separated full names, "
+                    "e.g. 'ours UniPC [logsnr],ours Heun [edm]') instead of the --top64 selection, e.g. to repeat a "
+                    "run's selection on a subset of its NFEs")
+    ap.add_argument("--eps", type=float, default=DEFAULT_EPS, help=f"end time of ours, torchdiffeq rk4 and the exact "
+                    f"flow map (then Tweedie's step), and of the eps limit (default {DEFAULT_EPS:g}); diffusers' "
+                    "schedulers keep their own grid")
     ap.add_argument("--map-rtol", type=float, default=1e-8, help="tolerance of the exact flow map (float64 dopri5)")
     ap.add_argument("--elogp-n", type=int, default=0, help="exact samples for E[log p0] (default by dimension)")
     ap.add_argument("--dump", default=None, help="also pickle the raw runs to this file")
@@ -1415,10 +1466,15 @@ def main(argv=None):
     if args.report_from:
         R = pickle.loads(Path(args.report_from).read_bytes())
         R["rendered_from"] = args.report_from
+        set_eps(getattr(R["args"], "eps", DEFAULT_EPS))   # the eps the dump was measured at (dumps before --eps: 1e-3)
         finish(out, R)
         print(f"rewrote {out / 'SUITE.md'} and {out / 'suite.png'}")
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        set_eps(args.eps)
+    except ValueError as e:
+        ap.error(str(e))
     seeds = list(range(1000, 1000 + (args.seeds or (2 if args.quick else SEEDS))))
     nfes = tuple(int(v) for v in args.nfes.split(",")) if args.nfes else (QUICK_NFES if args.quick else NFES)
     n_by_D = dict(N_QUICK if args.quick else N_FULL)
@@ -1444,15 +1500,24 @@ def main(argv=None):
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]
         samplers = [s for s in samplers if any(k in s.name for k in keys)]
+    if args.ours64 and not args.quick:
+        want = [k.strip() for k in args.ours64.split(",") if k.strip()]
+        ours_names = {s.name for s in samplers if s.family == "ours"}
+        bad = [k for k in want if k not in ours_names]
+        if bad:
+            ap.error(f"--ours64: not among our samplers of this run: {bad}")
+        sel64 = want
+    else:
+        sel64 = None
     probe_costs(samplers, log)
     found = list(getattr(sampling, "PREDICTORS", {}))
     log(f"{stamp()} {len(suite)} distributions, {len(samplers)} samplers ({len(ours)} ours), NFE {nfes}, "
-        f"seeds {seeds}, n {n_by_D}; predictors found: {found}")
+        f"seeds {seeds}, n {n_by_D}, eps {EPS:g}; predictors found: {found}")
     for nt in notes:
         log("  note: " + nt)
 
     recs, preps, dist_s, load_during = [], {}, {}, {}
-    sel64, t_score_64 = None, None
+    t_score_64 = None
     order = sorted(suite, key=lambda d: d.D)            # low dimensions first: 64-D may use their ranking
     for d in order:
         a = time.perf_counter()
@@ -1464,7 +1529,7 @@ def main(argv=None):
             f"{prep.sw2_floor[1]:.4f}; eps limit {prep.limit:+.4f} ± {prep.limit_se:.4f}; "
             f"t_score {prep.t_score * 1e3:.2f} ms; prep {prep.seconds:.1f} s")
         run_here = samplers
-        if d.D >= 64 and args.top64 and not args.quick:
+        if d.D >= 64 and (args.top64 or sel64) and not args.quick:
             t_score_64 = prep.t_score
             if sel64 is None:
                 done = [x.name for x in order if x.D < 64 and x.name in preps]
