@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_samplers as bs  # noqa: E402  (also puts the repository root on sys.path)
-from sde_diffusion import metrics, sampling  # noqa: E402
+from sde_diffusion import distances as metrics, sampling  # noqa: E402   (sde_diffusion.metrics before issue 13)
 from sde_diffusion.toy import GaussianMixture, ring_of_gaussians  # noqa: E402
 
 ROOT = bs.ROOT
@@ -84,8 +84,9 @@ def eps_plain(eps: float | None = None) -> str:
     e = _eps_pow(eps)
     return f"{eps:g}" if e is None else f"1e{e}"
 
-NFES = (5, 6, 7, 8, 10, 15, 25, 50, 100, 250)   # 6, 7: just above NFE 5 = sampling.AUTO_IPNDM_STEPS + 1, where
-                                                #   `recommended_sampler` switches from iPNDM to UniPC
+NFES = (5, 6, 7, 8, 10, 15, 20, 25, 50, 100, 250)   # 6, 7: just above NFE 5 = sampling.AUTO_IPNDM_STEPS + 1, where
+                                                #   `recommended_sampler` switches from iPNDM to UniPC; 20: where it
+                                                #   switches from UniPC-2 to UniPC-3 (sampling.AUTO_UNIPC3_STEPS + 1)
 QUICK_NFES = (5, 10, 25)
 SEEDS = 3
 SUITE_SEED = 20240610      # the generated mixtures depend on this and on (dimension, index) only
@@ -110,7 +111,10 @@ EXPECTED = (("euler_maruyama", "EM", lambda k: k == "euler_maruyama"),
             ("dpm_solver_3m", "DPM-Solver++(3M)", lambda k: "3m" in k.lower()),
             ("unipc", "UniPC", lambda k: "unipc" in k.lower()),
             ("ipndm", "iPNDM", lambda k: "pndm" in k.lower()))
-SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm"}
+SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm", "quadratic": "quad"}
+# non-default settings run as well: (label, key in PREDICTORS, constructor arguments, grids)
+VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm")),)
+DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -311,6 +315,20 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
             s = bs.Sampler(name, "ours", "VP", bs.ours(key, spacing=sp), extra=1, paired=not stochastic)
             s.key, s.spacing, s.stochastic, s.label = key, sp, stochastic, label
             out.append(s)
+    for label, key, kw, grids in VARIANTS:           # non-default settings of a predictor, on some grids
+        if key not in preds:
+            continue
+        for sp in grids:
+            if sp not in spacings:
+                continue
+            name = f"ours {label} [{SHORT.get(sp, sp)}]"
+            s = bs.Sampler(name, "ours", "VP", bs.ours(preds[key](**kw), spacing=sp), extra=1, paired=True)
+            s.key, s.spacing, s.stochastic, s.label = key, sp, False, label
+            out.append(s)
+    if hasattr(sampling, "recommended_sampler"):     # what `sample(sde, score, shape, steps=n)` runs with no choices
+        s = bs.Sampler(DEFAULT_NAME, "ours", "VP", bs.ours("auto", spacing=None), extra=1, paired=True)
+        s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default"
+        out.append(s)
     return out
 
 
@@ -1009,8 +1027,11 @@ def default_section(R, w, bold):
 
     w("## The default of `sample` (`predictor=\"auto\"`)\n")
     k = getattr(sampling, "AUTO_IPNDM_STEPS", 4)
+    k3 = getattr(sampling, "AUTO_UNIPC3_STEPS", None)
+    rule = (f"`{rec_fn(1)}` (predictor, spacing, options) for 1 to {k} steps, `{rec_fn(k + 1)}` from {k + 1}"
+            + (f" to {k3 - 1} steps, `{rec_fn(k3)}` from {k3} steps on" if k3 else " steps on"))
     w("`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.recommended_sampler(n)`: "
-      f"`{rec_fn(1)}` (predictor, spacing) for 1 to {k} steps, `{rec_fn(k + 1)}` above; one robust choice per range "
+      f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
       "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
       "rank, the same ranked on its own error (net of the ε limit), and its collapses (runs with |dlogp| > 1 nat or "
@@ -1021,9 +1042,13 @@ def default_section(R, w, bold):
     w("|---|---|---|---|---|---|---|---|---|---|")
     for T in R["nfes"]:
         s, sn_ = summ[T], summ_net[T]
-        probe = by_key.get(rec_fn(max(1, T - 1)), ours[0])   # ours: 1 NFE per step + Tweedie's
-        steps = max(1, (T - probe.extra) // probe.per_step)
-        d = by_key.get(rec_fn(steps))
+        d = next((x for x in ours if x.name == DEFAULT_NAME), None)   # the default, run as a sampler of its own
+        if d is None:                                                 # (a dump from before: the sampler it names)
+            d = by_key.get(tuple(rec_fn(max(1, T - 1))[:2]))
+        steps = max(1, T - 1)   # 1 NFE per step + Tweedie's
+        rec = rec_fn(steps)
+        what = f"{rec[0]} [{SHORT.get(rec[1], rec[1])}]" + ("".join(f", {k}={v}" for k, v in rec[2].items())
+                                                          if len(rec) > 2 else "")
         if d is None or d.name not in s["stats"]:
             continue
         place = 1 + s["ours_order"].index(d.name) if d.name in s["ours_order"] else "–"
@@ -1032,7 +1057,7 @@ def default_section(R, w, bold):
         best = s["rec"]
         o_rank = rank(s, old.name) if old else "–"
         o_c = "{} of {}".format(*collapses(old.name, T)) if old else "–"
-        w(f"| {T} | {bold(d.name)} ({steps} steps) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
+        w(f"| {T} | {bold(d.name)}: {what} ({steps} steps) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
           f"{rank(sn_, d.name)} | {place_net} | {c} of {n} | {bold(best)} ({rank(s, best)}) | {o_rank} | {o_c} |")
     w("")
 
@@ -1495,7 +1520,7 @@ def main(argv=None):
     notes = []
     ours = discover_ours(notes)
     if args.quick:   # one grid each: logsnr for the deterministic predictors, uniform for the stochastic ones
-        ours = [s for s in ours if s.spacing == ("uniform" if s.stochastic else "logsnr")]
+        ours = [s for s in ours if s.spacing == ("uniform" if s.stochastic else "logsnr") or s.name == DEFAULT_NAME]
     samplers = ours + peers()
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]
@@ -1544,7 +1569,7 @@ def main(argv=None):
                                 sel64.append(sn)
                     log(f"    64-D: our samplers kept: {sel64}")
             if sel64 is not None:
-                run_here = [s for s in samplers if s.family == "peer" or s.name in sel64]
+                run_here = [s for s in samplers if s.family == "peer" or s.name in sel64 or s.name == DEFAULT_NAME]
         cache = {}
         for s in run_here:
             b = time.perf_counter()

@@ -19,10 +19,10 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_IPNDM_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
-           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
-           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
-           'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_IPNDM_STEPS', 'AUTO_UNIPC3_STEPS', 'ODE_METHODS', 'ScoreCounter',
+           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
+           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
+           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,7 +54,7 @@ class ScoreCounter:
         return s
 
 # %% ../nbs/09_sampling.ipynb #93cfce80
-SPACINGS = ("uniform", "logsnr", "edm")
+SPACINGS = ("uniform", "logsnr", "edm", "quadratic")
 
 
 def _log_snr(sde: SDE, t: Tensor) -> Tensor:
@@ -82,7 +82,7 @@ def sampling_times(
     sde: SDE,                 # the forward SDE
     steps: int,               # number of steps $N$
     eps: float = 1e-3,        # last time $t_N = \epsilon > 0$
-    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$ (eq. `eq-spacings`)
+    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$, "quadratic" uniform in $\sqrt t$ (eq. `eq-spacings`)
     rho: float = 7.0,         # the exponent $\rho$ of the "edm" spacing
     dtype=None,               # dtype of the returned grid (default: torch's default)
     device=None,              # device of the returned grid
@@ -98,6 +98,8 @@ def sampling_times(
     u, T = torch.linspace(0, 1, steps + 1, dtype=torch.float64), sde.T
     if spacing == "uniform":
         ts = T + (eps - T) * u
+    elif spacing == "quadratic":
+        ts = (math.sqrt(T) + (math.sqrt(eps) - math.sqrt(T)) * u) ** 2
     else:
         with sde.unchecked():
             lam_T, lam_eps = _log_snr(sde, torch.tensor([T, eps], dtype=torch.float64)).tolist()
@@ -683,16 +685,20 @@ def tweedie_denoise(
     return (x + sigma**2 * checked_score(score_fn, x, t)) / alpha
 
 
-AUTO_IPNDM_STEPS = 4   # `predictor="auto"`: iPNDM up to this many steps, UniPC above (bench/SUITE.md, chapter 9)
+AUTO_IPNDM_STEPS = 4     # `predictor="auto"`: iPNDM up to this many steps, UniPC above (bench/SUITE.md, chapter 9)
+AUTO_UNIPC3_STEPS = 19   # ... UniPC-2 below this many steps, UniPC-3 from it on (NFE 20 with the Tweedie step)
 
 
 def recommended_sampler(
     steps: int,               # predictor steps $N$ (the NFE is $N + 1$ with the final Tweedie step)
-) -> tuple[str, str]:         # (a name in `PREDICTORS`, a name in `SPACINGS`)
-    """The predictor and grid of `sample(..., predictor="auto")`, the suite's best for `steps` (bench/SUITE.md): iPNDM
-    for up to `AUTO_IPNDM_STEPS` steps, UniPC above, both on the log-SNR grid, for every SDE."""
+) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
+    """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suite's best for `steps`
+    (bench/SUITE.md): iPNDM-4 for up to `AUTO_IPNDM_STEPS` steps, UniPC-2 below `AUTO_UNIPC3_STEPS`, UniPC-3 from
+    there on, all on the log-SNR grid, for every SDE; `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
-    return ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc"), "logsnr"
+    if steps <= AUTO_IPNDM_STEPS:
+        return "ipndm", "logsnr", {}
+    return "unipc", "logsnr", ({"order": 3} if steps >= AUTO_UNIPC3_STEPS else {})
 
 
 def sample(
@@ -706,7 +712,7 @@ def sample(
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
     eps: float = 1e-3,        # the last time $t_N = \epsilon$
-    spacing: str | None = None,   # the time grid, "uniform", "logsnr" or "edm" (see `sampling_times`); None: "auto"'s grid, else "uniform"
+    spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm" or "quadratic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
     dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
@@ -726,8 +732,11 @@ def sample(
         raise ValueError(f"`spacing` must be None or one of {SPACINGS}, got {spacing!r}")
     default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
     if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
-        predictor, default_grid = (("reverse_diffusion", "uniform") if corrector is not None or project is not None
-                                   else recommended_sampler(steps))   # which the multistep samplers' history ignores
+        if corrector is not None or project is not None:      # which the multistep samplers' history ignores
+            predictor, default_grid = "reverse_diffusion", "uniform"
+        else:
+            name, default_grid, options = recommended_sampler(steps)
+            predictor = PREDICTORS[name](**options)
     spacing = default_grid if spacing is None else spacing
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))
     corr = None if corrector is None else _make(corrector, CORRECTORS, "corrector", Corrector, **(

@@ -8,8 +8,8 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_IPNDM_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling,
-                                    AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
+from sde_diffusion.sampling import (AUTO_IPNDM_STEPS, AUTO_UNIPC3_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
+                                    AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
                                     ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
@@ -208,13 +208,16 @@ def test_nan_is_reported_with_its_step():
 
 def test_sampling_times():
     for sde in SDES.values():
-        for spacing in ("uniform", "logsnr", "edm"):
+        for spacing in ("uniform", "logsnr", "edm", "quadratic"):
             ts = sampling_times(sde, 30, eps=1e-3, spacing=spacing, dtype=torch.float64)
             assert ts.shape == (31,) and ts[0] == sde.T and ts[-1] == 1e-3 and (ts.diff() < 0).all()
     ts = sampling_times(VPSDE(), 10, spacing="logsnr", dtype=torch.float64)
     a, s = VPSDE().marginal_coeffs(ts)
     lam = (a / s).log()
     assert (lam.diff() - lam.diff().mean()).abs().max() < 1e-9
+    # time-quadratic (eq. eq-spacings): equal steps in sqrt(t), (sqrt(eps) - sqrt(T))/N, to float64 rounding
+    ts = sampling_times(VPSDE(), 10, eps=1e-2, spacing="quadratic", dtype=torch.float64)
+    assert torch.allclose(ts.sqrt().diff(), torch.full((10,), (0.1 - 1.0) / 10, dtype=torch.float64), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -407,21 +410,27 @@ def test_langevin_per_sample_step_ignores_other_samples():
 
 # ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("steps", [1, AUTO_IPNDM_STEPS, AUTO_IPNDM_STEPS + 1, 12])
+@pytest.mark.parametrize("steps", [1, AUTO_IPNDM_STEPS, AUTO_IPNDM_STEPS + 1, 12, AUTO_UNIPC3_STEPS - 1,
+                                   AUTO_UNIPC3_STEPS, 30])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
-    """No predictor: iPNDM up to AUTO_IPNDM_STEPS steps, UniPC above, both on the log-SNR grid (bench/SUITE.md): the
-    default call equals the explicit call of that sampler bit for bit, with and without the Tweedie step and the path."""
+    """No predictor: iPNDM up to AUTO_IPNDM_STEPS steps, UniPC-2 below AUTO_UNIPC3_STEPS, UniPC-3 from there on, all on
+    the log-SNR grid (bench/SUITE.md): the default call equals the explicit call of that sampler bit for bit, with and
+    without the Tweedie step and the path."""
     sde = SDES[sde_name]
-    name, grid = recommended_sampler(steps)
-    assert (name, grid) == ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc", "logsnr")
+    name, grid, options = recommended_sampler(steps)
+    assert grid == "logsnr" and name == ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc")
+    assert options == ({"order": 3} if steps >= AUTO_UNIPC3_STEPS else {})
+    pred = lambda: PREDICTORS[name](**options)
     run = lambda **kw: sample(sde, RING.score_fn(sde), (64, 2), steps=steps, generator=torch.Generator().manual_seed(4),
                               **kw)
     for extra in ({}, {"denoise": False}, {"return_path": True}):
-        auto, explicit = run(**extra), run(predictor=name, spacing=grid, **extra)
+        auto, explicit = run(**extra), run(predictor=pred(), spacing=grid, **extra)
         assert torch.equal(auto.samples, explicit.samples) and auto.nfe == explicit.nfe == steps + ("denoise" not in extra)
     assert torch.equal(run(predictor="auto").samples, run().samples)   # "auto" by name is the default
     # "auto" with a grid given: the recommended predictor on that grid
-    assert torch.equal(run(spacing="edm").samples, run(predictor=name, spacing="edm").samples)
+    assert torch.equal(run(spacing="edm").samples, run(predictor=pred(), spacing="edm").samples)
+    if options:   # the options matter: the same predictor with its own defaults gives other samples
+        assert not torch.equal(run().samples, run(predictor=name, spacing=grid).samples)
     # the choice is not the old default: reverse diffusion on the uniform grid gives other samples
     assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
 

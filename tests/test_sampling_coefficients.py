@@ -508,13 +508,13 @@ def _minus_x(x, t):
 
 
 def test_sample_defaults_are_the_documented_ones():
-    """steps = 1000 (+1 for the final denoising), predictor "auto" (UniPC on the log-SNR grid at 1000 steps) and
+    """steps = 1000 (+1 for the final denoising), predictor "auto" (UniPC-3 on the log-SNR grid at 1000 steps) and
     snr = 0.16: a default call equals the explicit one, bit for bit."""
     from sde_diffusion.sampling import ScoreCounter
     sde, x_T = VPSDE(), torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     out = sample(sde, _minus_x, x_T=x_T, generator=torch.Generator().manual_seed(1))
     assert out.nfe == 1001
-    explicit = sample(sde, _minus_x, x_T=x_T, predictor="unipc", spacing="logsnr", steps=1000, denoise=True,
+    explicit = sample(sde, _minus_x, x_T=x_T, predictor=UniPC(order=3), spacing="logsnr", steps=1000, denoise=True,
                       generator=torch.Generator().manual_seed(1))
     assert torch.equal(out.samples, explicit.samples)
     run = lambda **kw: sample(sde, _minus_x, x_T=x_T, steps=20, corrector="langevin",
@@ -1212,10 +1212,12 @@ def test_langevin_norms_cache_follows_feature_size_dtype_and_device(device):
 
 
 def test_auto_switches_from_ipndm_to_unipc_after_four_steps():
-    "bench/SUITE.md's choice, as numbers (test_sampling reads the constant itself): iPNDM for 1 to 4 steps, UniPC from 5."
-    from sde_diffusion.sampling import AUTO_IPNDM_STEPS, recommended_sampler
-    assert AUTO_IPNDM_STEPS == 4
-    assert [recommended_sampler(n) for n in (1, 4, 5, 1000)] == [("ipndm", "logsnr")] * 2 + [("unipc", "logsnr")] * 2
+    """bench/SUITE.md's choice, as numbers (test_sampling reads the constants themselves): iPNDM for 1 to 4 steps,
+    UniPC-2 from 5 to 18, UniPC-3 from 19 (NFE 20)."""
+    from sde_diffusion.sampling import AUTO_IPNDM_STEPS, AUTO_UNIPC3_STEPS, recommended_sampler
+    assert (AUTO_IPNDM_STEPS, AUTO_UNIPC3_STEPS) == (4, 19)
+    assert [recommended_sampler(n) for n in (1, 4, 5, 18, 19, 1000)] == (
+        [("ipndm", "logsnr", {})] * 2 + [("unipc", "logsnr", {})] * 2 + [("unipc", "logsnr", {"order": 3})] * 2)
 
 
 def test_ode_sample_reports_overflow_of_the_samples_dtype():
