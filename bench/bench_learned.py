@@ -1,0 +1,182 @@
+"""`sample`'s defaults on a learned score: the shipped digits design (`load_pretrained_design`, 8x8 digits, 64-D).
+
+`bench/bench_suite.py` ranks the samplers with exact mixture scores. A trained network's score is smooth in x and t but
+wrong, and a solver of higher order or an end time nearer 0 could amplify that error. This script measures, on the
+shipped winner of chapter 16 (unconditional, the "no class" label):
+
+A. each sampler's own error: the RMS (over samples and pixels) of its output minus the converged probability-flow map
+   of the same prior draw x_T, at 9/14/19/24/49 steps (NFE = steps + 1). The converged map is dopri5 at
+   rtol = atol = 1e-5 to eps, then Tweedie's step; a second, independent solve (UniPC-3 with 499 log-SNR steps) shows
+   how converged it is.
+B. the samples' Fréchet distance to the held-out digits (chapter 12's judge) at 19 steps, for the chapters' sampler
+   (DPM-Solver++(2M)) and UniPC-2 and UniPC-3, on the same prior draws: paired differences with standard errors.
+C. the end time eps: the near-converged map (UniPC-3, 99 log-SNR steps) to eps = 1e-3, 1e-4, 1e-5, judged by the same
+   Fréchet distance, paired over the same prior draws.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick]
+
+Writes bench/LEARNED.md and bench/learned.json (with --quick: /tmp/bench_learned/). CPU, float32, one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import design_space as ds  # noqa: E402
+from sde_diffusion.design import load_pretrained_design  # noqa: E402
+from sde_diffusion.image_quality import sample_quality  # noqa: E402
+from sde_diffusion.models import model_score  # noqa: E402
+from sde_diffusion.sampling import (AUTO_UNIPC3_STEPS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC, ode_sample,  # noqa: E402
+                                    recommended_sampler, sample)
+
+SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
+    "DPM-Solver++(2M) [logsnr]": (DPMSolver2M, "logsnr"),
+    "DPM-Solver++(3M) [logsnr]": (DPMSolver3M, "logsnr"),
+    "UniPC-2 [logsnr]": (lambda: UniPC(order=2), "logsnr"),
+    "UniPC-3 [logsnr]": (lambda: UniPC(order=3), "logsnr"),
+    "iPNDM [logsnr]": (IPNDM, "logsnr"),
+    "default (`sample` with no predictor)": ("auto", None),
+}
+STEPS = (9, 14, 19, 24, 49)
+FD_STEPS = 19
+FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]")
+EPSS = (1e-3, 1e-4, 1e-5)
+
+
+def mean_se(v) -> tuple[float, float]:
+    v = [float(a) for a in v]
+    m = sum(v) / len(v)
+    return m, (math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1) / len(v)) if len(v) > 1 else math.nan)
+
+
+def run(score, sde, label, steps, x_T, eps=1e-3):
+    pred, spacing = SAMPLERS[label]
+    pred = pred if pred == "auto" else pred()
+    return sample(sde, score, x_T=x_T.clone(), predictor=pred, spacing=spacing, steps=steps, eps=eps).samples
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sets", type=int, default=8, help="prior draws of n = 500 for parts B and C")
+    ap.add_argument("--map-sets", type=int, default=2, help="prior draws of n = 250 for part A")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 sets, fewer budgets, out to /tmp/bench_learned")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(a.out) if a.out else (Path("/tmp/bench_learned") if a.quick else HERE)
+    out.mkdir(parents=True, exist_ok=True)
+    steps_list = (9, 19) if a.quick else STEPS
+    sets = 2 if a.quick else a.sets
+    map_sets, n_map, n_fd = (1, 64, 200) if a.quick else (a.map_sets, 250, 500)
+    t0 = time.perf_counter()
+    model = load_pretrained_design().model
+    sde, score = model.sde, model_score(model)
+    clf, (x_train, y_train, x_test, sigma_data), floor, _ = ds.setup()
+    res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {}, "eps": {},
+           "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
+           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s)[:2]) + [recommended_sampler(s)[2]]
+                                                  for s in steps_list}}
+    log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
+
+    # A. paired error to the converged map
+    with torch.no_grad():
+        for k in range(map_sets):
+            x_T = sde.prior_sampling((n_map, 1, 8, 8), generator=torch.Generator().manual_seed(1000 + k))
+            ref = ode_sample(sde, score, x_T=x_T.clone(), method="dopri5", rtol=1e-5, atol=1e-5)
+            ref2 = run(score, sde, "UniPC-3 [logsnr]", 499, x_T)
+            res["map_check"].append({"dopri5_nfe": ref.nfe, "rms_dopri5_vs_unipc3_499": (ref.samples - ref2).square().mean().sqrt().item()})
+            log(f"map set {k}: dopri5 {ref.nfe} NFE; RMS vs UniPC-3 at 499 steps {res['map_check'][-1]['rms_dopri5_vs_unipc3_499']:.2e}")
+            for label in SAMPLERS:
+                for steps in steps_list:
+                    x = run(score, sde, label, steps, x_T)
+                    rms = (x - ref.samples).square().mean().sqrt().item()
+                    res["map"].setdefault(label, {}).setdefault(str(steps), []).append(rms)
+                log(f"  {label}: " + " ".join(f"{s}:{res['map'][label][str(s)][-1]:.2e}" for s in steps_list))
+
+        # B. Fréchet distance at FD_STEPS, and C. the end time, on the same prior draws
+        for k in range(sets):
+            x_T = sde.prior_sampling((n_fd, 1, 8, 8), generator=torch.Generator().manual_seed(2000 + k))
+            for label in FD_SAMPLERS:
+                x = run(score, sde, label, FD_STEPS, x_T)
+                res["fd"].setdefault(label, []).append(sample_quality(clf, x.clamp(-1, 1), x_test)["fd"])
+            for eps in EPSS:
+                x = run(score, sde, "UniPC-3 [logsnr]", 99, x_T, eps=eps)
+                res["eps"].setdefault(f"{eps:g}", []).append(sample_quality(clf, x.clamp(-1, 1), x_test)["fd"])
+            log(f"FD set {k}: " + " ".join(f"{lb}: {res['fd'][lb][-1]:.3f}" for lb in FD_SAMPLERS) + "; eps "
+                + " ".join(f"{e:g}: {res['eps'][f'{e:g}'][-1]:.3f}" for e in EPSS))
+    res["seconds"] = time.perf_counter() - t0
+    res["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=HERE).stdout.strip()}
+    (out / "learned.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_report(out, res)
+    log(f"wrote {out / 'LEARNED.md'}")
+
+
+def write_report(out: Path, r: dict) -> None:
+    L = []
+    w = L.append
+    steps = r["steps"]
+    w("# `sample`'s samplers on a learned score: the shipped digits design\n")
+    w("Written by `bench/bench_learned.py` (see its docstring). `bench/SUITE.md` ranks the samplers on exact mixture "
+      "scores; this checks the default's choices on a trained network (chapter 16's shipped winner, 8x8 digits, "
+      "64-D, unconditional), where a higher-order solver or an end time nearer 0 could amplify the score's error. "
+      f"CPU, float32, one thread; {r['seconds'] / 60:.1f} min; git {r['machine']['git']}, torch {r['machine']['torch']}.\n")
+    w("## A. Each sampler's own error: RMS distance to the converged probability-flow map\n")
+    chk = r["map_check"]
+    w(f"{r['map_sets']} prior draws of {r['n_map']} images; the same x_T for every sampler. The converged map: dopri5 "
+      f"at rtol = atol = 10⁻⁵ to ε = 10⁻³, then Tweedie's step ({', '.join(str(c['dopri5_nfe']) for c in chk)} NFE); "
+      "an independent solve, UniPC-3 with 499 log-SNR steps, lies "
+      + ", ".join(f"{c['rms_dopri5_vs_unipc3_499']:.1e}" for c in chk)
+      + " from it (RMS, pixel units of [-1, 1]): errors below that are not resolved. Mean over the draws.\n")
+    w("| sampler | " + " | ".join(f"{s} steps (NFE {s + 1})" for s in steps) + " |")
+    w("|---|" + "---|" * len(steps))
+    best = {s: min(sum(v[str(s)]) / len(v[str(s)]) for v in r["map"].values()) for s in steps}
+    for label, v in r["map"].items():
+        cells = []
+        for s in steps:
+            m = sum(v[str(s)]) / len(v[str(s)])
+            cells.append(f"**{m:.2e}**" if m == best[s] else f"{m:.2e}")
+        w(f"| {label} | " + " | ".join(cells) + " |")
+    rec = r["recommended"]
+    w("\nThe default at each budget (`recommended_sampler(steps)`): "
+      + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ".\n")
+    w(f"## B. Fréchet distance at {FD_STEPS} steps (NFE {FD_STEPS + 1})\n")
+    n = len(next(iter(r["fd"].values())))
+    w(f"{n} prior draws of {r['n_fd']} images, the same draws for each sampler; Fréchet distance to the held-out digits "
+      f"in the judge's features (chapter 12); real-vs-real floor {r['floor']['mean']:.3f} ± {r['floor']['std']:.3f} "
+      "(400 draws). Differences are paired per draw.\n")
+    w("| sampler | FD: mean ± se | minus DPM-Solver++(2M): mean ± se |")
+    w("|---|---|---|")
+    base = r["fd"][FD_SAMPLERS[0]]
+    for label, v in r["fd"].items():
+        m, se = mean_se(v)
+        dm, dse = mean_se([x - y for x, y in zip(v, base)]) if label != FD_SAMPLERS[0] else (0.0, 0.0)
+        w(f"| {label} | {m:.3f} ± {se:.3f} | " + ("–" if label == FD_SAMPLERS[0] else f"{dm:+.4f} ± {dse:.4f}") + " |")
+    w("\n## C. The end time ε\n")
+    w("UniPC-3 with 99 log-SNR steps to ε, then Tweedie's step, on the same prior draws as B. The exact-score suite "
+      "(bench/SUITE_EPS.md) prefers a smaller ε at 100 steps and more; here the score is learned.\n")
+    w("| ε | FD: mean ± se | minus ε = 10⁻³: mean ± se |")
+    w("|---|---|---|")
+    e0 = r["eps"][f"{EPSS[0]:g}"]
+    for e, v in r["eps"].items():
+        m, se = mean_se(v)
+        dm, dse = mean_se([x - y for x, y in zip(v, e0)])
+        w(f"| {e} | {m:.3f} ± {se:.3f} | " + ("–" if v is e0 else f"{dm:+.4f} ± {dse:.4f}") + " |")
+    (out / "LEARNED.md").write_text("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
