@@ -13,7 +13,7 @@ B. the samples' Fréchet distance to the held-out digits (chapter 12's judge) at
 C. the end time eps: the near-converged map (UniPC-3, 99 log-SNR steps) to eps = 1e-3, 1e-4, 1e-5, judged by the same
    Fréchet distance, paired over the same prior draws.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick] [--report-from FILE]
 
 Writes bench/LEARNED.md and bench/learned.json (with --quick: /tmp/bench_learned/). CPU, float32, one thread.
 """
@@ -38,7 +38,7 @@ import design_space as ds  # noqa: E402
 from sde_diffusion.design import load_pretrained_design  # noqa: E402
 from sde_diffusion.image_quality import sample_quality  # noqa: E402
 from sde_diffusion.models import model_score  # noqa: E402
-from sde_diffusion.sampling import (AUTO_UNIPC3_STEPS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC, ode_sample,  # noqa: E402
+from sde_diffusion.sampling import (PREDICTORS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC, ode_sample,  # noqa: E402
                                     recommended_sampler, sample)
 
 SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
@@ -47,11 +47,13 @@ SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "UniPC-2 [logsnr]": (lambda: UniPC(order=2), "logsnr"),
     "UniPC-3 [logsnr]": (lambda: UniPC(order=3), "logsnr"),
     "iPNDM [logsnr]": (IPNDM, "logsnr"),
-    "default (`sample` with no predictor)": ("auto", None),
+    "UniPC-2 [quad]": (lambda: UniPC(order=2), "quadratic"),
+    "UniPC-3 [quad]": (lambda: UniPC(order=3), "quadratic"),
+    "iPNDM [quad]": (IPNDM, "quadratic"),
 }
 STEPS = (9, 14, 19, 24, 49)
 FD_STEPS = 19
-FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]")
+FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]")
 EPSS = (1e-3, 1e-4, 1e-5)
 
 
@@ -63,8 +65,18 @@ def mean_se(v) -> tuple[float, float]:
 
 def run(score, sde, label, steps, x_T, eps=1e-3):
     pred, spacing = SAMPLERS[label]
-    pred = pred if pred == "auto" else pred()
-    return sample(sde, score, x_T=x_T.clone(), predictor=pred, spacing=spacing, steps=steps, eps=eps).samples
+    return sample(sde, score, x_T=x_T.clone(), predictor=pred(), spacing=spacing, steps=steps, eps=eps).samples
+
+
+def default_label(steps: int) -> str | None:
+    "The row of SAMPLERS that `sample(..., steps=steps)` with no predictor runs (None if it is not one of them)."
+    name, spacing, options = recommended_sampler(steps)
+    probe = PREDICTORS[name](**options)
+    for label, (make, sp) in SAMPLERS.items():
+        p = make()
+        if sp == spacing and type(p) is type(probe) and vars(p) == vars(probe):
+            return label
+    return None
 
 
 def main(argv=None):
@@ -73,10 +85,20 @@ def main(argv=None):
     ap.add_argument("--map-sets", type=int, default=2, help="prior draws of n = 250 for part A")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 sets, fewer budgets, out to /tmp/bench_learned")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--report-from", default=None, help="rewrite LEARNED.md from this learned.json (no runs); the "
+                    "'(default)' marks follow the current `recommended_sampler`")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(a.out) if a.out else (Path("/tmp/bench_learned") if a.quick else HERE)
     out.mkdir(parents=True, exist_ok=True)
+    if a.report_from:
+        r = json.loads(Path(a.report_from).read_text())
+        r["recommended"] = {str(s): list(recommended_sampler(s)) for s in r["steps"]}
+        r["default_row"] = {str(s): default_label(s) for s in r["steps"]}
+        (out / "learned.json").write_text(json.dumps(r, indent=1) + "\n")
+        write_report(out, r)
+        print(f"rewrote {out / 'LEARNED.md'}")
+        return
     steps_list = (9, 19) if a.quick else STEPS
     sets = 2 if a.quick else a.sets
     map_sets, n_map, n_fd = (1, 64, 200) if a.quick else (a.map_sets, 250, 500)
@@ -86,8 +108,8 @@ def main(argv=None):
     clf, (x_train, y_train, x_test, sigma_data), floor, _ = ds.setup()
     res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {}, "eps": {},
            "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
-           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s)[:2]) + [recommended_sampler(s)[2]]
-                                                  for s in steps_list}}
+           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s)) for s in steps_list},
+           "default_row": {s: default_label(s) for s in steps_list}}
     log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
 
     # A. paired error to the converged map
@@ -144,14 +166,17 @@ def write_report(out: Path, r: dict) -> None:
     w("| sampler | " + " | ".join(f"{s} steps (NFE {s + 1})" for s in steps) + " |")
     w("|---|" + "---|" * len(steps))
     best = {s: min(sum(v[str(s)]) / len(v[str(s)]) for v in r["map"].values()) for s in steps}
+    dflt = {int(k): v for k, v in r["default_row"].items()}
     for label, v in r["map"].items():
         cells = []
         for s in steps:
             m = sum(v[str(s)]) / len(v[str(s)])
-            cells.append(f"**{m:.2e}**" if m == best[s] else f"{m:.2e}")
+            c = f"**{m:.2e}**" if m == best[s] else f"{m:.2e}"
+            cells.append(c + (" (default)" if dflt.get(s) == label else ""))
         w(f"| {label} | " + " | ".join(cells) + " |")
     rec = r["recommended"]
-    w("\nThe default at each budget (`recommended_sampler(steps)`): "
+    w("\nBold: the smallest at that budget. '(default)': what `sample` runs with no predictor, "
+      "`recommended_sampler(steps)` of the code that wrote this report: "
       + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ".\n")
     w(f"## B. Fréchet distance at {FD_STEPS} steps (NFE {FD_STEPS + 1})\n")
     n = len(next(iter(r["fd"].values())))

@@ -84,9 +84,8 @@ def eps_plain(eps: float | None = None) -> str:
     e = _eps_pow(eps)
     return f"{eps:g}" if e is None else f"1e{e}"
 
-NFES = (5, 6, 7, 8, 10, 15, 20, 25, 50, 100, 250)   # 6, 7: just above NFE 5 = sampling.AUTO_IPNDM_STEPS + 1, where
-                                                #   `recommended_sampler` switches from iPNDM to UniPC; 20: where it
-                                                #   switches from UniPC-2 to UniPC-3 (sampling.AUTO_UNIPC3_STEPS + 1)
+NFES = (5, 6, 7, 8, 10, 15, 20, 25, 50, 100, 250)   # 20 and 50: where `recommended_sampler` changes sampler
+                                                #   (sampling.AUTO_SWITCH_STEPS + 1)
 QUICK_NFES = (5, 10, 25)
 SEEDS = 3
 SUITE_SEED = 20240610      # the generated mixtures depend on this and on (dimension, index) only
@@ -113,7 +112,7 @@ EXPECTED = (("euler_maruyama", "EM", lambda k: k == "euler_maruyama"),
             ("ipndm", "iPNDM", lambda k: "pndm" in k.lower()))
 SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm", "quadratic": "quad"}
 # non-default settings run as well: (label, key in PREDICTORS, constructor arguments, grids)
-VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm")),)
+VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm", "quadratic")),)
 DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
 
 
@@ -1026,10 +1025,14 @@ def default_section(R, w, bold):
         return "–" if st is None else f"{st['median']:.1f} ({st['mean']:.1f})"
 
     w("## The default of `sample` (`predictor=\"auto\"`)\n")
-    k = getattr(sampling, "AUTO_IPNDM_STEPS", 4)
-    k3 = getattr(sampling, "AUTO_UNIPC3_STEPS", None)
-    rule = (f"`{rec_fn(1)}` (predictor, spacing, options) for 1 to {k} steps, `{rec_fn(k + 1)}` from {k + 1}"
-            + (f" to {k3 - 1} steps, `{rec_fn(k3)}` from {k3} steps on" if k3 else " steps on"))
+    spans = []                                     # the rule as runs of steps with the same choice
+    for n in range(1, max(R["nfes"]) + 1):
+        if spans and spans[-1][2] == rec_fn(n):
+            spans[-1][1] = n
+        else:
+            spans.append([n, n, rec_fn(n)])
+    rule = "; ".join(f"`{c}` for {a} to {b} steps" if b < max(R["nfes"]) else f"`{c}` from {a} steps on"
+                     for a, b, c in spans) + " (predictor, spacing[, options])"
     w("`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.recommended_sampler(n)`: "
       f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "

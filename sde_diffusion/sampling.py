@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from .core import (NonFiniteError, NonFiniteWatch, batch_broadcast, check_eps, document_arguments,
                                 positive_float, positive_int, randn_like, renamed_argument)
 from .reverse import checked_score, grad_mode, initial_state, probability_flow
-from .sde import SDE
+from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_IPNDM_STEPS', 'AUTO_UNIPC3_STEPS', 'ODE_METHODS', 'ScoreCounter',
-           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
-           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
-           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
+           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
+           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
+           'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -685,20 +685,29 @@ def tweedie_denoise(
     return (x + sigma**2 * checked_score(score_fn, x, t)) / alpha
 
 
-AUTO_IPNDM_STEPS = 4     # `predictor="auto"`: iPNDM up to this many steps, UniPC above (bench/SUITE.md, chapter 9)
-AUTO_UNIPC3_STEPS = 19   # ... UniPC-2 below this many steps, UniPC-3 from it on (NFE 20 with the Tweedie step)
+AUTO_SWITCH_STEPS = (19, 49)   # `predictor="auto"` changes sampler at these step counts (NFE 20 and 50 with the
+                               # Tweedie step; bench/SUITE.md, bench/LEARNED.md, chapter 9)
 
 
 def recommended_sampler(
     steps: int,               # predictor steps $N$ (the NFE is $N + 1$ with the final Tweedie step)
+    sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
-    """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suite's best for `steps`
-    (bench/SUITE.md): iPNDM-4 for up to `AUTO_IPNDM_STEPS` steps, UniPC-2 below `AUTO_UNIPC3_STEPS`, UniPC-3 from
-    there on, all on the log-SNR grid, for every SDE; `PREDICTORS[name](**options)` is the predictor."""
+    """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
+    (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
+    (bh2) below $N_1$ steps and iPNDM-4 from $N_1$ to $N_2 - 1$, both on the time-quadratic grid, then UniPC-3 (bh2) on
+    the log-SNR grid. For the others (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
+    `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
-    if steps <= AUTO_IPNDM_STEPS:
-        return "ipndm", "logsnr", {}
-    return "unipc", "logsnr", ({"order": 3} if steps >= AUTO_UNIPC3_STEPS else {})
+    if sde is not None and not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
+    vp_like = sde is None or isinstance(sde, (VPSDE, SubVPSDE))
+    n1, n2 = AUTO_SWITCH_STEPS
+    if steps < n1:
+        return "unipc", ("quadratic" if vp_like else "logsnr"), {}
+    if steps < n2 and vp_like:
+        return "ipndm", "quadratic", {}
+    return "unipc", "logsnr", {"order": 3}
 
 
 def sample(
@@ -735,7 +744,7 @@ def sample(
         if corrector is not None or project is not None:      # which the multistep samplers' history ignores
             predictor, default_grid = "reverse_diffusion", "uniform"
         else:
-            name, default_grid, options = recommended_sampler(steps)
+            name, default_grid, options = recommended_sampler(steps, sde)
             predictor = PREDICTORS[name](**options)
     spacing = default_grid if spacing is None else spacing
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))

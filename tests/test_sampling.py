@@ -8,7 +8,7 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_IPNDM_STEPS, AUTO_UNIPC3_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
+from sde_diffusion.sampling import (AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
                                     ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
@@ -410,16 +410,23 @@ def test_langevin_per_sample_step_ignores_other_samples():
 
 # ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("steps", [1, AUTO_IPNDM_STEPS, AUTO_IPNDM_STEPS + 1, 12, AUTO_UNIPC3_STEPS - 1,
-                                   AUTO_UNIPC3_STEPS, 30])
+@pytest.mark.parametrize("steps", [1, 4, 12, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], 30, AUTO_SWITCH_STEPS[1] - 1,
+                                   AUTO_SWITCH_STEPS[1], 60])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
-    """No predictor: iPNDM up to AUTO_IPNDM_STEPS steps, UniPC-2 below AUTO_UNIPC3_STEPS, UniPC-3 from there on, all on
-    the log-SNR grid (bench/SUITE.md): the default call equals the explicit call of that sampler bit for bit, with and
-    without the Tweedie step and the path."""
+    """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 on the time-quadratic grid below
+    N1 steps, iPNDM-4 on it from N1 to N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on
+    the log-SNR grid. The default call equals the explicit call of that sampler bit for bit, with and without the
+    Tweedie step and the path."""
     sde = SDES[sde_name]
-    name, grid, options = recommended_sampler(steps)
-    assert grid == "logsnr" and name == ("ipndm" if steps <= AUTO_IPNDM_STEPS else "unipc")
-    assert options == ({"order": 3} if steps >= AUTO_UNIPC3_STEPS else {})
+    name, grid, options = recommended_sampler(steps, sde)
+    n1, n2 = AUTO_SWITCH_STEPS
+    if isinstance(sde, VESDE):   # the quadratic grid is measured on VP and sub-VP only
+        want = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
+    else:
+        want = (("unipc", "quadratic", {}) if steps < n1 else ("ipndm", "quadratic", {}) if steps < n2
+                else ("unipc", "logsnr", {"order": 3}))
+    assert (name, grid, options) == want
+    assert recommended_sampler(steps) == recommended_sampler(steps, VPSDE())   # no SDE: the suite's VP
     pred = lambda: PREDICTORS[name](**options)
     run = lambda **kw: sample(sde, RING.score_fn(sde), (64, 2), steps=steps, generator=torch.Generator().manual_seed(4),
                               **kw)
@@ -467,6 +474,7 @@ def test_an_explicit_predictor_keeps_the_uniform_grid(name):
     (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), steps=0), ValueError, "`steps`"),
     (lambda: sample(VPSDE(), lambda x, t: -x, (4, 2), steps=2.5), (ValueError, TypeError), "`steps`"),
     (lambda: recommended_sampler(0), ValueError, "`steps`"),
+    (lambda: recommended_sampler(5, "VP"), TypeError, "`sde`"),
     (lambda: recommended_sampler(True), (ValueError, TypeError), "`steps`"),
     (lambda: recommended_sampler("10"), (ValueError, TypeError), "`steps`"),
 ])
