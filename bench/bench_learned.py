@@ -48,12 +48,14 @@ SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "UniPC-3 [logsnr]": (lambda: UniPC(order=3), "logsnr"),
     "iPNDM [logsnr]": (IPNDM, "logsnr"),
     "UniPC-2 [quad]": (lambda: UniPC(order=2), "quadratic"),
+    "UniPC-2, no lower-order final [quad]": (lambda: UniPC(order=2, lower_order_final=False), "quadratic"),
     "UniPC-3 [quad]": (lambda: UniPC(order=3), "quadratic"),
     "iPNDM [quad]": (IPNDM, "quadratic"),
 }
 STEPS = (9, 14, 19, 24, 49)
 FD_STEPS = 19
-FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]")
+FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]",
+               "iPNDM [quad]")
 EPSS = (1e-3, 1e-4, 1e-5)
 
 
