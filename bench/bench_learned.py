@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import design_space as ds  # noqa: E402
+from design_conditional import mean_se as design_mean_se  # noqa: E402
 from sde_diffusion.design import load_pretrained_design  # noqa: E402
 from sde_diffusion.image_quality import sample_quality  # noqa: E402
 from sde_diffusion.models import model_score  # noqa: E402
@@ -60,9 +61,9 @@ EPSS = (1e-3, 1e-4, 1e-5)
 
 
 def mean_se(v) -> tuple[float, float]:
-    v = [float(a) for a in v]
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((a - m) ** 2 for a in v) / (len(v) - 1) / len(v)) if len(v) > 1 else math.nan)
+    "Mean and its standard error, as bench/design_conditional.py computes them."
+    r = design_mean_se([float(a) for a in v])
+    return r["mean"], r["se"]
 
 
 def run(score, sde, label, steps, x_T, eps=1e-3):

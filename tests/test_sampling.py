@@ -8,8 +8,8 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
-                                    AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
+from sde_diffusion.sampling import (AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling,
+                                    AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
                                     ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
@@ -215,9 +215,25 @@ def test_sampling_times():
     a, s = VPSDE().marginal_coeffs(ts)
     lam = (a / s).log()
     assert (lam.diff() - lam.diff().mean()).abs().max() < 1e-9
-    # time-quadratic (eq. eq-spacings): equal steps in sqrt(t), (sqrt(eps) - sqrt(T))/N, to float64 rounding
-    ts = sampling_times(VPSDE(), 10, eps=1e-2, spacing="quadratic", dtype=torch.float64)
-    assert torch.allclose(ts.sqrt().diff(), torch.full((10,), (0.1 - 1.0) / 10, dtype=torch.float64), rtol=0, atol=1e-14)
+    # time-quadratic (eq. eq-spacings): equal steps in sqrt(t), (sqrt(eps) - sqrt(T))/N, to float64 rounding; also
+    # with T = 4, where sqrt(T) != T (at T = 1 a grid without the roots would pass)
+    class LongVP(VPSDE):
+        T = property(lambda self: 4.0)
+    for sde, root_T in ((VPSDE(), 1.0), (LongVP(), 2.0)):
+        ts = sampling_times(sde, 10, eps=1e-2, spacing="quadratic", dtype=torch.float64)
+        assert ts[0] == sde.T and ts[-1] == 1e-2
+        want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
+        assert torch.allclose(ts.sqrt().diff(), want, rtol=0, atol=1e-14)
+    # EDM (eq. eq-spacings): equal steps in tau^(1/rho), tau = sigma/alpha, for the default rho = 7 and for rho = 3;
+    # the grid comes from bisection in t (64 halvings), so the steps agree to ~1e-12 relative
+    for rho, kw in ((7.0, {}), (3.0, {"rho": 3.0})):
+        ts = sampling_times(VPSDE(), 12, spacing="edm", dtype=torch.float64, **kw)
+        a, s = VPSDE().marginal_coeffs(ts)
+        steps = (s / a).pow(1 / rho).diff()
+        assert ((steps - steps.mean()).abs() / steps.abs().mean()).max() < 1e-9, rho
+    with pytest.raises(ValueError, match="`rho`"):
+        sampling_times(VPSDE(), 4, spacing="edm", rho=0.0)
+    assert (sampling_times(VPSDE(), 4, spacing="edm", rho=0.5, dtype=torch.float64).diff() < 0).all()   # any rho > 0
 
 
 @pytest.mark.parametrize("call,match", [
@@ -410,8 +426,8 @@ def test_langevin_per_sample_step_ignores_other_samples():
 
 # ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("steps", [1, 4, 12, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], 30, AUTO_SWITCH_STEPS[1] - 1,
-                                   AUTO_SWITCH_STEPS[1], 60])
+@pytest.mark.parametrize("steps", [1, 4, 12, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], 30,
+                                   AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 60])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 on the time-quadratic grid below
     N1 steps, iPNDM-4 on it from N1 to N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on
