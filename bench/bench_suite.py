@@ -114,6 +114,8 @@ SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm", "quadratic": "quad"
 # non-default settings run as well: (label, key in PREDICTORS, constructor arguments, grids)
 VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm", "quadratic")),)
 DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
+UNHINTED_NAME = "ours default, no data_std"   # at --scale != 1: the default as called without the data's scale
+DATA_SCALE = 1.0           # `--scale`: every distribution's data std (the default is told it: `sample(..., data_std=)`)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -271,13 +273,19 @@ def describe(d: Dist) -> dict:
                 mean_var=tot.trace().item() / gm.D, mean_norm=gm.mean().norm().item())
 
 
-def build_suite(quick: bool) -> list[Dist]:
+def build_suite(quick: bool, scale: float = 1.0) -> list[Dist]:
+    "The suite; `scale` multiplies every distribution (data std `scale` instead of 1: `--scale`, bench/SUITE_SCALE.md)."
     suite = [ring_dist(), checkerboard_dist()]
     for D, profs in PROFILES.items():
         for i, tags in enumerate(profs):
             suite.append(suite_mixture(D, i, tags))
     if quick:
         suite = [d for d in suite if d.name in QUICK_SUITE]
+    if scale != 1.0:
+        for d in suite:
+            g = d.gm
+            d.gm = GaussianMixture(g.weights, g.means * scale, g.covs * scale**2)
+            d.props["scale"] = scale
     for d in suite:
         d.props.update(describe(d))
     return suite
@@ -325,9 +333,14 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
             s.key, s.spacing, s.stochastic, s.label = key, sp, False, label
             out.append(s)
     if hasattr(sampling, "recommended_sampler"):     # what `sample(sde, score, shape, steps=n)` runs with no choices
-        s = bs.Sampler(DEFAULT_NAME, "ours", "VP", bs.ours("auto", spacing=None), extra=1, paired=True)
+        hint = {"data_std": DATA_SCALE} if DATA_SCALE != 1.0 else {}   # sample() without data_std before the option
+        s = bs.Sampler(DEFAULT_NAME, "ours", "VP", bs.ours("auto", spacing=None, **hint), extra=1, paired=True)
         s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default"
         out.append(s)
+        if hint:
+            s = bs.Sampler(UNHINTED_NAME, "ours", "VP", bs.ours("auto", spacing=None), extra=1, paired=True)
+            s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default, no data_std"
+            out.append(s)
     return out
 
 
@@ -751,6 +764,9 @@ def write_report(out: Path, R: dict):
     w(f"Written by `bench/bench_suite.py`{quick}. Every distribution is a `sde_diffusion.toy.GaussianMixture`, so "
       "every sampler is driven by the exact score and every error is the sampler's own (or, where said, the "
       f"ε = {eps_tex()} end time's). Issue 10, item 1.\n")
+    if getattr(args, "scale", 1.0) != 1.0:
+        w(f"**Every distribution scaled by {args.scale:g}** (`--scale`: data std {args.scale:g} instead of 1); 'ours "
+          f"default' is `sample(..., data_std={args.scale:g})`, '{UNHINTED_NAME}' the same call without it.\n")
     w(f"This run: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_suite.py {' '.join(R.get('argv', []))}` "
       f"({R['total_s'] / 60:.0f} min wall, {R.get('cpu_s', math.nan) / 60:.0f} min CPU)"
       + (f"; this report and the figure were rewritten from its dump with `--report-from`" if R.get("rendered_from")
@@ -1012,6 +1028,9 @@ def default_section(R, w, bold):
     ours = [s for s in R["samplers"] if s.family == "ours" and hasattr(s, "key")]
     if rec_fn is None or not ours:
         return
+    scale = getattr(R["args"], "scale", 1.0)
+    if scale != 1.0:                   # the default was told the data's scale (`--scale`)
+        rec_fn = (lambda f: lambda n: f(n, data_std=scale))(rec_fn)
     by_key = {(s.key, s.spacing): s for s in ours}
     summ, summ_net, cells, dn = R["summary"], R["summary_net"], R["cells"], [d.name for d in R["suite"]]
     old = by_key.get(("reverse_diffusion", "uniform"))
@@ -1033,7 +1052,8 @@ def default_section(R, w, bold):
             spans.append([n, n, rec_fn(n)])
     rule = "; ".join(f"`{c}` for {a} to {b} steps" if b < max(R["nfes"]) else f"`{c}` from {a} steps on"
                      for a, b, c in spans) + " (predictor, spacing[, options])"
-    w("`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.recommended_sampler(n)`: "
+    call = "recommended_sampler(n)" if scale == 1.0 else f"recommended_sampler(n, data_std={scale:g})"
+    w(f"`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.{call}`: "
       f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
       "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
@@ -1481,6 +1501,9 @@ def main(argv=None):
     ap.add_argument("--eps", type=float, default=DEFAULT_EPS, help=f"end time of ours, torchdiffeq rk4 and the exact "
                     f"flow map (then Tweedie's step), and of the eps limit (default {DEFAULT_EPS:g}); diffusers' "
                     "schedulers keep their own grid")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every distribution by this (data std `scale` "
+                    "instead of 1); our default is then told it (`sample(..., data_std=scale)`) and also run without "
+                    "it ('ours default, no data_std'); bench/bench_scale.py runs several")
     ap.add_argument("--map-rtol", type=float, default=1e-8, help="tolerance of the exact flow map (float64 dopri5)")
     ap.add_argument("--elogp-n", type=int, default=0, help="exact samples for E[log p0] (default by dimension)")
     ap.add_argument("--dump", default=None, help="also pickle the raw runs to this file")
@@ -1516,14 +1539,19 @@ def main(argv=None):
     load_before = bs.loadavg()
     sha = hashlib.sha1(Path(sampling.__file__).read_bytes()).hexdigest()[:10]
 
-    suite = build_suite(args.quick)
+    if not (math.isfinite(args.scale) and args.scale > 0):
+        ap.error(f"--scale must be a positive number, got {args.scale}")
+    global DATA_SCALE
+    DATA_SCALE = args.scale
+    suite = build_suite(args.quick, args.scale)
     if args.dists:
         keep = [k.strip() for k in args.dists.split(",")]
         suite = [d for d in suite if d.name in keep]
     notes = []
     ours = discover_ours(notes)
     if args.quick:   # one grid each: logsnr for the deterministic predictors, uniform for the stochastic ones
-        ours = [s for s in ours if s.spacing == ("uniform" if s.stochastic else "logsnr") or s.name == DEFAULT_NAME]
+        ours = [s for s in ours
+                if s.spacing == ("uniform" if s.stochastic else "logsnr") or s.name in (DEFAULT_NAME, UNHINTED_NAME)]
     samplers = ours + peers()
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]
@@ -1572,7 +1600,8 @@ def main(argv=None):
                                 sel64.append(sn)
                     log(f"    64-D: our samplers kept: {sel64}")
             if sel64 is not None:
-                run_here = [s for s in samplers if s.family == "peer" or s.name in sel64 or s.name == DEFAULT_NAME]
+                run_here = [s for s in samplers
+                            if s.family == "peer" or s.name in sel64 or s.name in (DEFAULT_NAME, UNHINTED_NAME)]
         cache = {}
         for s in run_here:
             b = time.perf_counter()

@@ -19,10 +19,10 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
-           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
-           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
-           'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_QUAD_MIN_DATA_STD', 'ODE_METHODS', 'ScoreCounter',
+           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
+           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
+           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -687,21 +687,26 @@ def tweedie_denoise(
 
 AUTO_SWITCH_STEPS = (19, 49)   # `predictor="auto"` changes sampler at these step counts (NFE 20 and 50 with the
                                # Tweedie step; bench/SUITE.md, bench/LEARNED.md, chapter 9)
+AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` keeps the log-SNR grid (bench/SUITE_SCALE.md)
 
 
 def recommended_sampler(
     steps: int,               # predictor steps $N$ (the NFE is $N + 1$ with the final Tweedie step)
     sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
+    data_std: float | None = None,   # the data's scale $\sqrt{\operatorname{tr}\operatorname{Cov}[x_0] / D}$ if known (None: about 1, the suite's)
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
     (bh2) below $N_1$ steps and iPNDM-4 from $N_1$ to $N_2 - 1$, both on the time-quadratic grid, then UniPC-3 (bh2) on
-    the log-SNR grid. For the others (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
-    `PREDICTORS[name](**options)` is the predictor."""
+    the log-SNR grid. For the others (chapter 9 measures VE), and for data whose `data_std` is below
+    `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too late: bench/SUITE_SCALE.md):
+    UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid. `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
-    vp_like = sde is None or isinstance(sde, (VPSDE, SubVPSDE))
+    if data_std is not None:
+        data_std = positive_float("data_std", data_std)
+    vp_like = (sde is None or isinstance(sde, (VPSDE, SubVPSDE))) and (data_std is None or data_std >= AUTO_QUAD_MIN_DATA_STD)
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
         return "unipc", ("quadratic" if vp_like else "logsnr"), {}
@@ -731,6 +736,7 @@ def sample(
     return_path: bool = False,   # samples: the states at $t_0, \dots, t_N$ (and the denoised one), (N + 1 [+ 1], B, *D)
     project: Callable | None = None,   # x <- project(x, t) after the prior draw, each corrector call and each predictor step
     enable_grad: bool = False,   # record an autograd graph through every step (memory grows with `steps`); default torch.no_grad()
+    data_std: float | None = None,   # the data's scale, if known: `predictor="auto"` picks its grid by it (`recommended_sampler`)
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     """Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE.
     By default (`predictor="auto"`, `spacing=None`) the sampler the suite ranks best for `steps`, `recommended_sampler`."""
@@ -739,12 +745,14 @@ def sample(
     steps = positive_int("steps", steps)
     if spacing is not None and (not isinstance(spacing, str) or spacing not in SPACINGS):
         raise ValueError(f"`spacing` must be None or one of {SPACINGS}, got {spacing!r}")
+    if data_std is not None:
+        data_std = positive_float("data_std", data_std)
     default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
     if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
         if corrector is not None or project is not None:      # which the multistep samplers' history ignores
             predictor, default_grid = "reverse_diffusion", "uniform"
         else:
-            name, default_grid, options = recommended_sampler(steps, sde)
+            name, default_grid, options = recommended_sampler(steps, sde, data_std)
             predictor = PREDICTORS[name](**options)
     spacing = default_grid if spacing is None else spacing
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))

@@ -458,6 +458,39 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
 
 
+@pytest.mark.parametrize("steps", [4, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], AUTO_SWITCH_STEPS[1] - 1,
+                                   AUTO_SWITCH_STEPS[1]])
+def test_auto_keeps_the_log_snr_grid_for_small_data(steps):
+    """`data_std` below AUTO_QUAD_MIN_DATA_STD (bench/SUITE_SCALE.md: at data std 0.25 and 0.35 the log-SNR grid is
+    closer on more mixtures at every budget): the VP rule becomes the VE one, UniPC-2 then UniPC-3 on the log-SNR grid;
+    at and above the threshold, and with no data_std, the time-quadratic rule. `sample(..., data_std=...)` runs that
+    choice bit for bit; a data_std that is not a positive finite number is refused by name."""
+    from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
+    n1 = AUTO_SWITCH_STEPS[0]
+    small = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
+    for sde in (VPSDE(), SubVPSDE()):
+        for std in (0.1, 0.25, math.nextafter(S0, 0)):
+            assert recommended_sampler(steps, sde, data_std=std) == small
+        for std in (S0, 1.0, 4):
+            assert recommended_sampler(steps, sde, data_std=std) == recommended_sampler(steps, sde)
+        assert recommended_sampler(steps, sde)[1] == ("quadratic" if steps < AUTO_SWITCH_STEPS[1] else "logsnr")
+    assert recommended_sampler(steps, VESDE(), data_std=0.25) == recommended_sampler(steps, VESDE(), data_std=2.0)
+    sde, score = VPSDE(), RING.score_fn(VPSDE())
+    run = lambda **kw: sample(sde, score, (64, 2), steps=steps, generator=torch.Generator().manual_seed(7), **kw).samples
+    name, grid, options = small
+    assert torch.equal(run(data_std=0.25), run(predictor=PREDICTORS[name](**options), spacing=grid))
+    assert torch.equal(run(data_std=1.0), run())
+    if steps < AUTO_SWITCH_STEPS[1]:   # below N2 the two rules differ, so data_std reaches the grid
+        assert not torch.equal(run(data_std=0.25), run())
+    # with an explicit predictor (or a corrector) data_std does not change anything
+    assert torch.equal(run(predictor="ddim", data_std=0.25), run(predictor="ddim"))
+    for bad in (0, -1.0, math.nan, math.inf, "0.5", True):
+        with pytest.raises((ValueError, TypeError), match="data_std"):
+            recommended_sampler(steps, data_std=bad)
+        with pytest.raises((ValueError, TypeError), match="data_std"):
+            run(data_std=bad)
+
+
 def test_auto_with_a_corrector_or_project_is_reverse_diffusion_on_the_uniform_grid():
     """Song et al.'s predictor-corrector and projection samplers: a corrector or `project` moves the state between the
     steps, which the multistep samplers' history would ignore, so "auto" keeps reverse diffusion there (the old default)."""
