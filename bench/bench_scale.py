@@ -171,8 +171,8 @@ def write_report(out: Path, runs: dict, meta: dict):
         gap = [T for T in NFES if (lambda r: r[1] > r[0])(h2h(R, cells, q, l, T, "net"))]
         sw = [T for T in NFES if (lambda r: r[0] > r[1])(h2h(R, cells, q, l, T, "sw2"))]
         w(f"- Data std {sc:g}, UniPC-2: the log-SNR grid better on the gap on more mixtures at NFE "
-          f"{', '.join(map(str, gap)) or 'none'}; the quadratic grid better on SW2 on more mixtures at NFE "
-          f"{', '.join(map(str, sw)) or 'none'}.")
+          f"{', '.join(map(str, gap)) or 'none of those run'}; the quadratic grid better on SW2 on more mixtures at "
+          f"NFE {', '.join(map(str, sw)) or 'none of those run'}.")
     w("")
     w("The grids are fixed in t, not in units of the data, so which one serves better moves with the data's scale. "
       "On data of std 1 and 2 the time-quadratic grid wins at low budgets; on data of std 0.25 and 0.35 the log-SNR "
