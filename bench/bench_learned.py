@@ -52,11 +52,13 @@ SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "UniPC-2, no lower-order final [quad]": (lambda: UniPC(order=2, lower_order_final=False), "quadratic"),
     "UniPC-3 [quad]": (lambda: UniPC(order=3), "quadratic"),
     "iPNDM [quad]": (IPNDM, "quadratic"),
+    "UniPC-2 [cubic]": (lambda: UniPC(order=2), "cubic"),
+    "iPNDM [cubic]": (IPNDM, "cubic"),
 }
 STEPS = (9, 14, 19, 24, 49)
 FD_STEPS = 19
 FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]",
-               "iPNDM [quad]")
+               "iPNDM [quad]", "iPNDM [cubic]")
 EPSS = (1e-3, 1e-4, 1e-5)
 
 

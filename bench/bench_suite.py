@@ -110,7 +110,7 @@ EXPECTED = (("euler_maruyama", "EM", lambda k: k == "euler_maruyama"),
             ("dpm_solver_3m", "DPM-Solver++(3M)", lambda k: "3m" in k.lower()),
             ("unipc", "UniPC", lambda k: "unipc" in k.lower()),
             ("ipndm", "iPNDM", lambda k: "pndm" in k.lower()))
-SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm", "quadratic": "quad"}
+SHORT = {"uniform": "uni", "logsnr": "logsnr", "edm": "edm", "quadratic": "quad", "cubic": "cubic"}
 # non-default settings run as well: (label, key in PREDICTORS, constructor arguments, grids)
 VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm", "quadratic")),)
 DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
@@ -1043,6 +1043,19 @@ def default_section(R, w, bold):
         st = s["stats"].get(sn)
         return "–" if st is None else f"{st['median']:.1f} ({st['mean']:.1f})"
 
+    peer_names = [x.name for x in R["samplers"] if x.family == "peer"]
+
+    def vs_peer(sn, T, metric):   # on how many mixtures at least as accurate as the best peer on (metric, SW2)
+        wins = n = 0
+        for d in dn:
+            c = cells.get((d, sn, T))
+            ps = [cells[(d, p, T)] for p in peer_names if (d, p, T) in cells]
+            if c is None or not ps:
+                continue
+            n += 1
+            wins += all(at_least_as_good(c, min(ps, key=lambda x: (x.failed, _val(x, m))), m) for m in (metric, "sw2"))
+        return f"{wins} of {n}"
+
     w("## The default of `sample` (`predictor=\"auto\"`)\n")
     spans = []                                     # the rule as runs of steps with the same choice
     for n in range(1, max(R["nfes"]) + 1):
@@ -1057,12 +1070,13 @@ def default_section(R, w, bold):
       f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
       "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
-      "rank, the same ranked on its own error (net of the ε limit), and its collapses (runs with |dlogp| > 1 nat or "
-      "NaN), next to the best of ours and the old default (reverse diffusion on the uniform grid). Chapter 9 ('The "
+      "rank, the same ranked on its own error (net of the ε limit), on how many mixtures it is at least as accurate as "
+      "the best peer on both metrics (|dlogp|, then |dlogp| net of the ε limit, each with SW2; issue 10's target (2) "
+      "for the default itself), and its collapses (runs with |dlogp| > 1 nat or NaN), next to the best of ours and the old default (reverse diffusion on the uniform grid). Chapter 9 ('The "
       "default of `sample`') explains the choice; VE and sub-VP are checked there.\n")
-    w("| NFE | default | rank | place among ours | rank net of ε limit | place net | collapses | best of ours (rank) "
-      "| old default: rank | old default: collapses |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+    w("| NFE | default | rank | place among ours | rank net of ε limit | place net | vs best peer | vs best peer, net "
+      "| collapses | best of ours (rank) | old default: rank | old default: collapses |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for T in R["nfes"]:
         s, sn_ = summ[T], summ_net[T]
         d = next((x for x in ours if x.name == DEFAULT_NAME), None)   # the default, run as a sampler of its own
@@ -1081,7 +1095,8 @@ def default_section(R, w, bold):
         o_rank = rank(s, old.name) if old else "–"
         o_c = "{} of {}".format(*collapses(old.name, T)) if old else "–"
         w(f"| {T} | {bold(d.name)}: {what} ({steps} steps) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
-          f"{rank(sn_, d.name)} | {place_net} | {c} of {n} | {bold(best)} ({rank(s, best)}) | {o_rank} | {o_c} |")
+          f"{rank(sn_, d.name)} | {place_net} | {vs_peer(d.name, T, 'err')} | {vs_peer(d.name, T, 'net')} | {c} of {n} | "
+          f"{bold(best)} ({rank(s, best)}) | {o_rank} | {o_c} |")
     w("")
 
 

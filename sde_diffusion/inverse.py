@@ -642,7 +642,7 @@ def reconstruction_guidance(
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1,  # corrector steps per predictor step, for a corrector given by name or class
     eps: float = 1e-3,         # the last time $t_N = \epsilon$
-    spacing: str = "uniform",  # the time grid: "uniform", "logsnr", "edm" or "quadratic" (see `sampling_times`)
+    spacing: str = "uniform",  # the time grid: "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula of the guided score at $\epsilon$ (Ho et al.'s adjusted $\tilde x_0$)
     generator: torch.Generator | None = None,  # drives the prior draw and all the noise: same seed, same samples
     x_T: Tensor | None = None,                 # start here instead of drawing from the prior, shape (B, *event_shape)
@@ -667,7 +667,7 @@ def dps(
     steps: int = 1000,        # predictor steps $N$ (the paper: 1000 DDPM steps)
     predictor="ancestral",    # a predictor that evaluates the score once, at the current state (DDPM's step in the paper)
     eps: float = 1e-3,        # the last time $t_N = \epsilon$
-    spacing: str = "uniform",  # the time grid: "uniform", "logsnr", "edm" or "quadratic" (see `sampling_times`)
+    spacing: str = "uniform",  # the time grid: "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`)
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$
     generator: torch.Generator | None = None,  # drives the prior draw and all the noise: same seed, same samples
     x_T: Tensor | None = None,                 # start here instead of drawing from the prior, shape (B, *event_shape)

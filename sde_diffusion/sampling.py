@@ -19,10 +19,11 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_QUAD_MIN_DATA_STD', 'ODE_METHODS', 'ScoreCounter',
-           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
-           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
-           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD',
+           'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama',
+           'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM',
+           'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'recommended_sampler',
+           'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,7 +55,7 @@ class ScoreCounter:
         return s
 
 # %% ../nbs/09_sampling.ipynb #93cfce80
-SPACINGS = ("uniform", "logsnr", "edm", "quadratic")
+SPACINGS = ("uniform", "logsnr", "edm", "quadratic", "cubic")
 
 
 def _log_snr(sde: SDE, t: Tensor) -> Tensor:
@@ -82,7 +83,7 @@ def sampling_times(
     sde: SDE,                 # the forward SDE
     steps: int,               # number of steps $N$
     eps: float = 1e-3,        # last time $t_N = \epsilon > 0$
-    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$, "quadratic" uniform in $\sqrt t$ (eq. `eq-spacings`)
+    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$, "quadratic" / "cubic" uniform in $t^{1/2}$ / $t^{1/3}$ (eq. `eq-spacings`)
     rho: float = 7.0,         # the exponent $\rho$ of the "edm" spacing
     dtype=None,               # dtype of the returned grid (default: torch's default)
     device=None,              # device of the returned grid
@@ -98,8 +99,9 @@ def sampling_times(
     u, T = torch.linspace(0, 1, steps + 1, dtype=torch.float64), sde.T
     if spacing == "uniform":
         ts = T + (eps - T) * u
-    elif spacing == "quadratic":
-        ts = (math.sqrt(T) + (math.sqrt(eps) - math.sqrt(T)) * u) ** 2
+    elif spacing in ("quadratic", "cubic"):
+        k = 2 if spacing == "quadratic" else 3
+        ts = (T ** (1 / k) + (eps ** (1 / k) - T ** (1 / k)) * u) ** k
     else:
         with sde.unchecked():
             lam_T, lam_eps = _log_snr(sde, torch.tensor([T, eps], dtype=torch.float64)).tolist()
@@ -687,6 +689,7 @@ def tweedie_denoise(
 
 AUTO_SWITCH_STEPS = (19, 49)   # `predictor="auto"` changes sampler at these step counts (NFE 20 and 50 with the
                                # Tweedie step; bench/SUITE.md, bench/LEARNED.md, chapter 9)
+AUTO_CUBIC_MIN_STEPS = 9      # from this step count (NFE 10) to N1 - 1 `predictor="auto"` runs UniPC-2 on the time-cubic grid
 AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` keeps the log-SNR grid (bench/SUITE_SCALE.md)
 
 
@@ -697,8 +700,8 @@ def recommended_sampler(
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
-    (bh2) below $N_1$ steps and iPNDM-4 from $N_1$ to $N_2 - 1$, both on the time-quadratic grid, then UniPC-3 (bh2) on
-    the log-SNR grid. For the others (chapter 9 measures VE), and for data whose `data_std` is below
+    (bh2) below $N_1$ steps, on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
+    there, iPNDM-4 on the time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For the others (chapter 9 measures VE), and for data whose `data_std` is below
     `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too late: bench/SUITE_SCALE.md):
     UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid. `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
@@ -709,7 +712,7 @@ def recommended_sampler(
     vp_like = (sde is None or isinstance(sde, (VPSDE, SubVPSDE))) and (data_std is None or data_std >= AUTO_QUAD_MIN_DATA_STD)
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
-        return "unipc", ("quadratic" if vp_like else "logsnr"), {}
+        return "unipc", ("logsnr" if not vp_like else "quadratic" if steps < AUTO_CUBIC_MIN_STEPS else "cubic"), {}
     if steps < n2 and vp_like:
         return "ipndm", "quadratic", {}
     return "unipc", "logsnr", {"order": 3}
@@ -726,7 +729,7 @@ def sample(
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
     eps: float = 1e-3,        # the last time $t_N = \epsilon$
-    spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm" or "quadratic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
+    spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
     dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32

@@ -8,8 +8,8 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS, AncestralSampling,
-                                    AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
+from sde_diffusion.sampling import (AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
+                                    AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
                                     ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
@@ -208,7 +208,7 @@ def test_nan_is_reported_with_its_step():
 
 def test_sampling_times():
     for sde in SDES.values():
-        for spacing in ("uniform", "logsnr", "edm", "quadratic"):
+        for spacing in ("uniform", "logsnr", "edm", "quadratic", "cubic"):
             ts = sampling_times(sde, 30, eps=1e-3, spacing=spacing, dtype=torch.float64)
             assert ts.shape == (31,) and ts[0] == sde.T and ts[-1] == 1e-3 and (ts.diff() < 0).all()
     ts = sampling_times(VPSDE(), 10, spacing="logsnr", dtype=torch.float64)
@@ -224,6 +224,15 @@ def test_sampling_times():
         assert ts[0] == sde.T and ts[-1] == 1e-2
         want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
         assert torch.allclose(ts.sqrt().diff(), want, rtol=0, atol=1e-14)
+    # time-cubic: equal steps in t^(1/3), (eps^(1/3) - T^(1/3))/N; eps = 1e-3 and T = 8 have exact cube roots 0.1 and 2
+    class EightVP(VPSDE):
+        T = property(lambda self: 8.0)
+    for sde, root_T in ((VPSDE(), 1.0), (EightVP(), 2.0)):
+        ts = sampling_times(sde, 10, eps=1e-3, spacing="cubic", dtype=torch.float64)
+        assert ts[0] == sde.T and ts[-1] == 1e-3
+        want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
+        assert torch.allclose(ts.pow(1 / 3).diff(), want, rtol=0, atol=1e-14)
+        assert not torch.allclose(ts, sampling_times(sde, 10, eps=1e-3, spacing="quadratic", dtype=torch.float64))
     # EDM (eq. eq-spacings): equal steps in tau^(1/rho), tau = sigma/alpha, for the default rho = 7 and for rho = 3;
     # the grid comes from bisection in t (64 halvings), so the steps agree to ~1e-12 relative
     for rho, kw in ((7.0, {}), (3.0, {"rho": 3.0})):
@@ -426,12 +435,13 @@ def test_langevin_per_sample_step_ignores_other_samples():
 
 # ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
 @pytest.mark.parametrize("sde_name", list(SDES))
-@pytest.mark.parametrize("steps", [1, 4, 12, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], 30,
+@pytest.mark.parametrize("steps", [1, 4, AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 12, AUTO_SWITCH_STEPS[0] - 1,
+                                   AUTO_SWITCH_STEPS[0], 30,
                                    AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 60])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
-    """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 on the time-quadratic grid below
-    N1 steps, iPNDM-4 on it from N1 to N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on
-    the log-SNR grid. The default call equals the explicit call of that sampler bit for bit, with and without the
+    """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 below N1 steps (on the time-quadratic
+    grid below AUTO_CUBIC_MIN_STEPS, on the time-cubic grid from there), iPNDM-4 on the time-quadratic grid from N1 to
+    N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on the log-SNR grid. The default call equals the explicit call of that sampler bit for bit, with and without the
     Tweedie step and the path."""
     sde = SDES[sde_name]
     name, grid, options = recommended_sampler(steps, sde)
@@ -439,8 +449,8 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     if isinstance(sde, VESDE):   # the quadratic grid is measured on VP and sub-VP only
         want = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
     else:
-        want = (("unipc", "quadratic", {}) if steps < n1 else ("ipndm", "quadratic", {}) if steps < n2
-                else ("unipc", "logsnr", {"order": 3}))
+        want = (("unipc", "quadratic", {}) if steps < AUTO_CUBIC_MIN_STEPS else ("unipc", "cubic", {}) if steps < n1
+                else ("ipndm", "quadratic", {}) if steps < n2 else ("unipc", "logsnr", {"order": 3}))
     assert (name, grid, options) == want
     assert recommended_sampler(steps) == recommended_sampler(steps, VPSDE())   # no SDE: the suite's VP
     pred = lambda: PREDICTORS[name](**options)
@@ -463,7 +473,7 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
 def test_auto_keeps_the_log_snr_grid_for_small_data(steps):
     """`data_std` below AUTO_QUAD_MIN_DATA_STD (bench/SUITE_SCALE.md: at data std 0.25 and 0.35 the log-SNR grid is
     closer on more mixtures at every budget): the VP rule becomes the VE one, UniPC-2 then UniPC-3 on the log-SNR grid;
-    at and above the threshold, and with no data_std, the time-quadratic rule. `sample(..., data_std=...)` runs that
+    at and above the threshold, and with no data_std, the time-quadratic and time-cubic rule. `sample(..., data_std=...)` runs that
     choice bit for bit; a data_std that is not a positive finite number is refused by name."""
     from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
     n1 = AUTO_SWITCH_STEPS[0]
@@ -473,7 +483,8 @@ def test_auto_keeps_the_log_snr_grid_for_small_data(steps):
             assert recommended_sampler(steps, sde, data_std=std) == small
         for std in (S0, 1.0, 4):
             assert recommended_sampler(steps, sde, data_std=std) == recommended_sampler(steps, sde)
-        assert recommended_sampler(steps, sde)[1] == ("quadratic" if steps < AUTO_SWITCH_STEPS[1] else "logsnr")
+        assert recommended_sampler(steps, sde)[1] == ("cubic" if AUTO_CUBIC_MIN_STEPS <= steps < AUTO_SWITCH_STEPS[0]
+                                                      else "quadratic" if steps < AUTO_SWITCH_STEPS[1] else "logsnr")
     assert recommended_sampler(steps, VESDE(), data_std=0.25) == recommended_sampler(steps, VESDE(), data_std=2.0)
     sde, score = VPSDE(), RING.score_fn(VPSDE())
     run = lambda **kw: sample(sde, score, (64, 2), steps=steps, generator=torch.Generator().manual_seed(7), **kw).samples

@@ -1211,13 +1211,15 @@ def test_langevin_norms_cache_follows_feature_size_dtype_and_device(device):
         assert corr._ones.shape == (shape[1],) and corr._ones.dtype == dtype and corr._ones.device == v.device
 
 
-def test_auto_switches_at_19_and_49_steps():
-    """bench/SUITE.md's choice, as numbers (test_sampling reads the constant itself): on VP, UniPC-2 on the
-    time-quadratic grid for 1 to 18 steps, iPNDM-4 on it for 19 to 48, UniPC-3 on the log-SNR grid from 49 (NFE 50)."""
-    from sde_diffusion.sampling import AUTO_SWITCH_STEPS, recommended_sampler
-    assert AUTO_SWITCH_STEPS == (19, 49)
-    assert [recommended_sampler(n) for n in (1, 18, 19, 48, 49, 1000)] == (
-        [("unipc", "quadratic", {})] * 2 + [("ipndm", "quadratic", {})] * 2 + [("unipc", "logsnr", {"order": 3})] * 2)
+def test_auto_switches_at_9_19_and_49_steps():
+    """bench/SUITE.md's choice, as numbers (test_sampling reads the constants themselves): on VP, UniPC-2 on the
+    time-quadratic grid for 1 to 8 steps and on the time-cubic grid for 9 to 18, iPNDM-4 on the time-quadratic grid for
+    19 to 48, UniPC-3 on the log-SNR grid from 49 (NFE 50)."""
+    from sde_diffusion.sampling import AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, recommended_sampler
+    assert AUTO_SWITCH_STEPS == (19, 49) and AUTO_CUBIC_MIN_STEPS == 9
+    assert [recommended_sampler(n) for n in (1, 8, 9, 18, 19, 48, 49, 1000)] == (
+        [("unipc", "quadratic", {})] * 2 + [("unipc", "cubic", {})] * 2 + [("ipndm", "quadratic", {})] * 2
+        + [("unipc", "logsnr", {"order": 3})] * 2)
 
 
 def test_ode_sample_reports_overflow_of_the_samples_dtype():
