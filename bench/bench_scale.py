@@ -41,8 +41,10 @@ from sde_diffusion import sampling  # noqa: E402
 
 SCALES = (0.25, 0.35, 0.5, 1.0, 2.0)
 NFES = (5, 7, 10, 15, 20, 25, 50)
-PAIRS = (("UniPC-2", "ours UniPC [quad]", "ours UniPC [logsnr]"), ("iPNDM-4", "ours iPNDM [quad]", "ours iPNDM [logsnr]"))
-OURS = ("ours UniPC [quad]", "ours UniPC [logsnr]", "ours iPNDM [quad]", "ours iPNDM [logsnr]", "ours UniPC-3 [logsnr]")
+PAIRS = (("UniPC-2", "ours UniPC [quad]", "ours UniPC [logsnr]"), ("iPNDM-4", "ours iPNDM [quad]", "ours iPNDM [logsnr]"),
+         ("UniPC-2, the time-cubic grid in place of the quadratic (q = cubic)", "ours UniPC [cubic]", "ours UniPC [logsnr]"))
+OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours iPNDM [quad]", "ours iPNDM [logsnr]",
+        "ours UniPC-3 [logsnr]")
 ONLY = ",".join(n.removeprefix("ours ") for n in OURS) + ",default,diffusers"
 METRICS = ("net", "sw2")   # the sampler's own error (net of the eps limit, which grows as the data shrink) and SW2
 
@@ -90,12 +92,14 @@ def h2h(R, cells, a_name, b_name, T, metric):
 
 
 def grid_table(runs, w):
-    w("## A. The time-quadratic against the log-SNR grid\n")
+    w("## A. The time-quadratic (and time-cubic) against the log-SNR grid\n")
     w("Each cell: on how many of the 14 mixtures the time-quadratic grid is better by more than 2 standard errors / "
       "on how many the log-SNR grid is, first on the log-density gap to the exact flow map of the same x_T (paired, "
       "net of the ε limit: the end time's own over-concentration, which grows as the data shrink, is the same for "
       "both), then on SW2; in brackets the median over the mixtures of RMS(quadratic) / RMS(log-SNR), the distances "
-      "to that map (< 1: the quadratic grid lands nearer). Bold: the log-SNR grid better on more mixtures on the gap.\n")
+      "to that map (< 1: the quadratic grid lands nearer). Bold: the log-SNR grid better on more mixtures on the gap. "
+      "The third table puts the time-cubic grid, which `sample`'s default runs UniPC-2 on from "
+      f"{sampling.AUTO_CUBIC_MIN_STEPS} to {sampling.AUTO_SWITCH_STEPS[0] - 1} steps, in the quadratic grid's place.\n")
     for label, q, l in PAIRS:
         w(f"**{label}**: gap q / l; SW2 q / l (RMS ratio)\n")
         w("| data std | " + " | ".join(f"NFE {T}" for T in NFES) + " |")
@@ -119,7 +123,7 @@ def default_table(runs, w):
       "'vs best peer': the share of the mixtures on which it is at least as accurate as the best `diffusers` sampler "
       "on both metrics (within 2 standard errors). The default is `sample(..., data_std=s)`; below "
       f"`AUTO_QUAD_MIN_DATA_STD` = {sampling.AUTO_QUAD_MIN_DATA_STD:g} that is UniPC on the log-SNR grid where the call "
-      "without `data_std` runs the time-quadratic rule. At s = 1 the two calls are the same.\n")
+      "without `data_std` runs the VP rule (time-quadratic and time-cubic grids). At s = 1 the two calls are the same.\n")
     w("| data std | sampler | " + " | ".join(f"NFE {T}" for T in NFES) + " |")
     w("|---|---|" + "---|" * len(NFES))
     for s, (R, cells) in runs.items():
@@ -166,13 +170,13 @@ def write_report(out: Path, runs: dict, meta: dict):
     grid_table(runs, w)
     default_table(runs, w)
     w("## Reading\n")
-    q, l = PAIRS[0][1], PAIRS[0][2]
-    for sc, (R, cells) in runs.items():
-        gap = [T for T in NFES if (lambda r: r[1] > r[0])(h2h(R, cells, q, l, T, "net"))]
-        sw = [T for T in NFES if (lambda r: r[0] > r[1])(h2h(R, cells, q, l, T, "sw2"))]
-        w(f"- Data std {sc:g}, UniPC-2: the log-SNR grid better on the gap on more mixtures at NFE "
-          f"{', '.join(map(str, gap)) or 'none of those run'}; the quadratic grid better on SW2 on more mixtures at "
-          f"NFE {', '.join(map(str, sw)) or 'none of those run'}.")
+    for (_, q, l), grid in ((PAIRS[0], "quadratic"), (PAIRS[2], "cubic")):
+        for sc, (R, cells) in runs.items():
+            gap = [T for T in NFES if (lambda r: r[1] > r[0])(h2h(R, cells, q, l, T, "net"))]
+            sw = [T for T in NFES if (lambda r: r[0] > r[1])(h2h(R, cells, q, l, T, "sw2"))]
+            w(f"- Data std {sc:g}, UniPC-2, {grid} against log-SNR: the log-SNR grid better on the gap on more mixtures "
+              f"at NFE {', '.join(map(str, gap)) or 'none of those run'}; the {grid} grid better on SW2 on more mixtures "
+              f"at NFE {', '.join(map(str, sw)) or 'none of those run'}.")
     w("")
     w("The grids are fixed in t, not in units of the data, so which one serves better moves with the data's scale. "
       "On data of std 1 and 2 the time-quadratic grid wins at low budgets; on data of std 0.25 and 0.35 the log-SNR "
@@ -183,7 +187,7 @@ def write_report(out: Path, runs: dict, meta: dict):
       f"{sampling.AUTO_QUAD_MIN_DATA_STD:g} the VP rule becomes the VE one (UniPC-2, then UniPC-3 from "
       f"{sampling.AUTO_SWITCH_STEPS[0]} steps, on the log-SNR grid), and `sample(..., data_std=...)` passes it on; "
       "table B shows what that buys. Without `data_std` the default assumes data of about unit scale, as the suite's; "
-      "chapter 12's digits have data std 0.54, and `bench/LEARNED.md` measured the quadratic rule on them.\n")
+      "chapter 12's digits have data std 0.54, and `bench/LEARNED.md` measured the VP rule on them.\n")
     w("## Machine\n")
     w(f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; git {meta['git']}; "
       f"dumps in `{meta['work']}`.\n")
