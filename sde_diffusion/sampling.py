@@ -690,7 +690,7 @@ def tweedie_denoise(
 AUTO_SWITCH_STEPS = (19, 49)   # `predictor="auto"` changes sampler at these step counts (NFE 20 and 50 with the
                                # Tweedie step; bench/SUITE.md, bench/LEARNED.md, chapter 9)
 AUTO_CUBIC_MIN_STEPS = 9      # from this step count (NFE 10) to N1 - 1 `predictor="auto"` runs UniPC-2 on the time-cubic grid
-AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` keeps the log-SNR grid (bench/SUITE_SCALE.md)
+AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never uses the time-quadratic grid (bench/SUITE_SCALE.md)
 
 
 def recommended_sampler(
@@ -701,19 +701,23 @@ def recommended_sampler(
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
     (bh2) below $N_1$ steps, on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
-    there, iPNDM-4 on the time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For the others (chapter 9 measures VE), and for data whose `data_std` is below
-    `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too late: bench/SUITE_SCALE.md):
-    UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid. `PREDICTORS[name](**options)` is the predictor."""
+    there, iPNDM-4 on the time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For
+    data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
+    late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For the
+    other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
+    `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
     if data_std is not None:
         data_std = positive_float("data_std", data_std)
-    vp_like = (sde is None or isinstance(sde, (VPSDE, SubVPSDE))) and (data_std is None or data_std >= AUTO_QUAD_MIN_DATA_STD)
+    vp_like = sde is None or isinstance(sde, (VPSDE, SubVPSDE))
+    small = data_std is not None and data_std < AUTO_QUAD_MIN_DATA_STD
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
-        return "unipc", ("logsnr" if not vp_like else "quadratic" if steps < AUTO_CUBIC_MIN_STEPS else "cubic"), {}
-    if steps < n2 and vp_like:
+        grid = "logsnr" if not vp_like else "cubic" if small or steps >= AUTO_CUBIC_MIN_STEPS else "quadratic"
+        return "unipc", grid, {}
+    if steps < n2 and vp_like and not small:
         return "ipndm", "quadratic", {}
     return "unipc", "logsnr", {"order": 3}
 

@@ -468,16 +468,17 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
 
 
-@pytest.mark.parametrize("steps", [4, AUTO_SWITCH_STEPS[0] - 1, AUTO_SWITCH_STEPS[0], AUTO_SWITCH_STEPS[1] - 1,
-                                   AUTO_SWITCH_STEPS[1]])
-def test_auto_keeps_the_log_snr_grid_for_small_data(steps):
+@pytest.mark.parametrize("steps", [4, AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS[0] - 1,
+                                   AUTO_SWITCH_STEPS[0], AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1]])
+def test_auto_drops_the_quadratic_grid_for_small_data(steps):
     """`data_std` below AUTO_QUAD_MIN_DATA_STD (bench/SUITE_SCALE.md: at data std 0.25 and 0.35 the log-SNR grid is
-    closer on more mixtures at every budget): the VP rule becomes the VE one, UniPC-2 then UniPC-3 on the log-SNR grid;
-    at and above the threshold, and with no data_std, the time-quadratic and time-cubic rule. `sample(..., data_std=...)` runs that
+    closer than the time-quadratic one on more mixtures at every budget, and the time-cubic one closer than both): on VP
+    and sub-VP, UniPC-2 on the time-cubic grid below N1 steps, then UniPC-3 on the log-SNR grid; at and above the
+    threshold, and with no data_std, the time-quadratic and time-cubic rule; VE ignores data_std. `sample(..., data_std=...)` runs that
     choice bit for bit; a data_std that is not a positive finite number is refused by name."""
     from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
     n1 = AUTO_SWITCH_STEPS[0]
-    small = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
+    small = ("unipc", "cubic", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
     for sde in (VPSDE(), SubVPSDE()):
         for std in (0.1, 0.25, math.nextafter(S0, 0)):
             assert recommended_sampler(steps, sde, data_std=std) == small
@@ -491,8 +492,10 @@ def test_auto_keeps_the_log_snr_grid_for_small_data(steps):
     name, grid, options = small
     assert torch.equal(run(data_std=0.25), run(predictor=PREDICTORS[name](**options), spacing=grid))
     assert torch.equal(run(data_std=1.0), run())
-    if steps < AUTO_SWITCH_STEPS[1]:   # below N2 the two rules differ, so data_std reaches the grid
-        assert not torch.equal(run(data_std=0.25), run())
+    if steps < AUTO_CUBIC_MIN_STEPS or AUTO_SWITCH_STEPS[0] <= steps < AUTO_SWITCH_STEPS[1]:   # the rules differ here,
+        assert not torch.equal(run(data_std=0.25), run())                                         # so data_std counts
+    else:
+        assert torch.equal(run(data_std=0.25), run())
     # with an explicit predictor (or a corrector) data_std does not change anything
     assert torch.equal(run(predictor="ddim", data_std=0.25), run(predictor="ddim"))
     for bad in (0, -1.0, math.nan, math.inf, "0.5", True):
