@@ -190,8 +190,9 @@ def write_report(out: Path, runs: dict, meta: dict):
       f"`recommended_sampler(steps, sde, data_std)`: below `AUTO_QUAD_MIN_DATA_STD` = "
       f"{sampling.AUTO_QUAD_MIN_DATA_STD:g} the VP rule runs UniPC-2 on the time-cubic grid below "
       f"{sampling.AUTO_SWITCH_STEPS[0]} steps and UniPC-3 on the log-SNR grid from there, and "
-      "`sample(..., data_std=...)` passes it on; table B shows what that buys. Without `data_std` the default assumes data of about unit scale, as the suite's; "
-      "chapter 12's digits have data std 0.54, and `bench/LEARNED.md` measured the VP rule on them.\n")
+      "`sample(..., data_std=...)` passes it on; table B shows what that buys. Without `data_std` the default assumes "
+      "data of about unit scale, as the suite's; chapter 12's digits have data std 0.54, and `bench/LEARNED.md` "
+      "measured the VP rule on them.\n")
     w("## Machine\n")
     w(f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; git {meta['git']}; "
       f"dumps in `{meta['work']}`.\n")

@@ -1072,7 +1072,8 @@ def default_section(R, w, bold):
       "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
       "rank, the same ranked on its own error (net of the ε limit), on how many mixtures it is at least as accurate as "
       "the best peer on both metrics (|dlogp|, then |dlogp| net of the ε limit, each with SW2; issue 10's target (2) "
-      "for the default itself), and its collapses (runs with |dlogp| > 1 nat or NaN), next to the best of ours and the old default (reverse diffusion on the uniform grid). Chapter 9 ('The "
+      "for the default itself), and its collapses (runs with |dlogp| > 1 nat or NaN), next to the best of ours and the "
+      "old default (reverse diffusion on the uniform grid). Chapter 9 ('The "
       "default of `sample`') explains the choice; VE and sub-VP are checked there.\n")
     w("| NFE | default | rank | place among ours | rank net of ε limit | place net | vs best peer | vs best peer, net "
       "| collapses | best of ours (rank) | old default: rank | old default: collapses |")

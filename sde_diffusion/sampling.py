@@ -689,8 +689,10 @@ def tweedie_denoise(
 
 AUTO_SWITCH_STEPS = (19, 49)   # `predictor="auto"` changes sampler at these step counts (NFE 20 and 50 with the
                                # Tweedie step; bench/SUITE.md, bench/LEARNED.md, chapter 9)
-AUTO_CUBIC_MIN_STEPS = 9      # from this step count (NFE 10) to N1 - 1 `predictor="auto"` runs UniPC-2 on the time-cubic grid
-AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never uses the time-quadratic grid (bench/SUITE_SCALE.md)
+AUTO_CUBIC_MIN_STEPS = 9      # from this step count (NFE 10) to N1 - 1 `predictor="auto"` runs UniPC-2 on the
+                              # time-cubic grid (bench/SUITE.md, chapter 9)
+AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never uses the time-quadratic grid
+                              # (bench/SUITE_SCALE.md)
 
 
 def recommended_sampler(

@@ -9,8 +9,8 @@ from torchdiffeq import odeint
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
 from sde_diffusion.sampling import (AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
-                                    AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun, Langevin,
-                                    ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
+                                    AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
+                                    Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
@@ -215,24 +215,20 @@ def test_sampling_times():
     a, s = VPSDE().marginal_coeffs(ts)
     lam = (a / s).log()
     assert (lam.diff() - lam.diff().mean()).abs().max() < 1e-9
-    # time-quadratic (eq. eq-spacings): equal steps in sqrt(t), (sqrt(eps) - sqrt(T))/N, to float64 rounding; also
-    # with T = 4, where sqrt(T) != T (at T = 1 a grid without the roots would pass)
+    # time-quadratic / time-cubic (eq. eq-spacings): equal steps in t^(1/k), (eps^(1/k) - T^(1/k))/N, to float64
+    # rounding; also with T = 2^k, where T^(1/k) = 2 != T (at T = 1 a grid without the roots would pass); eps = 10^-k has
+    # the exact root 0.1
     class LongVP(VPSDE):
-        T = property(lambda self: 4.0)
-    for sde, root_T in ((VPSDE(), 1.0), (LongVP(), 2.0)):
-        ts = sampling_times(sde, 10, eps=1e-2, spacing="quadratic", dtype=torch.float64)
-        assert ts[0] == sde.T and ts[-1] == 1e-2
-        want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
-        assert torch.allclose(ts.sqrt().diff(), want, rtol=0, atol=1e-14)
-    # time-cubic: equal steps in t^(1/3), (eps^(1/3) - T^(1/3))/N; eps = 1e-3 and T = 8 have exact cube roots 0.1 and 2
-    class EightVP(VPSDE):
-        T = property(lambda self: 8.0)
-    for sde, root_T in ((VPSDE(), 1.0), (EightVP(), 2.0)):
-        ts = sampling_times(sde, 10, eps=1e-3, spacing="cubic", dtype=torch.float64)
-        assert ts[0] == sde.T and ts[-1] == 1e-3
-        want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
-        assert torch.allclose(ts.pow(1 / 3).diff(), want, rtol=0, atol=1e-14)
-        assert not torch.allclose(ts, sampling_times(sde, 10, eps=1e-3, spacing="quadratic", dtype=torch.float64))
+        def __init__(self, T):
+            super().__init__()
+            self._T = T
+        T = property(lambda self: self._T)
+    for spacing, k in (("quadratic", 2), ("cubic", 3)):
+        for sde, root_T in ((VPSDE(), 1.0), (LongVP(2.0 ** k), 2.0)):
+            ts = sampling_times(sde, 10, eps=10.0 ** -k, spacing=spacing, dtype=torch.float64)
+            assert ts[0] == sde.T and ts[-1] == 10.0 ** -k
+            want = torch.full((10,), (0.1 - root_T) / 10, dtype=torch.float64)
+            assert torch.allclose(ts.pow(1 / k).diff(), want, rtol=0, atol=1e-14), (spacing, root_T)
     # EDM (eq. eq-spacings): equal steps in tau^(1/rho), tau = sigma/alpha, for the default rho = 7 and for rho = 3;
     # the grid comes from bisection in t (64 halvings), so the steps agree to ~1e-12 relative
     for rho, kw in ((7.0, {}), (3.0, {"rho": 3.0})):
@@ -436,13 +432,12 @@ def test_langevin_per_sample_step_ignores_other_samples():
 # ---------------------------------------------------------------- the default: predictor="auto" (issue 10, item 4)
 @pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("steps", [1, 4, AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 12, AUTO_SWITCH_STEPS[0] - 1,
-                                   AUTO_SWITCH_STEPS[0], 30,
-                                   AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 60])
+                                   AUTO_SWITCH_STEPS[0], 30, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 60])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 below N1 steps (on the time-quadratic
     grid below AUTO_CUBIC_MIN_STEPS, on the time-cubic grid from there), iPNDM-4 on the time-quadratic grid from N1 to
-    N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on the log-SNR grid. The default call equals the explicit call of that sampler bit for bit, with and without the
-    Tweedie step and the path."""
+    N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on the log-SNR grid. The default
+    call equals the explicit call of that sampler bit for bit, with and without the Tweedie step and the path."""
     sde = SDES[sde_name]
     name, grid, options = recommended_sampler(steps, sde)
     n1, n2 = AUTO_SWITCH_STEPS
@@ -474,8 +469,8 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
     """`data_std` below AUTO_QUAD_MIN_DATA_STD (bench/SUITE_SCALE.md: at data std 0.25 and 0.35 the log-SNR grid is
     closer than the time-quadratic one on more mixtures at every budget, and the time-cubic one closer than both): on VP
     and sub-VP, UniPC-2 on the time-cubic grid below N1 steps, then UniPC-3 on the log-SNR grid; at and above the
-    threshold, and with no data_std, the time-quadratic and time-cubic rule; VE ignores data_std. `sample(..., data_std=...)` runs that
-    choice bit for bit; a data_std that is not a positive finite number is refused by name."""
+    threshold, and with no data_std, the time-quadratic and time-cubic rule; VE ignores data_std.
+    `sample(..., data_std=...)` runs that choice bit for bit; a data_std that is not a positive finite number is refused by name."""
     from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
     n1 = AUTO_SWITCH_STEPS[0]
     small = ("unipc", "cubic", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
