@@ -60,6 +60,7 @@ FD_STEPS = 19
 FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]",
                "iPNDM [quad]", "iPNDM [cubic]")
 EPSS = (1e-3, 1e-4, 1e-5)
+DIM = 64   # numbers per 8x8 digit: what `sample` passes `recommended_sampler` for these images
 
 
 def mean_se(v) -> tuple[float, float]:
@@ -75,7 +76,7 @@ def run(score, sde, label, steps, x_T, eps=1e-3):
 
 def default_label(steps: int) -> str | None:
     "The row of SAMPLERS that `sample(..., steps=steps)` with no predictor runs (None if it is not one of them)."
-    name, spacing, options = recommended_sampler(steps)
+    name, spacing, options = recommended_sampler(steps, dim=DIM)
     probe = PREDICTORS[name](**options)
     for label, (make, sp) in SAMPLERS.items():
         p = make()
@@ -98,7 +99,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if a.report_from:
         r = json.loads(Path(a.report_from).read_text())
-        r["recommended"] = {str(s): list(recommended_sampler(s)) for s in r["steps"]}
+        r["recommended"] = {str(s): list(recommended_sampler(s, dim=DIM)) for s in r["steps"]}
         r["default_row"] = {str(s): default_label(s) for s in r["steps"]}
         (out / "learned.json").write_text(json.dumps(r, indent=1) + "\n")
         write_report(out, r)
@@ -113,7 +114,7 @@ def main(argv=None):
     clf, (x_train, y_train, x_test, sigma_data), floor, _ = ds.setup()
     res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {}, "eps": {},
            "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
-           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s)) for s in steps_list},
+           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s, dim=DIM)) for s in steps_list},
            "default_row": {s: default_label(s) for s in steps_list}}
     log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
 
@@ -181,7 +182,8 @@ def write_report(out: Path, r: dict) -> None:
         w(f"| {label} | " + " | ".join(cells) + " |")
     rec = r["recommended"]
     w("\nBold: the smallest at that budget. '(default)': what `sample` runs with no predictor, "
-      "`recommended_sampler(steps)` of the code that wrote this report: "
+      f"`recommended_sampler(steps, dim={DIM})` of the code that wrote this report (`sample` passes the 8x8 "
+      "digits' 64 numbers per sample): "
       + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ".\n")
     w(f"## B. Fréchet distance at {FD_STEPS} steps (NFE {FD_STEPS + 1})\n")
     n = len(next(iter(r["fd"].values())))

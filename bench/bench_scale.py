@@ -58,6 +58,23 @@ def run_scale(s: float, work: Path, extra: list) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def run_jobs(keys: list, start, jobs: int, log_of, t0: float) -> None:
+    "Run `start(key)` (a Popen) for every key, `jobs` at a time; exit naming the key's log `log_of(key)` on a failure."
+    todo, running = list(keys), []
+    while todo or running:
+        while todo and len(running) < jobs:
+            k = todo.pop(0)
+            print(f"{k}: running (log {log_of(k)})", flush=True)
+            running.append((k, start(k)))
+        time.sleep(2)
+        for k, p in list(running):
+            if p.poll() is not None:
+                running.remove((k, p))
+                if p.returncode:
+                    sys.exit(f"{k} failed (exit {p.returncode}): see {log_of(k)}")
+                print(f"{k}: done [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
+
+
 class _Unpickler(pickle.Unpickler):
     "bench_suite.py pickles its dump as __main__: its classes live in bench_suite here."
     def find_class(self, module, name):
@@ -194,53 +211,60 @@ def write_report(out: Path, runs: dict, meta: dict):
       "data of about unit scale, as the suite's; chapter 12's digits have data std 0.54, and `bench/LEARNED.md` "
       "measured the VP rule on them.\n")
     w("## Machine\n")
-    w(f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; git {meta['git']}; "
-      f"dumps in `{meta['work']}`.\n")
+    w(machine_line(meta))
     (out / "SUITE_SCALE.md").write_text("\n".join(L))
+
+
+def add_run_args(ap, unit: str, report: str) -> None:
+    "The options of a script that runs bench_suite.py several times: parallel jobs, the dumps' folder, the report's."
+    ap.add_argument("--jobs", type=int, default=1, help=f"{unit}s run at once (one thread each)")
+    ap.add_argument("--work", default=None, help=f"folder for the dumps and each {unit}'s SUITE.md (default: temporary)")
+    ap.add_argument("--out", default=str(HERE), help=f"folder for {report} (default bench/)")
+    ap.add_argument("--report-from", default=None, help="skip the runs: rewrite the report from the dumps in this folder")
+
+
+def work_dir(ap, args, prefix: str) -> Path:
+    "The folder of the dumps (checked arguments of `add_run_args`)."
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    work = Path(args.report_from or args.work or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def run_meta(args, work: Path, t0: float, total_s: float) -> dict:
+    "Wall minutes (from the dumps' own run times with --report-from), torch, the git commit (marked if dirty), `work`."
+    import torch
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    minutes = (time.perf_counter() - t0) / 60 if not args.report_from else total_s / 60 / max(args.jobs, 1)
+    return dict(minutes=minutes, torch=torch.__version__, git=(git or "?") + (" (working tree)" if dirty else ""),
+                work=work)
+
+
+def machine_line(meta: dict) -> str:
+    return (f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; git {meta['git']}; "
+            f"dumps in `{meta['work']}`.\n")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES), help="comma-separated data stds")
-    ap.add_argument("--jobs", type=int, default=1, help="scales run at once (one thread each)")
-    ap.add_argument("--work", default=None, help="folder for the dumps and each scale's SUITE.md (default: temporary)")
-    ap.add_argument("--out", default=str(HERE), help="folder for SUITE_SCALE.md (default bench/)")
-    ap.add_argument("--report-from", default=None, help="skip the runs: rewrite the report from the dumps in this folder")
+    add_run_args(ap, "scale", "SUITE_SCALE.md")
     args = ap.parse_args(argv)
     scales = [float(v) for v in args.scales.split(",")]
     if any(not (math.isfinite(s) and s > 0) for s in scales):
         ap.error(f"--scales must be positive numbers, got {args.scales}")
-    if args.jobs < 1:
-        ap.error(f"--jobs must be >= 1, got {args.jobs}")
-    work = Path(args.report_from or args.work or tempfile.mkdtemp(prefix="bench_scale_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(ap, args, "bench_scale_")
     t0 = time.perf_counter()
     if not args.report_from:
-        todo, running = list(scales), []
-        while todo or running:
-            while todo and len(running) < args.jobs:
-                s = todo.pop(0)
-                print(f"scale {s:g}: running (log {work / f'scale_{s:g}.log'})", flush=True)
-                running.append((s, run_scale(s, work, [])))
-            time.sleep(2)
-            for s, p in list(running):
-                if p.poll() is not None:
-                    running.remove((s, p))
-                    if p.returncode:
-                        sys.exit(f"scale {s:g} failed (exit {p.returncode}): see {work / f'scale_{s:g}.log'}")
-                    print(f"scale {s:g}: done [{(time.perf_counter() - t0) / 60:.1f} min]", flush=True)
+        run_jobs(scales, lambda s: run_scale(s, work, []), args.jobs, lambda s: work / f"scale_{s:g}.log", t0)
     runs = {s: load(work / f"scale_{s:g}.pkl") for s in scales}
-    import torch
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    meta = dict(minutes=(time.perf_counter() - t0) / 60 if not args.report_from else math.nan, torch=torch.__version__,
-                git=git or "?", work=work)
-    if args.report_from:
-        meta["minutes"] = sum(runs[s][0].get("total_s", 0) for s in scales) / 60 / max(args.jobs, 1)
+    meta = run_meta(args, work, t0, sum(runs[s][0].get("total_s", 0) for s in scales))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_report(out, runs, meta)
     print(f"wrote {out / 'SUITE_SCALE.md'}")
-
 
 if __name__ == "__main__":
     main()

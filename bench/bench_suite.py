@@ -273,13 +273,19 @@ def describe(d: Dist) -> dict:
                 mean_var=tot.trace().item() / gm.D, mean_norm=gm.mean().norm().item())
 
 
-def build_suite(quick: bool, scale: float = 1.0) -> list[Dist]:
-    "The suite; `scale` multiplies every distribution (data std `scale` instead of 1: `--scale`, bench/SUITE_SCALE.md)."
-    suite = [ring_dist(), checkerboard_dist()]
-    for D, profs in PROFILES.items():
-        for i, tags in enumerate(profs):
-            suite.append(suite_mixture(D, i, tags))
-    if quick:
+def build_suite(quick: bool, scale: float = 1.0, dims=None, profiles=None, idx_offset: int = 0) -> list[Dist]:
+    """The suite; `scale` multiplies every distribution (data std `scale` instead of 1: `--scale`, bench/SUITE_SCALE.md).
+    With `dims`: instead, one generated mixture per dimension in `dims` and tag tuple in `profiles`, at indices
+    `idx_offset`, `idx_offset + 1`, ... (`--dims`; new indices give mixtures the shipped suite never saw:
+    bench/bench_dims.py)."""
+    if dims:
+        suite = [suite_mixture(D, idx_offset + i, tags) for D in dims for i, tags in enumerate(profiles)]
+    else:
+        suite = [ring_dist(), checkerboard_dist()]
+        for D, profs in PROFILES.items():
+            for i, tags in enumerate(profs):
+                suite.append(suite_mixture(D, i, tags))
+    if quick and not dims:
         suite = [d for d in suite if d.name in QUICK_SUITE]
     if scale != 1.0:
         for d in suite:
@@ -855,7 +861,9 @@ def write_report(out: Path, R: dict):
     w("Samplers (ours in **bold**; name [grid]: uni = uniform in t, logsnr = uniform in log-SNR, edm = EDM ρ = 7):\n")
     for s in samplers:
         w(f"- {bold(s.name)}: {describe_sampler(s)}")
-    if R.get("sel64") and getattr(args, "ours64", None):
+    if R.get("t_score_64") is None:                   # no 64-D distribution in this run
+        pass
+    elif R.get("sel64") and getattr(args, "ours64", None):
         w(f"\n64-D distributions (score ~{R['t_score_64'] * 1e3:.0f} ms per call): they ran all peers but only the "
           "samplers of ours named with `--ours64`: " + ", ".join(R["sel64"]) + ". Rankings and recommendations use the "
           "samplers run on every distribution.")
@@ -1030,7 +1038,23 @@ def default_section(R, w, bold):
         return
     scale = getattr(R["args"], "scale", 1.0)
     if scale != 1.0:                   # the default was told the data's scale (`--scale`)
-        rec_fn = (lambda f: lambda n: f(n, data_std=scale))(rec_fn)
+        rec_fn = (lambda f: lambda n, **kw: f(n, data_std=scale, **kw))(rec_fn)
+    dims = sorted({d.D for d in R["suite"]})   # `sample` passes D (the numbers per sample): the rule may differ by D
+
+    def rec_dims(n):   # [(choice, [dimensions])] at n steps
+        out = []
+        for D in dims:
+            c = rec_fn(n, dim=D)
+            for ch, ds in out:
+                if ch == c:
+                    ds.append(D)
+                    break
+            else:
+                out.append((c, [D]))
+        return out
+
+    def dim_label(ds):
+        return "D = " + ", ".join(map(str, ds))
     by_key = {(s.key, s.spacing): s for s in ours}
     summ, summ_net, cells, dn = R["summary"], R["summary_net"], R["cells"], [d.name for d in R["suite"]]
     old = by_key.get(("reverse_diffusion", "uniform"))
@@ -1057,15 +1081,20 @@ def default_section(R, w, bold):
         return f"{wins} of {n}"
 
     w("## The default of `sample` (`predictor=\"auto\"`)\n")
-    spans = []                                     # the rule as runs of steps with the same choice
-    for n in range(1, max(R["nfes"]) + 1):
-        if spans and spans[-1][2] == rec_fn(n):
-            spans[-1][1] = n
-        else:
-            spans.append([n, n, rec_fn(n)])
-    rule = "; ".join(f"`{c}` for {a} to {b} steps" if b < max(R["nfes"]) else f"`{c}` from {a} steps on"
-                     for a, b, c in spans) + " (predictor, spacing[, options])"
-    call = "recommended_sampler(n)" if scale == 1.0 else f"recommended_sampler(n, data_std={scale:g})"
+    rules = {}                                     # per dimension: the rule as runs of steps with the same choice
+    for D in dims:
+        spans = []
+        for n in range(1, max(R["nfes"]) + 1):
+            if spans and spans[-1][2] == rec_fn(n, dim=D):
+                spans[-1][1] = n
+            else:
+                spans.append([n, n, rec_fn(n, dim=D)])
+        text = "; ".join(f"`{c}` for {a} to {b} steps" if b < max(R["nfes"]) else f"`{c}` from {a} steps on"
+                         for a, b, c in spans)
+        rules.setdefault(text, []).append(D)
+    rule = (next(iter(rules)) if len(rules) == 1 else
+            "; ".join(f"for {dim_label(ds)}: {text}" for text, ds in rules.items())) + " (predictor, spacing[, options])"
+    call = ("recommended_sampler(n, dim=D)" if scale == 1.0 else f"recommended_sampler(n, data_std={scale:g}, dim=D)")
     w(f"`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.{call}`: "
       f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
@@ -1084,9 +1113,13 @@ def default_section(R, w, bold):
         if d is None:                                                 # (a dump from before: the sampler it names)
             d = by_key.get(tuple(rec_fn(max(1, T - 1))[:2]))
         steps = max(1, T - 1)   # 1 NFE per step + Tweedie's
-        rec = rec_fn(steps)
-        what = f"{rec[0]} [{SHORT.get(rec[1], rec[1])}]" + ("".join(f", {k}={v}" for k, v in rec[2].items())
-                                                          if len(rec) > 2 else "")
+        choices = rec_dims(steps)
+
+        def fmt(rec):
+            return f"{rec[0]} [{SHORT.get(rec[1], rec[1])}]" + ("".join(f", {k}={v}" for k, v in rec[2].items())
+                                                               if len(rec) > 2 else "")
+        what = (fmt(choices[0][0]) if len(choices) == 1 else
+                " / ".join(f"{fmt(c)} ({dim_label(ds)})" for c, ds in choices))
         if d is None or d.name not in s["stats"]:
             continue
         place = 1 + s["ours_order"].index(d.name) if d.name in s["ours_order"] else "–"
@@ -1520,6 +1553,12 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every distribution by this (data std `scale` "
                     "instead of 1); our default is then told it (`sample(..., data_std=scale)`) and also run without "
                     "it ('ours default, no data_std'); bench/bench_scale.py runs several")
+    ap.add_argument("--dims", default=None, help="comma-separated dimensions: run generated mixtures there instead of "
+                    "the shipped suite, one per --profiles entry and dimension (bench/bench_dims.py)")
+    ap.add_argument("--profiles", default="sharp,far,broad,aniso,broad+sharp,aniso+far",
+                    help="with --dims: comma-separated tag sets of the generated mixtures, tags joined by '+'")
+    ap.add_argument("--idx-offset", type=int, default=30, help="with --dims: index of the first mixture per dimension "
+                    "(the shipped suite uses 0-5)")
     ap.add_argument("--map-rtol", type=float, default=1e-8, help="tolerance of the exact flow map (float64 dopri5)")
     ap.add_argument("--elogp-n", type=int, default=0, help="exact samples for E[log p0] (default by dimension)")
     ap.add_argument("--dump", default=None, help="also pickle the raw runs to this file")
@@ -1559,7 +1598,12 @@ def main(argv=None):
         ap.error(f"--scale must be a positive number, got {args.scale}")
     global DATA_SCALE
     DATA_SCALE = args.scale
-    suite = build_suite(args.quick, args.scale)
+    dims = [int(v) for v in args.dims.split(",")] if args.dims else None
+    profiles = [tuple(t for t in p.split("+") if t) for p in args.profiles.split(",")]
+    known = {"sharp", "far", "broad", "aniso"}
+    if dims and (min(dims) < 2 or any(not set(p) <= known for p in profiles)):
+        ap.error(f"--dims must be >= 2 and --profiles tags among {sorted(known)}, got {args.dims!r}, {args.profiles!r}")
+    suite = build_suite(args.quick, args.scale, dims, profiles, args.idx_offset)
     if args.dists:
         keep = [k.strip() for k in args.dists.split(",")]
         suite = [d for d in suite if d.name in keep]

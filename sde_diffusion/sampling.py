@@ -20,10 +20,10 @@ from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
 __all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD',
-           'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama',
-           'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM',
-           'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'recommended_sampler',
-           'sample', 'ode_sample']
+           'AUTO_CUBIC_MAX_DIM', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
+           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
+           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise',
+           'recommended_sampler', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -693,17 +693,22 @@ AUTO_CUBIC_MIN_STEPS = 9      # from this step count (NFE 10) to N1 - 1 `predict
                               # time-cubic grid (bench/SUITE.md, chapter 9)
 AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never uses the time-quadratic grid
                               # (bench/SUITE_SCALE.md)
+AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
+                              # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
 
 
 def recommended_sampler(
     steps: int,               # predictor steps $N$ (the NFE is $N + 1$ with the final Tweedie step)
     sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
     data_std: float | None = None,   # the data's scale $\sqrt{\operatorname{tr}\operatorname{Cov}[x_0] / D}$ if known (None: about 1, the suite's)
+    dim: int | None = None,   # numbers per sample, $D$ = prod(shape[1:]) (None: at most `AUTO_CUBIC_MAX_DIM`); `sample` passes it
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
     (bh2) below $N_1$ steps, on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
-    there, iPNDM-4 on the time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For
+    there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
+    grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
+    from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For
     data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
     late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For the
     other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
@@ -713,11 +718,15 @@ def recommended_sampler(
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
     if data_std is not None:
         data_std = positive_float("data_std", data_std)
+    if dim is not None:
+        dim = positive_int("dim", dim)
     vp_like = sde is None or isinstance(sde, (VPSDE, SubVPSDE))
     small = data_std is not None and data_std < AUTO_QUAD_MIN_DATA_STD
+    low_dim = dim is None or dim <= AUTO_CUBIC_MAX_DIM
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
-        grid = "logsnr" if not vp_like else "cubic" if small or steps >= AUTO_CUBIC_MIN_STEPS else "quadratic"
+        cubic = small or (steps >= AUTO_CUBIC_MIN_STEPS and low_dim)
+        grid = "logsnr" if not vp_like else "cubic" if cubic else "quadratic"
         return "unipc", grid, {}
     if steps < n2 and vp_like and not small:
         return "ipndm", "quadratic", {}
@@ -748,7 +757,8 @@ def sample(
     data_std: float | None = None,   # the data's scale, if known: `predictor="auto"` picks its grid by it (`recommended_sampler`)
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     """Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE.
-    By default (`predictor="auto"`, `spacing=None`) the sampler the suite ranks best for `steps`, `recommended_sampler`."""
+    By default (`predictor="auto"`, `spacing=None`) the sampler the suites rank best for `steps` and the samples' $D$,
+    `recommended_sampler(steps, sde, data_std, D)`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     steps = positive_int("steps", steps)
@@ -756,12 +766,14 @@ def sample(
         raise ValueError(f"`spacing` must be None or one of {SPACINGS}, got {spacing!r}")
     if data_std is not None:
         data_std = positive_float("data_std", data_std)
+    # the prior draw first: its D = prod(shape[1:]) picks "auto"'s grid; float32 for float16/bfloat16 samples
+    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
     if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
         if corrector is not None or project is not None:      # which the multistep samplers' history ignores
             predictor, default_grid = "reverse_diffusion", "uniform"
         else:
-            name, default_grid, options = recommended_sampler(steps, sde, data_std)
+            name, default_grid, options = recommended_sampler(steps, sde, data_std, math.prod(x.shape[1:]))
             predictor = PREDICTORS[name](**options)
     spacing = default_grid if spacing is None else spacing
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))
@@ -771,7 +783,6 @@ def sample(
         raise TypeError(f"`project` must be callable or None, got {type(project).__name__}")
     grid = sampling_times(sde, steps, eps, spacing, dtype=torch.float64)   # validated once, on the CPU
     grad_ctx = grad_mode(enable_grad)
-    x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)   # float32 for float16/bfloat16 samples
     with sde.unchecked():   # every step's coefficients at once, in float64, as plain numbers for the loop
         rows = _rows(pred.coefficients(sde, grid[:-1], grid[1:]))
         corr_table = None if corr is None else corr.coefficients(sde, grid[:-1])

@@ -8,7 +8,7 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
+from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
                                     Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
@@ -435,7 +435,8 @@ def test_langevin_per_sample_step_ignores_other_samples():
                                    AUTO_SWITCH_STEPS[0], 30, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 60])
 def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     """No predictor (bench/SUITE.md, bench/LEARNED.md): on VP and sub-VP, UniPC-2 below N1 steps (on the time-quadratic
-    grid below AUTO_CUBIC_MIN_STEPS, on the time-cubic grid from there), iPNDM-4 on the time-quadratic grid from N1 to
+    grid below AUTO_CUBIC_MIN_STEPS, on the time-cubic grid from there for the ring's 2 numbers per sample), iPNDM-4 on
+    the time-quadratic grid from N1 to
     N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on the log-SNR grid. The default
     call equals the explicit call of that sampler bit for bit, with and without the Tweedie step and the path."""
     sde = SDES[sde_name]
@@ -498,6 +499,43 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
             recommended_sampler(steps, data_std=bad)
         with pytest.raises((ValueError, TypeError), match="data_std"):
             run(data_std=bad)
+
+
+@pytest.mark.parametrize("steps", [AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 12, AUTO_SWITCH_STEPS[0] - 1,
+                                   AUTO_SWITCH_STEPS[0], AUTO_SWITCH_STEPS[1]])
+def test_auto_keeps_the_quadratic_grid_above_AUTO_CUBIC_MAX_DIM(steps):
+    """bench/SUITE_DIM.md: with more than AUTO_CUBIC_MAX_DIM numbers per sample the time-cubic grid's long steps at high
+    noise shrink broad components, so on VP and sub-VP UniPC-2 stays on the time-quadratic grid from AUTO_CUBIC_MIN_STEPS
+    to N1 - 1 steps; elsewhere (fewer steps, N1 and more, VE, small data_std) dim changes nothing. D is the product of
+    the trailing dimensions of the samples: `sample` passes it, bit for bit."""
+    n1 = AUTO_SWITCH_STEPS[0]
+    cubic_range = AUTO_CUBIC_MIN_STEPS <= steps < n1
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        low = recommended_sampler(steps, sde)
+        for d in (1, 2, AUTO_CUBIC_MAX_DIM):
+            assert recommended_sampler(steps, sde, dim=d) == low
+        for d in (AUTO_CUBIC_MAX_DIM + 1, 64, 3 * 32 * 32):
+            high = recommended_sampler(steps, sde, dim=d)
+            if cubic_range and not isinstance(sde, VESDE):
+                assert low == ("unipc", "cubic", {}) and high == ("unipc", "quadratic", {})
+            else:
+                assert high == low
+            # small data keep their own rule (the cubic grid below N1) in any dimension
+            assert recommended_sampler(steps, sde, data_std=0.25, dim=d) == recommended_sampler(steps, sde, data_std=0.25)
+    sde = VPSDE()
+    score = lambda x, t: -x   # data N(0, I): any shape
+    for shape in ((16, 2, 4), (16, 9), (16, 3, 3), (16, 64)):
+        D = math.prod(shape[1:])
+        name, grid, options = recommended_sampler(steps, sde, dim=D)
+        assert grid == ("quadratic" if cubic_range and D > AUTO_CUBIC_MAX_DIM else recommended_sampler(steps, sde)[1])
+        x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(8))
+        auto = sample(sde, score, x_T=x_T, steps=steps).samples
+        assert torch.equal(auto, sample(sde, score, x_T=x_T, steps=steps, predictor=PREDICTORS[name](**options),
+                                        spacing=grid).samples)
+        assert torch.equal(auto, sample(sde, score, shape, steps=steps, generator=torch.Generator().manual_seed(8)).samples)
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises((ValueError, TypeError), match="`dim`"):
+            recommended_sampler(steps, dim=bad)
 
 
 def test_auto_with_a_corrector_or_project_is_reverse_diffusion_on_the_uniform_grid():

@@ -1213,13 +1213,18 @@ def test_langevin_norms_cache_follows_feature_size_dtype_and_device(device):
 
 def test_auto_switches_at_9_19_and_49_steps():
     """bench/SUITE.md's choice, as numbers (test_sampling reads the constants themselves): on VP, UniPC-2 on the
-    time-quadratic grid for 1 to 8 steps and on the time-cubic grid for 9 to 18, iPNDM-4 on the time-quadratic grid for
+    time-quadratic grid for 1 to 8 steps and on the time-cubic grid for 9 to 18 (up to 8 numbers per sample), iPNDM-4 on the time-quadratic grid for
     19 to 48, UniPC-3 on the log-SNR grid from 49 (NFE 50)."""
     from sde_diffusion.sampling import AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, recommended_sampler
     assert AUTO_SWITCH_STEPS == (19, 49) and AUTO_CUBIC_MIN_STEPS == 9
     assert [recommended_sampler(n) for n in (1, 8, 9, 18, 19, 48, 49, 1000)] == (
         [("unipc", "quadratic", {})] * 2 + [("unipc", "cubic", {})] * 2 + [("ipndm", "quadratic", {})] * 2
         + [("unipc", "logsnr", {"order": 3})] * 2)
+    # more than 8 numbers per sample (bench/SUITE_DIM.md): the time-quadratic grid from 9 to 18 steps as well
+    from sde_diffusion.sampling import AUTO_CUBIC_MAX_DIM
+    assert AUTO_CUBIC_MAX_DIM == 8
+    assert [recommended_sampler(n, dim=d) for n, d in ((9, 8), (9, 9), (18, 8), (18, 64), (19, 64))] == (
+        [("unipc", "cubic", {}), ("unipc", "quadratic", {})] * 2 + [("ipndm", "quadratic", {})])
 
 
 def test_ode_sample_reports_overflow_of_the_samples_dtype():
