@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_suite as S  # noqa: E402
-from bench_scale import add_run_args, h2h, load, machine_line, run_jobs, run_meta, work_dir  # noqa: E402
+from bench_scale import (add_run_args, h2h, load, machine_line, run_jobs, run_meta, work_dir,  # noqa: E402
+                         written_by)
 from sde_diffusion import sampling  # noqa: E402
 
 GROUPS = ((2, 4), (8, 12), (16, 32), (64,))          # one bench_suite run each
@@ -97,7 +98,7 @@ def write_report(out: Path, runs: list, meta: dict):
     w = L.append
     w("# The data's dimension and the default's grid: new mixtures in 2 to 64 dimensions\n")
     ns = {D: sorted({r[0]["preps"][n].n for r in runs for n in by_D[D] if n in r[0]["preps"]}) for D in dims}
-    w(f"Written by `bench/bench_dims.py` ({meta['minutes']:.0f} min wall). `bench/SUITE.md` has 14 mixtures in 2, 8 and "
+    w(written_by("bench_dims.py", meta) + " `bench/SUITE.md` has 14 mixtures in 2, 8 and "
       "64 dimensions; here the same generator (`bench_suite.suite_mixture`) draws new ones, at indices "
       f"{meta['idx']} to {meta['idx'] + len(PROFILES.split(',')) - 1} that the shipped suite never used, one per "
       f"profile ({PROFILES.replace(',', ', ')}) and dimension D = {', '.join(map(str, dims))}: {len(dists)} mixtures, "
@@ -211,7 +212,8 @@ def write_report(out: Path, runs: list, meta: dict):
       f"{sampling.AUTO_SWITCH_STEPS[0] - 1} steps. The learned digits model of `bench/LEARNED.md` (64 numbers per "
       "sample) agrees: UniPC-2 lands nearer its flow map on the quadratic grid at 9 and 14 steps.\n")
     w("## Machine\n")
-    w(machine_line(meta))
+    w(machine_line(meta, [(f"D = {', '.join(str(d.D) for d in R['suite'][::len(PROFILES.split(','))])}", R)
+                          for R, _ in runs]))
     (out / "SUITE_DIM.md").write_text("\n".join(L))
 
 

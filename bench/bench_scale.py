@@ -180,7 +180,7 @@ def write_report(out: Path, runs: dict, meta: dict):
     L = []
     w = L.append
     w("# The data's scale and the default's grid: the suite at data std 0.25 to 2\n")
-    w(f"Written by `bench/bench_scale.py` ({meta['minutes']:.0f} min wall). `bench/SUITE.md` runs 14 Gaussian mixtures "
+    w(written_by("bench_scale.py", meta) + " `bench/SUITE.md` runs 14 Gaussian mixtures "
       "normalized to data std 1; here every one of them is multiplied by s (`bench_suite.py --scale s`), exact "
       f"scores, VP SDE, ε = 10⁻³, {S.SEEDS} seeds per cell, n = 2000 / 1500 / 1000 samples in 2 / 8 / 64 dimensions, "
       f"NFE {', '.join(map(str, NFES))} (steps = NFE − 1, the last evaluation being Tweedie's step). Samplers: "
@@ -211,7 +211,7 @@ def write_report(out: Path, runs: dict, meta: dict):
       "data of about unit scale, as the suite's; chapter 12's digits have data std 0.54, and `bench/LEARNED.md` "
       "measured the VP rule on them.\n")
     w("## Machine\n")
-    w(machine_line(meta))
+    w(machine_line(meta, [(f"data std {sc:g}", R) for sc, (R, _) in runs.items()]))
     (out / "SUITE_SCALE.md").write_text("\n".join(L))
 
 
@@ -233,18 +233,27 @@ def work_dir(ap, args, prefix: str) -> Path:
 
 
 def run_meta(args, work: Path, t0: float, total_s: float) -> dict:
-    "Wall minutes (from the dumps' own run times with --report-from), torch, the git commit (marked if dirty), `work`."
+    "Wall minutes (with --report-from: the dumps' run times summed), torch, the git commit (marked if dirty), `work`."
     import torch
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    minutes = (time.perf_counter() - t0) / 60 if not args.report_from else total_s / 60 / max(args.jobs, 1)
+    minutes = (time.perf_counter() - t0) / 60 if not args.report_from else total_s / 60
     return dict(minutes=minutes, torch=torch.__version__, git=(git or "?") + (" (working tree)" if dirty else ""),
-                work=work)
+                work=work, from_dumps=bool(args.report_from))
 
 
-def machine_line(meta: dict) -> str:
-    return (f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; git {meta['git']}; "
-            f"dumps in `{meta['work']}`.\n")
+def machine_line(meta: dict, runs: list) -> str:
+    "The machine and, per bench_suite run (label, its dump), its minutes and the commit and sampling.py it ran."
+    each = "; ".join(f"{label}: {R.get('total_s', 0) / 60:.1f} min at {R.get('info', {}).get('commit', '?')} "
+                     f"(sampling.py {R.get('sampling_sha1', '?')})" for label, R in runs)
+    return (f"- {platform.machine()}, {os.cpu_count()} cores; torch {meta['torch']}; report written at git {meta['git']}; "
+            f"dumps in `{meta['work']}`.\n- Runs: {each}.\n")
+
+
+def written_by(script: str, meta: dict) -> str:
+    how = (f"{meta['minutes']:.0f} min wall" if not meta["from_dumps"] else
+           f"rewritten from the dumps of runs of {meta['minutes']:.0f} min in all")
+    return f"Written by `bench/{script}` ({how})."
 
 
 def main(argv=None):
