@@ -11,11 +11,13 @@ UniPC-2, and writes bench/SUITE_DIM.md:
 A. per dimension and budget, on how many mixtures each is at least as accurate as the best peer on both metrics
    (|dlogp| and SW2, within 2 standard errors; issue 10's target (2));
 B. the time-cubic against the time-quadratic grid head to head (clearly better on the gap net of the eps limit, SW2);
-C. where each grid loses to the best peer, by profile: which feature and which metric.
+C. where each grid loses to the best peer, by profile: which feature and which metric;
+D. a check on 18 further mixtures (2, 8 and 64 dimensions, indices 50-55, not used to choose the rule): the default
+   alone against the peers at every budget of bench_suite.py, raw and net of the eps limit.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_dims.py [--jobs 2] [--report-from DIR]
 
-About 10 min of CPU; `--jobs 2` runs two groups of dimensions at once. The dumps go to `--work` (default a temporary
+About 25 min of CPU (15 of them the check); `--jobs 2` runs two at once. The dumps go to `--work` (default a temporary
 folder), the report to bench/SUITE_DIM.md (`--out`).
 """
 from __future__ import annotations
@@ -43,16 +45,25 @@ GRIDS = (("cubic", "ours UniPC [cubic]", "cubic"), ("quadratic", "ours UniPC [qu
          ("log-SNR", "ours UniPC [logsnr]", "logsnr"))   # (label, sampler, spacing)
 OURS = tuple(n for _, n, _ in GRIDS)
 ONLY = ",".join(n.removeprefix("ours ") for n in OURS) + ",default,diffusers,torchdiffeq"
+# a check on further mixtures, in the issue's dimensions, at indices the rule was not chosen on: the default alone
+# against the peers at every budget of bench_suite.py
+CHECK_DIMS, CHECK_IDX = (2, 8, 64), 50
 
 
 def tag(g) -> str:
-    return "dims_" + "_".join(map(str, g))
+    return "check" if g == "check" else "dims_" + "_".join(map(str, g))
 
 
 def run_group(g, work: Path, idx_offset: int) -> subprocess.Popen:
-    cmd = [sys.executable, str(HERE / "bench_suite.py"), "--dims", ",".join(map(str, g)), "--profiles", PROFILES,
-           "--idx-offset", str(idx_offset), "--nfes", ",".join(map(str, NFES)), "--only", ONLY,
-           "--ours64", ",".join(OURS), "--dump", str(work / f"{tag(g)}.pkl"), "--out", str(work / tag(g))]
+    "One bench_suite run: a group of dimensions (the grids at NFES), or \"check\" (the default at every budget)."
+    if g == "check":
+        args = ["--dims", ",".join(map(str, CHECK_DIMS)), "--idx-offset", str(CHECK_IDX),
+                "--only", "default,diffusers,torchdiffeq"]
+    else:
+        args = ["--dims", ",".join(map(str, g)), "--idx-offset", str(idx_offset), "--nfes", ",".join(map(str, NFES)),
+                "--only", ONLY, "--ours64", ",".join(OURS)]
+    cmd = ([sys.executable, str(HERE / "bench_suite.py"), "--profiles", PROFILES] + args
+           + ["--dump", str(work / f"{tag(g)}.pkl"), "--out", str(work / tag(g))])
     log = open(work / f"{tag(g)}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -89,7 +100,45 @@ def wins(cells, peers, sn, ds, T, metrics=("err", "sw2")):
     return k, n
 
 
-def write_report(out: Path, runs: list, meta: dict):
+def check_section(w, check) -> None:
+    "D. The default alone against the peers at every budget, on the further mixtures of the check run."
+    R, cells = check
+    cells_, dists, peers = merge([check])
+    dims = sorted({d.D for d in dists.values()})
+    w(f"## D. A check on {len(dists)} further mixtures: the default at every budget\n")
+    w(f"The rule above was chosen on the mixtures of tables A-C. This run draws {len(dists)} more from the same generator "
+      f"at indices {CHECK_IDX} to {CHECK_IDX + len(PROFILES.split(',')) - 1}, in the issue's dimensions "
+      f"({', '.join(map(str, dims))}), and runs only `sample`'s default and the peers at every budget of "
+      "`bench_suite.py`. Each cell: on how many mixtures the default is at least as accurate as the best peer on "
+      "both metrics, on the raw |dlogp| / on |dlogp| net of the ε limit (the sampler's own error; see bench/SUITE.md), "
+      "each with SW2.\n")
+    nfes = R["nfes"]
+    w("| mixtures | " + " | ".join(f"NFE {T}" for T in nfes) + " |")
+    w("|" + "---|" * (len(nfes) + 1))
+    for label, ds in [(f"all {len(dists)}", list(dists))] + [(f"{D}-D", [n for n, d in dists.items() if d.D == D])
+                                                           for D in dims]:
+        row = []
+        for T in nfes:
+            raw, _ = wins(cells_, peers, S.DEFAULT_NAME, ds, T)
+            net, _ = wins(cells_, peers, S.DEFAULT_NAME, ds, T, ("net", "sw2"))
+            row.append(f"{raw} / {net}")
+        w(f"| {label} | " + " | ".join(row) + " |")
+    w("")
+    w("Where the default is not at least as accurate as the best peer from NFE 10 on (the default vs that peer):\n")
+    for T in (T for T in nfes if T >= 10):
+        lost = []
+        for d in dists:
+            c = cells_.get((d, S.DEFAULT_NAME, T))
+            for m, lab in (("err", "|dlogp|"), ("sw2", "SW2")):
+                b = best_peer(cells_, peers, d, T, m)
+                if c is not None and not S.at_least_as_good(c, b, m):
+                    lost.append(f"{d} {lab} {S._val(c, m):.3g} vs {S._val(b, m):.3g} ({b.sampler})")
+        if lost:
+            w(f"- NFE {T}: " + "; ".join(lost))
+    w("")
+
+
+def write_report(out: Path, runs: list, meta: dict, check=None):
     cells, dists, peers = merge(runs)
     dims = sorted({d.D for d in dists.values()})
     by_D = {D: [n for n, d in dists.items() if d.D == D] for D in dims}
@@ -211,9 +260,11 @@ def write_report(out: Path, runs: list, meta: dict):
       "time-quadratic grid up to "
       f"{sampling.AUTO_SWITCH_STEPS[0] - 1} steps. The learned digits model of `bench/LEARNED.md` (64 numbers per "
       "sample) agrees: UniPC-2 lands nearer its flow map on the quadratic grid at 9 and 14 steps.\n")
+    if check is not None:
+        check_section(w, check)
     w("## Machine\n")
     w(machine_line(meta, [(f"D = {', '.join(str(d.D) for d in R['suite'][::len(PROFILES.split(','))])}", R)
-                          for R, _ in runs]))
+                          for R, _ in runs] + ([("check", check[0])] if check else [])))
     (out / "SUITE_DIM.md").write_text("\n".join(L))
 
 
@@ -225,13 +276,14 @@ def main(argv=None):
     work = work_dir(ap, args, "bench_dims_")
     t0 = time.perf_counter()
     if not args.report_from:
-        run_jobs(list(GROUPS), lambda g: run_group(g, work, args.idx_offset), args.jobs,
+        run_jobs(["check"] + list(GROUPS), lambda g: run_group(g, work, args.idx_offset), args.jobs,
                  lambda g: work / f"{tag(g)}.log", t0)
     runs = [load(work / f"{tag(g)}.pkl") for g in GROUPS]
-    meta = dict(run_meta(args, work, t0, sum(R.get("total_s", 0) for R, _ in runs)), idx=args.idx_offset)
+    check = load(work / "check.pkl")
+    meta = dict(run_meta(args, work, t0, sum(R.get("total_s", 0) for R, _ in runs + [check])), idx=args.idx_offset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_report(out, runs, meta)
+    write_report(out, runs, meta, check)
     print(f"wrote {out / 'SUITE_DIM.md'}")
 
 if __name__ == "__main__":
