@@ -84,26 +84,10 @@ def head(w, first: list) -> None:
     w("|" + "---|" * (len(first) + len(NFES)))
 
 
-def best_peer(cells, peers, d, T, m):
-    return min((cells[(d, p, T)] for p in peers if (d, p, T) in cells), key=lambda x: (x.failed, S._val(x, m)))
-
-
-def wins(cells, peers, sn, ds, T, metrics=("err", "sw2")):
-    "(mixtures in ds on which sn is at least as accurate as the best peer on every metric, mixtures run)"
-    k = n = 0
-    for d in ds:
-        c = cells.get((d, sn, T))
-        if c is None:
-            continue
-        n += 1
-        k += all(S.at_least_as_good(c, best_peer(cells, peers, d, T, m), m) for m in metrics)
-    return k, n
-
-
 def check_section(w, check) -> None:
     "D. The default alone against the peers at every budget, on the further mixtures of the check run."
-    R, cells = check
-    cells_, dists, peers = merge([check])
+    R = check[0]
+    cells, dists, peers = merge([check])
     dims = sorted({d.D for d in dists.values()})
     w(f"## D. A check on {len(dists)} further mixtures: the default at every budget\n")
     w(f"The rule above was chosen on the mixtures of tables A-C. This run draws {len(dists)} more from the same generator "
@@ -119,8 +103,8 @@ def check_section(w, check) -> None:
                                                            for D in dims]:
         row = []
         for T in nfes:
-            raw, _ = wins(cells_, peers, S.DEFAULT_NAME, ds, T)
-            net, _ = wins(cells_, peers, S.DEFAULT_NAME, ds, T, ("net", "sw2"))
+            raw, _ = S.wins_vs_best_peer(cells, peers, S.DEFAULT_NAME, ds, T)
+            net, _ = S.wins_vs_best_peer(cells, peers, S.DEFAULT_NAME, ds, T, ("net", "sw2"))
             row.append(f"{raw} / {net}")
         w(f"| {label} | " + " | ".join(row) + " |")
     w("")
@@ -128,9 +112,9 @@ def check_section(w, check) -> None:
     for T in (T for T in nfes if T >= 10):
         lost = []
         for d in dists:
-            c = cells_.get((d, S.DEFAULT_NAME, T))
+            c = cells.get((d, S.DEFAULT_NAME, T))
             for m, lab in (("err", "|dlogp|"), ("sw2", "SW2")):
-                b = best_peer(cells_, peers, d, T, m)
+                b = S.best_peer(cells, peers, d, T, m)
                 if c is not None and not S.at_least_as_good(c, b, m):
                     lost.append(f"{d} {lab} {S._val(c, m):.3g} vs {S._val(b, m):.3g} ({b.sampler})")
         if lost:
@@ -176,7 +160,7 @@ def write_report(out: Path, runs: list, meta: dict, check=None):
             rec = sampling.recommended_sampler(T - 1, dim=D)[1]
             parts = []
             for _, sn, spacing in GRIDS + (("default", S.DEFAULT_NAME, None),):
-                k, n = wins(cells, peers, sn, by_D[D], T)
+                k, n = S.wins_vs_best_peer(cells, peers, sn, by_D[D], T)
                 t = tot[(sn, T, D > sampling.AUTO_CUBIC_MAX_DIM)]
                 t[0] += k
                 t[1] += n
@@ -227,8 +211,8 @@ def write_report(out: Path, runs: list, meta: dict, check=None):
                         c = cells.get((d, sn, T))
                         if c is None:
                             continue
-                        le += not S.at_least_as_good(c, best_peer(cells, peers, d, T, "err"), "err")
-                        ls += not S.at_least_as_good(c, best_peer(cells, peers, d, T, "sw2"), "sw2")
+                        le += not S.at_least_as_good(c, S.best_peer(cells, peers, d, T, "err"), "err")
+                        ls += not S.at_least_as_good(c, S.best_peer(cells, peers, d, T, "sw2"), "sw2")
                 row.append(f"{le} / {ls}")
                 all_ = [all_[0] + le, all_[1] + ls]
             w(f"| {label} | {lab} | " + " | ".join(row) + f" | {all_[0]} / {all_[1]} |")

@@ -158,18 +158,7 @@ def default_table(runs, w):
             for T in NFES:
                 rk = rks[T]
                 r = median([rk[(d, sn)][2] for d in dn if (d, sn) in rk])
-                wins = n = 0
-                for d in dn:
-                    c = cells.get((d, sn, T))
-                    if c is None:
-                        continue
-                    n += 1
-                    ok = True
-                    for m in METRICS:
-                        best = min((cells[(d, p, T)] for p in peers if (d, p, T) in cells),
-                                   key=lambda x: (x.failed, S._val(x, m)))
-                        ok &= S.at_least_as_good(c, best, m)
-                    wins += ok
+                wins, n = S.wins_vs_best_peer(cells, peers, sn, dn, T, METRICS)
                 row.append(f"{r:.1f}; {100 * wins / max(n, 1):.0f} %")
             label = "default, `data_std=s`" if sn == S.DEFAULT_NAME else "default, no `data_std`"
             w(f"| {s:g} | {label} | " + " | ".join(row) + " |")

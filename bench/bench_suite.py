@@ -630,6 +630,25 @@ def clearly_better(a: Cell, b: Cell, metric: str) -> bool:
 METRICS = ("err", "sw2")
 
 
+def best_peer(cells, peers, d, T, metric) -> Cell | None:
+    "The peer most accurate on `metric` on distribution d at budget T (a failed run last; None if no peer ran there)."
+    ps = [cells[(d, p, T)] for p in peers if (d, p, T) in cells]
+    return min(ps, key=lambda x: (x.failed, _val(x, metric))) if ps else None
+
+
+def wins_vs_best_peer(cells, peers, sn, dists, T, metrics=METRICS) -> tuple[int, int]:
+    """(on how many of `dists` sampler sn is at least as accurate as the best peer on every one of `metrics`, the best
+    peer chosen per metric; on how many both sn and a peer ran)."""
+    k = n = 0
+    for d in dists:
+        c = cells.get((d, sn, T))
+        if c is None or best_peer(cells, peers, d, T, metrics[0]) is None:
+            continue
+        n += 1
+        k += all(at_least_as_good(c, best_peer(cells, peers, d, T, m), m) for m in metrics)
+    return k, n
+
+
 def ranks(cells, dists, names, T, metrics=METRICS) -> dict:
     """{(dist, sampler): (rank on metric 1, rank on metric 2, mean of the two)}. Noise-aware (Copeland) ranks: on each
     metric a sampler scores (number of samplers it is clearly better than) - (number clearly better than it), and its
@@ -1070,15 +1089,7 @@ def default_section(R, w, bold):
     peer_names = [x.name for x in R["samplers"] if x.family == "peer"]
 
     def vs_peer(sn, T, metric):   # on how many mixtures at least as accurate as the best peer on (metric, SW2)
-        wins = n = 0
-        for d in dn:
-            c = cells.get((d, sn, T))
-            ps = [cells[(d, p, T)] for p in peer_names if (d, p, T) in cells]
-            if c is None or not ps:
-                continue
-            n += 1
-            wins += all(at_least_as_good(c, min(ps, key=lambda x: (x.failed, _val(x, m))), m) for m in (metric, "sw2"))
-        return f"{wins} of {n}"
+        return "{} of {}".format(*wins_vs_best_peer(cells, peer_names, sn, dn, T, (metric, "sw2")))
 
     w("## The default of `sample` (`predictor=\"auto\"`)\n")
     rules = {}                                     # per dimension: the rule as runs of steps with the same choice
