@@ -129,12 +129,13 @@ def _gen(seed):
 
 
 # --- ours ---------------------------------------------------------------------------------------------------------------
-def ours(predictor, corrector=None, spacing="uniform", sde="VP", **kw):
+def ours(predictor, corrector=None, spacing="uniform", sde="VP", own_eps=False, **kw):
+    "`sample` to EPS, or with `own_eps` to `sample`'s own end time (eps=None: the default's `recommended_eps`)."
     def run(P, steps, seed):
         s = P.vp if sde == "VP" else P.ve
         score = P.score_vp if sde == "VP" else P.score_ve
         x, nfe = sampling.sample(s, score, (P.n, P.dim), predictor=predictor, corrector=corrector, steps=steps,
-                                 eps=EPS, spacing=spacing, denoise=True, generator=_gen(seed), **kw)
+                                 eps=None if own_eps else EPS, spacing=spacing, denoise=True, generator=_gen(seed), **kw)
         return x, nfe, steps
     return run
 

@@ -20,10 +20,10 @@ from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
 __all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD',
-           'AUTO_CUBIC_MAX_DIM', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
-           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
-           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise',
-           'recommended_sampler', 'sample', 'ode_sample']
+           'AUTO_CUBIC_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
+           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
+           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
+           'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -695,6 +695,10 @@ AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never u
                               # (bench/SUITE_SCALE.md)
 AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
                               # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
+SAMPLE_EPS = 1e-3             # `sample`'s end time $\epsilon$ for every explicit predictor, and for "auto" below 49 steps
+AUTO_EPS = ((49, 1e-4), (99, 1e-5))   # (from this many steps, end time): `sample(..., predictor="auto")` on the VP
+                              # SDE stops nearer 0 when the budget is large (bench/SUITE_EPS.md, chapter 9); 1e-5 is the
+                              # smallest training time of `dsm_loss`
 
 
 def recommended_sampler(
@@ -733,6 +737,26 @@ def recommended_sampler(
     return "unipc", "logsnr", {"order": 3}
 
 
+def recommended_eps(
+    steps: int,               # predictor steps $N$
+    sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
+) -> float:                   # the end time $\epsilon$ of `sample(..., predictor="auto", eps=None)`
+    """The end time of `sample`'s default: `SAMPLE_EPS` = $10^{-3}$, and on the VP SDE from the step counts of
+    `AUTO_EPS` on the smaller times there. Stopping at $\epsilon$ and taking Tweedie's step over-concentrates the
+    samples by $O(\tau(\epsilon)^2)$, about $\epsilon$ on the VP SDE (eq. `eq-eps-limit`), whatever the budget; from 49
+    steps the sampler's own error has fallen below that, and a smaller $\epsilon$ pays (bench/SUITE_EPS.md). On the
+    other SDEs the noise at $10^{-3}$ is already small (sub-VP) or floored by $\sigma_{\min}$ (VE): $10^{-3}$."""
+    steps = positive_int("steps", steps)
+    if sde is not None and not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
+    eps = SAMPLE_EPS
+    if sde is None or isinstance(sde, VPSDE):
+        for n, e in AUTO_EPS:
+            if steps >= n:
+                eps = e
+    return eps
+
+
 def sample(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D), x's dtype and device
@@ -743,7 +767,7 @@ def sample(
     steps: int = 1000,        # predictor steps $N$
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
-    eps: float = 1e-3,        # the last time $t_N = \epsilon$
+    eps: float | None = None,   # the last time $t_N = \epsilon$; None: `recommended_eps(steps, sde)` with predictor "auto", else `SAMPLE_EPS` (10⁻³)
     spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
     denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
@@ -757,8 +781,8 @@ def sample(
     data_std: float | None = None,   # the data's scale, if known: `predictor="auto"` picks its grid by it (`recommended_sampler`)
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     """Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE.
-    By default (`predictor="auto"`, `spacing=None`) the sampler the suites rank best for `steps` and the samples' $D$,
-    `recommended_sampler(steps, sde, data_std, D)`."""
+    By default (`predictor="auto"`, `spacing=None`, `eps=None`) the sampler the suites rank best for `steps` and the
+    samples' $D$, `recommended_sampler(steps, sde, data_std, D)`, run to `recommended_eps(steps, sde)`."""
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     steps = positive_int("steps", steps)
@@ -769,13 +793,15 @@ def sample(
     # the prior draw first: its D = prod(shape[1:]) picks "auto"'s grid; float32 for float16/bfloat16 samples
     x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
+    default_eps = SAMPLE_EPS   # and the end time 1e-3 unless `eps` says otherwise
     if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
         if corrector is not None or project is not None:      # which the multistep samplers' history ignores
             predictor, default_grid = "reverse_diffusion", "uniform"
         else:
             name, default_grid, options = recommended_sampler(steps, sde, data_std, math.prod(x.shape[1:]))
-            predictor = PREDICTORS[name](**options)
+            predictor, default_eps = PREDICTORS[name](**options), recommended_eps(steps, sde)
     spacing = default_grid if spacing is None else spacing
+    eps = default_eps if eps is None else eps
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))
     corr = None if corrector is None else _make(corrector, CORRECTORS, "corrector", Corrector, **(
         {"snr": snr, "n_steps": corrector_steps} if isinstance(corrector, (str, type)) else {}))
