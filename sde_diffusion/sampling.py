@@ -742,10 +742,10 @@ def recommended_eps(
     sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
 ) -> float:                   # the end time $\epsilon$ of `sample(..., predictor="auto", eps=None)`
     """The end time of `sample`'s default: `SAMPLE_EPS` = $10^{-3}$, and on the VP SDE from the step counts of
-    `AUTO_EPS` on the smaller times there. Stopping at $\epsilon$ and taking Tweedie's step over-concentrates the
-    samples by $O(\tau(\epsilon)^2)$, about $\epsilon$ on the VP SDE (eq. `eq-eps-limit`), whatever the budget; from 49
-    steps the sampler's own error has fallen below that, and a smaller $\epsilon$ pays (bench/SUITE_EPS.md). On the
-    other SDEs the noise at $10^{-3}$ is already small (sub-VP) or floored by $\sigma_{\min}$ (VE): $10^{-3}$."""
+    `AUTO_EPS` on the smaller times there. Stopping at $\\epsilon$ and taking Tweedie's step over-concentrates the
+    samples by $O(\\tau(\\epsilon)^2)$, about $\\epsilon$ on the VP SDE (eq. `eq-eps-limit`), whatever the budget; from 49
+    steps the sampler's own error has fallen below that, and a smaller $\\epsilon$ pays (bench/SUITE_EPS.md). On the
+    other SDEs the noise at $10^{-3}$ is already small (sub-VP) or floored by $\\sigma_{\\min}$ (VE): $10^{-3}$."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")

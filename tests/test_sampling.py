@@ -8,9 +8,10 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM, PREDICTORS,
+from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
+                                    PREDICTORS, SAMPLE_EPS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
-                                    Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_sampler, sample,
+                                    Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_eps, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
 from sde_diffusion.toy import ring_of_gaussians
@@ -438,9 +439,11 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     grid below AUTO_CUBIC_MIN_STEPS, on the time-cubic grid from there for the ring's 2 numbers per sample), iPNDM-4 on
     the time-quadratic grid from N1 to
     N2 - 1, UniPC-3 on the log-SNR grid from N2; on VE, UniPC-2 then UniPC-3, both on the log-SNR grid. The default
-    call equals the explicit call of that sampler bit for bit, with and without the Tweedie step and the path."""
+    call equals the explicit call of that sampler, to its end time `recommended_eps`, bit for bit, with and without the
+    Tweedie step and the path."""
     sde = SDES[sde_name]
     name, grid, options = recommended_sampler(steps, sde)
+    eps = recommended_eps(steps, sde)
     n1, n2 = AUTO_SWITCH_STEPS
     if isinstance(sde, VESDE):   # the quadratic grid is measured on VP and sub-VP only
         want = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
@@ -453,13 +456,13 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     run = lambda **kw: sample(sde, RING.score_fn(sde), (64, 2), steps=steps, generator=torch.Generator().manual_seed(4),
                               **kw)
     for extra in ({}, {"denoise": False}, {"return_path": True}):
-        auto, explicit = run(**extra), run(predictor=pred(), spacing=grid, **extra)
+        auto, explicit = run(**extra), run(predictor=pred(), spacing=grid, eps=eps, **extra)
         assert torch.equal(auto.samples, explicit.samples) and auto.nfe == explicit.nfe == steps + ("denoise" not in extra)
     assert torch.equal(run(predictor="auto").samples, run().samples)   # "auto" by name is the default
     # "auto" with a grid given: the recommended predictor on that grid
-    assert torch.equal(run(spacing="edm").samples, run(predictor=pred(), spacing="edm").samples)
+    assert torch.equal(run(spacing="edm").samples, run(predictor=pred(), spacing="edm", eps=eps).samples)
     if options:   # the options matter: the same predictor with its own defaults gives other samples
-        assert not torch.equal(run().samples, run(predictor=name, spacing=grid).samples)
+        assert not torch.equal(run().samples, run(predictor=name, spacing=grid, eps=eps).samples)
     # the choice is not the old default: reverse diffusion on the uniform grid gives other samples
     assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
 
@@ -486,7 +489,8 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
     sde, score = VPSDE(), RING.score_fn(VPSDE())
     run = lambda **kw: sample(sde, score, (64, 2), steps=steps, generator=torch.Generator().manual_seed(7), **kw).samples
     name, grid, options = small
-    assert torch.equal(run(data_std=0.25), run(predictor=PREDICTORS[name](**options), spacing=grid))
+    assert torch.equal(run(data_std=0.25), run(predictor=PREDICTORS[name](**options), spacing=grid,
+                                               eps=recommended_eps(steps, sde)))
     assert torch.equal(run(data_std=1.0), run())
     if steps < AUTO_CUBIC_MIN_STEPS or AUTO_SWITCH_STEPS[0] <= steps < AUTO_SWITCH_STEPS[1]:   # the rules differ here,
         assert not torch.equal(run(data_std=0.25), run())                                         # so data_std counts
@@ -531,11 +535,66 @@ def test_auto_keeps_the_quadratic_grid_above_AUTO_CUBIC_MAX_DIM(steps):
         x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(8))
         auto = sample(sde, score, x_T=x_T, steps=steps).samples
         assert torch.equal(auto, sample(sde, score, x_T=x_T, steps=steps, predictor=PREDICTORS[name](**options),
-                                        spacing=grid).samples)
+                                        spacing=grid, eps=recommended_eps(steps, sde)).samples)
         assert torch.equal(auto, sample(sde, score, shape, steps=steps, generator=torch.Generator().manual_seed(8)).samples)
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises((ValueError, TypeError), match="`dim`"):
             recommended_sampler(steps, dim=bad)
+
+
+@pytest.mark.parametrize("steps", [1, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 98, 99, 1000])
+def test_recommended_eps(steps):
+    """The default's end time (bench/SUITE_EPS.md): SAMPLE_EPS = 1e-3, on the VP SDE 1e-4 from 49 steps and 1e-5 from
+    99 (AUTO_EPS); sub-VP and VE keep 1e-3. `sample` uses it only for "auto": an explicit predictor, a corrector or
+    `project` keep SAMPLE_EPS, and an explicit `eps` always wins."""
+    want = SAMPLE_EPS
+    for n, e in AUTO_EPS:
+        want = e if steps >= n else want
+    assert SAMPLE_EPS == 1e-3 and AUTO_EPS == ((AUTO_SWITCH_STEPS[1], 1e-4), (99, 1e-5))
+    assert recommended_eps(steps) == recommended_eps(steps, VPSDE()) == want
+    assert recommended_eps(steps, SubVPSDE()) == recommended_eps(steps, VESDE()) == SAMPLE_EPS
+    sde, score = VPSDE(), RING64.score_fn(VPSDE())
+    x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(9)).double()
+    run = lambda **kw: sample(sde, score, x_T=x_T, steps=steps, generator=torch.Generator().manual_seed(10), **kw).samples
+    name, grid, options = recommended_sampler(steps, sde)
+    explicit = lambda eps: run(predictor=PREDICTORS[name](**options), spacing=grid, eps=eps)
+    auto = run()
+    assert torch.equal(auto, explicit(want)) and torch.equal(auto, run(eps=None))
+    assert torch.equal(run(eps=1e-3), explicit(1e-3))   # an explicit eps wins
+    assert torch.equal(run(predictor="reverse_diffusion"), run(predictor="reverse_diffusion", eps=SAMPLE_EPS))
+    assert torch.equal(run(corrector="langevin"), run(corrector="langevin", eps=SAMPLE_EPS))
+    if want != SAMPLE_EPS:
+        assert not torch.equal(auto, explicit(SAMPLE_EPS))
+    for bad in (0, -3, 2.5, "9"):
+        with pytest.raises((ValueError, TypeError), match="`steps`"):
+            recommended_eps(bad)
+    with pytest.raises(TypeError, match="`sde`"):
+        recommended_eps(steps, "VP")
+    for bad in (0.0, -1e-3, 1.5):
+        with pytest.raises(ValueError, match="eps"):
+            run(eps=bad)
+
+
+@pytest.mark.parametrize("steps", [99, 249])
+def test_the_default_end_time_removes_the_tweedie_over_concentration(steps):
+    """Gaussian data N(0, s^2 I): the flow map is linear and stopping at eps then taking Tweedie's step scales the exact
+    sample by sqrt(r), r = s^2 / (s^2 + tau(eps)^2), tau = sigma / alpha (eq. eq-eps-limit of chapter 9). With 99 or
+    more steps the default runs to 1e-5: its samples' scale matches sqrt(r(1e-5)) far more closely than the 1e-3 end
+    time's sqrt(r(1e-3)) differs from it (the sampler's own error is below a tenth of that difference)."""
+    sde, s, D = VPSDE(), 0.05, 3
+    score = lambda x, t: -x / (sde.marginal_coeffs(t)[0][:, None] ** 2 * s**2 + sde.marginal_coeffs(t)[1][:, None] ** 2)
+    x_T = sde.prior_sampling((64, D), generator=torch.Generator().manual_seed(11)).double()
+    a_T, s_T = sde.marginal_coeffs(torch.tensor([sde.T], dtype=torch.float64))
+    exact = x_T * s / (a_T**2 * s**2 + s_T**2).sqrt()          # the exact flow map to t = 0
+    def scale(eps):   # sqrt(r(eps))
+        a, sg = sde.marginal_coeffs(torch.tensor([eps], dtype=torch.float64))
+        return (s**2 / (s**2 + (sg / a) ** 2)).sqrt().item()
+    eps = recommended_eps(steps, sde)
+    assert eps < SAMPLE_EPS
+    ratio = (sample(sde, score, x_T=x_T, steps=steps).samples / exact).mean().item()
+    assert abs(ratio - scale(eps)) < 0.1 * (scale(eps) - scale(SAMPLE_EPS))
+    old = (sample(sde, score, x_T=x_T, steps=steps, eps=SAMPLE_EPS).samples / exact).mean().item()
+    assert abs(old - scale(SAMPLE_EPS)) < 0.1 * (scale(eps) - scale(SAMPLE_EPS))
 
 
 def test_auto_with_a_corrector_or_project_is_reverse_diffusion_on_the_uniform_grid():
