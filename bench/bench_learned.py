@@ -40,7 +40,7 @@ from sde_diffusion.design import load_pretrained_design  # noqa: E402
 from sde_diffusion.image_quality import sample_quality  # noqa: E402
 from sde_diffusion.models import model_score  # noqa: E402
 from sde_diffusion.sampling import (PREDICTORS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC, ode_sample,  # noqa: E402
-                                    recommended_sampler, sample)
+                                    recommended_eps, recommended_sampler, sample)
 
 SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "DPM-Solver++(2M) [logsnr]": (DPMSolver2M, "logsnr"),
@@ -184,7 +184,9 @@ def write_report(out: Path, r: dict) -> None:
     w("\nBold: the smallest at that budget. '(default)': what `sample` runs with no predictor, "
       f"`recommended_sampler(steps, dim={DIM})` of the code that wrote this report (`sample` passes the 8x8 "
       "digits' 64 numbers per sample): "
-      + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ".\n")
+      + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ". "
+      "Every sampler here runs to ε = 10⁻³; the default itself stops at `recommended_eps(steps)` (" + ", ".join(
+          f"{s} steps: {recommended_eps(int(s)):g}" for s in rec) + "), whose cost on this model section C measures.\n")
     w(f"## B. Fréchet distance at {FD_STEPS} steps (NFE {FD_STEPS + 1})\n")
     n = len(next(iter(r["fd"].values())))
     w(f"{n} prior draws of {r['n_fd']} images, the same draws for each sampler; Fréchet distance to the held-out digits "

@@ -18,7 +18,8 @@ each peer and writes `SUITE.md` and `suite.png` into `--out`.
 
 `--eps` moves the end time of ours, torchdiffeq rk4, the exact flow map and the eps limit together (default 1e-3;
 bench/SUITE_EPS.md compares 1e-3, 1e-4 and 1e-5). Without `--eps`, `sample`'s default runs to its own end time
-(`sampling.recommended_eps`: 1e-4 from 49 steps, 1e-5 from 99), measured against the same exact map to 1e-3. Our predictors are discovered from
+(`sampling.recommended_eps`: 1e-4 from 49 steps, 1e-5 from 99), measured against the same exact map to 1e-3; with
+`--eps` (1e-3 too) it runs to that eps like the rest of ours (bench/bench_eps.py compares the two). Our predictors are discovered from
 `sde_diffusion.sampling.PREDICTORS` at run time (new ones are picked up; an
 expected one that is missing is named in the report). Deterministic given `--seed` (wall times aside).
 """
@@ -49,6 +50,7 @@ from sde_diffusion.toy import GaussianMixture, ring_of_gaussians  # noqa: E402
 ROOT = bs.ROOT
 EPS = bs.EPS               # last time of every continuous-time sampler (1e-3); ours and rk4 then take Tweedie's step
 DEFAULT_EPS = EPS          # `--eps` changes EPS here and in bench_samplers (ours, rk4, the exact map, the eps limit)
+OWN_EPS = True             # `sample`'s default runs to its own end time (`sampling.recommended_eps`); `--eps` clears it
 N_PROJ = bs.N_PROJ         # directions of the sliced W2
 _gen = bs._gen
 
@@ -342,7 +344,7 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
     if hasattr(sampling, "recommended_sampler"):     # what `sample(sde, score, shape, steps=n)` runs with no choices
         hint = {"data_std": DATA_SCALE} if DATA_SCALE != 1.0 else {}   # sample() without data_std before the option
         # the default's own end time (`sample(..., eps=None)`), unless `--eps` sets one for every sampler of ours
-        own = hasattr(sampling, "recommended_eps") and EPS == DEFAULT_EPS
+        own = hasattr(sampling, "recommended_eps") and OWN_EPS
         s = bs.Sampler(DEFAULT_NAME, "ours", "VP", bs.ours("auto", spacing=None, own_eps=own, **hint), extra=1,
                        paired=True)
         s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default"
@@ -1601,8 +1603,9 @@ def main(argv=None):
     ap.add_argument("--ours64", default=None, help="64-D: run only these of our samplers (comma-separated full names, "
                     "e.g. 'ours UniPC [logsnr],ours Heun [edm]') instead of the --top64 selection, e.g. to repeat a "
                     "run's selection on a subset of its NFEs")
-    ap.add_argument("--eps", type=float, default=DEFAULT_EPS, help=f"end time of ours, torchdiffeq rk4 and the exact "
-                    f"flow map (then Tweedie's step), and of the eps limit (default {DEFAULT_EPS:g}); diffusers' "
+    ap.add_argument("--eps", type=float, default=None, help=f"end time of ours, torchdiffeq rk4 and the exact "
+                    f"flow map (then Tweedie's step), and of the eps limit (default {DEFAULT_EPS:g}, and `sample`'s "
+                    "default to its own `recommended_eps`; given, the default runs to it as well); diffusers' "
                     "schedulers keep their own grid")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every distribution by this (data std `scale` "
                     "instead of 1); our default is then told it (`sample(..., data_std=scale)`) and also run without "
@@ -1626,13 +1629,15 @@ def main(argv=None):
     if args.report_from:
         R = pickle.loads(Path(args.report_from).read_bytes())
         R["rendered_from"] = args.report_from
-        set_eps(getattr(R["args"], "eps", DEFAULT_EPS))   # the eps the dump was measured at (dumps before --eps: 1e-3)
+        set_eps(getattr(R["args"], "eps", None) or DEFAULT_EPS)   # the eps the dump was measured at (before --eps: 1e-3)
         finish(out, R)
         print(f"rewrote {out / 'SUITE.md'} and {out / 'suite.png'}")
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    global OWN_EPS
+    OWN_EPS = args.eps is None                     # `sample`'s default to its own end time unless --eps is given
     try:
-        set_eps(args.eps)
+        set_eps(DEFAULT_EPS if args.eps is None else args.eps)
     except ValueError as e:
         ap.error(str(e))
     seeds = list(range(1000, 1000 + (args.seeds or (2 if args.quick else SEEDS))))

@@ -695,10 +695,10 @@ AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never u
                               # (bench/SUITE_SCALE.md)
 AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
                               # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
-SAMPLE_EPS = 1e-3             # `sample`'s end time $\epsilon$ for every explicit predictor, and for "auto" below 49 steps
-AUTO_EPS = ((49, 1e-4), (99, 1e-5))   # (from this many steps, end time): `sample(..., predictor="auto")` on the VP
-                              # SDE stops nearer 0 when the budget is large (bench/SUITE_EPS.md, chapter 9); 1e-5 is the
-                              # smallest training time of `dsm_loss`
+SAMPLE_EPS = 1e-3             # `sample`'s end time for an explicit predictor, and for "auto" below 49 steps
+AUTO_EPS = ((49, 1e-4), (99, 1e-5))   # (from this many steps, end time): on the VP SDE `predictor="auto"` stops
+                              # nearer 0 when the budget is large (bench/SUITE_EPS_DEFAULT.md, chapter 9); 1e-5 is
+                              # the smallest training time of `dsm_loss`
 
 
 def recommended_sampler(
@@ -744,7 +744,7 @@ def recommended_eps(
     """The end time of `sample`'s default: `SAMPLE_EPS` = $10^{-3}$, and on the VP SDE from the step counts of
     `AUTO_EPS` on the smaller times there. Stopping at $\\epsilon$ and taking Tweedie's step over-concentrates the
     samples by $O(\\tau(\\epsilon)^2)$, about $\\epsilon$ on the VP SDE (eq. `eq-eps-limit`), whatever the budget; from 49
-    steps the sampler's own error has fallen below that, and a smaller $\\epsilon$ pays (bench/SUITE_EPS.md). On the
+    steps the sampler's own error has fallen below that, and a smaller $\\epsilon$ pays (bench/SUITE_EPS_DEFAULT.md). On the
     other SDEs the noise at $10^{-3}$ is already small (sub-VP) or floored by $\\sigma_{\\min}$ (VE): $10^{-3}$."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):

@@ -544,8 +544,8 @@ def test_auto_keeps_the_quadratic_grid_above_AUTO_CUBIC_MAX_DIM(steps):
 
 @pytest.mark.parametrize("steps", [1, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 98, 99, 1000])
 def test_recommended_eps(steps):
-    """The default's end time (bench/SUITE_EPS.md): SAMPLE_EPS = 1e-3, on the VP SDE 1e-4 from 49 steps and 1e-5 from
-    99 (AUTO_EPS); sub-VP and VE keep 1e-3. `sample` uses it only for "auto": an explicit predictor, a corrector or
+    """The default's end time (bench/SUITE_EPS_DEFAULT.md): SAMPLE_EPS = 1e-3, on the VP SDE 1e-4 from 49 steps and
+    1e-5 from 99 (AUTO_EPS); sub-VP and VE keep 1e-3. `sample` uses it only for "auto": an explicit predictor, a corrector or
     `project` keep SAMPLE_EPS, and an explicit `eps` always wins."""
     want = SAMPLE_EPS
     for n, e in AUTO_EPS:
