@@ -97,6 +97,11 @@ def check_section(w, check) -> None:
       "both metrics, on the raw |dlogp| / on |dlogp| net of the ε limit (the sampler's own error; see bench/SUITE.md), "
       "each with SW2.\n")
     nfes = R["nfes"]
+    own = {T: c.eps for (d, sn, T), c in cells.items() if sn == S.DEFAULT_NAME and c.eps == c.eps and c.eps != S.EPS}
+    if own:   # the default's own end time (sampling.recommended_eps) where it is not the run's
+        w("At " + ", ".join(f"NFE {T}" for T in sorted(own)) + " the default stops at its own end time ("
+          + ", ".join(f"{S.eps_tex(own[T])} at NFE {T}" for T in sorted(own)) + f"; `sampling.recommended_eps`), the "
+          f"peers' runs and rk4 at {S.eps_tex()}: bench/SUITE_EPS_DEFAULT.md.\n")
     w("| mixtures | " + " | ".join(f"NFE {T}" for T in nfes) + " |")
     w("|" + "---|" * (len(nfes) + 1))
     for label, ds in [(f"all {len(dists)}", list(dists))] + [(f"{D}-D", [n for n, d in dists.items() if d.D == D])
