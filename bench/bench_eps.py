@@ -90,8 +90,10 @@ def write_report(out: Path, runs: dict, meta: dict) -> None:
             txt = f"{k} of {len(cs)}; {median([c.err for _, c in cs]):.4f}"
             row.append(f"**{txt}**" if eps == pick else txt)
         w(f"| {T} | " + " | ".join(row) + " |")
-    w("\nThe ε limit (the over-concentration of reaching ε exactly and then taking Tweedie's step) by mixture, nats, "
-      "and the default's own error at the largest budget (|dlogp − ε limit| at its own ε):\n")
+    w("\nFrom 49 steps the default's median |dlogp| falls about tenfold with ε = 10⁻⁴ and it is at least as accurate "
+      "as the best peer on every mixture; below, a smaller ε makes the median worse (10-25 evaluations) or leaves the "
+      "count no better (30, 40). The rest of the gap is the ε limit, the over-concentration of reaching ε exactly and "
+      "then taking Tweedie's step (chapter 9, eq. `eq-eps-limit`), by mixture, nats:\n")
     w("| mixture | limit at " + " | limit at ".join(S.eps_tex(e) for e in EPSS) + " |")
     w("|---|" + "---|" * len(EPSS))
     preps = {e: runs[tag][0]["preps"] for tag, e, _, _ in RUNS}
