@@ -508,15 +508,17 @@ def _minus_x(x, t):
 
 
 def test_sample_defaults_are_the_documented_ones():
-    """steps = 1000 (+1 for the final denoising), predictor "auto" (UniPC-3 on the log-SNR grid at 1000 steps) and
-    snr = 0.16: a default call equals the explicit one, bit for bit."""
+    """steps = 1000 (+1 for the final denoising), predictor "auto" (UniPC-3 on the log-SNR grid at 1000 steps, to the
+    end time 1e-5 on VP) and snr = 0.16: a default call equals the explicit one, bit for bit."""
     from sde_diffusion.sampling import ScoreCounter
     sde, x_T = VPSDE(), torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     out = sample(sde, _minus_x, x_T=x_T, generator=torch.Generator().manual_seed(1))
     assert out.nfe == 1001
     explicit = sample(sde, _minus_x, x_T=x_T, predictor=UniPC(order=3), spacing="logsnr", steps=1000, denoise=True,
-                      generator=torch.Generator().manual_seed(1))
+                      eps=1e-5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out.samples, explicit.samples)
+    assert not torch.equal(out.samples, sample(sde, _minus_x, x_T=x_T, predictor=UniPC(order=3), spacing="logsnr",
+                                               steps=1000, generator=torch.Generator().manual_seed(1)).samples)
     run = lambda **kw: sample(sde, _minus_x, x_T=x_T, steps=20, corrector="langevin",
                               generator=torch.Generator().manual_seed(2), **kw).samples
     assert torch.equal(run(), run(snr=0.16)) and not torch.equal(run(), run(snr=0.17))
