@@ -34,7 +34,18 @@ def test_train_and_sample_digits_end_to_end(tmp_path):
     p = cli("sample", "--ckpt", out / "ckpt.pt", "--n", 4, "--steps", 10, "--out", png, "--seed", 3,
             "--save-samples", tmp_path / "x.pt")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "ReverseDiffusion" in p.stderr                          # the sampler's bar
+    assert "UniPC" in p.stderr                                     # the bar of the default sampler at 10 steps
+    # the default is `sample`'s own (predictor "auto", its end time): the same samples in this interpreter (one
+    # thread, as the CLI ran)
+    import torch
+    from sde_diffusion.sampling import sample
+    from sde_diffusion.training import load_trained
+    trained = load_trained(out / "ckpt.pt", device="cpu")
+    with torch.inference_mode():
+        run = lambda **kw: sample(trained.sde, trained.model, (4, 1, 8, 8), steps=10,
+                                  generator=torch.Generator("cpu").manual_seed(3), **kw).samples
+        assert torch.equal(torch.load(tmp_path / "x.pt"), run())
+        assert not torch.equal(run(), run(predictor="reverse_diffusion"))
     img = matplotlib.image.imread(png)
     assert img.ndim == 3 and img.shape[0] == img.shape[1] > 16     # a 2x2 grid of zoomed 8x8 images
     # resuming to more steps continues the run; the same seed gives the same samples
