@@ -26,7 +26,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -34,8 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_suite as S  # noqa: E402
-from bench_scale import (add_run_args, h2h, load, machine_line, run_jobs, run_meta, work_dir,  # noqa: E402
-                         written_by)
+from bench_scale import add_run_args, h2h, machine_line, run_and_load, written_by  # noqa: E402
 from sde_diffusion import sampling  # noqa: E402
 
 GROUPS = ((2, 4), (8, 12), (16, 32), (64,))          # one bench_suite run each
@@ -262,17 +260,9 @@ def main(argv=None):
     ap.add_argument("--idx-offset", type=int, default=30, help="index of the first mixture per dimension")
     add_run_args(ap, "group of dimensions", "SUITE_DIM.md")
     args = ap.parse_args(argv)
-    work = work_dir(ap, args, "bench_dims_")
-    t0 = time.perf_counter()
-    if not args.report_from:
-        run_jobs(["check"] + list(GROUPS), lambda g: run_group(g, work, args.idx_offset), args.jobs,
-                 lambda g: work / f"{tag(g)}.log", t0)
-    runs = [load(work / f"{tag(g)}.pkl") for g in GROUPS]
-    check = load(work / "check.pkl")
-    meta = dict(run_meta(args, work, t0, sum(R.get("total_s", 0) for R, _ in runs + [check])), idx=args.idx_offset)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_report(out, runs, meta, check)
+    loaded, meta, out = run_and_load(ap, args, "bench_dims_", ["check"] + list(GROUPS),
+                                     lambda g, work: run_group(g, work, args.idx_offset), tag)
+    write_report(out, [loaded[g] for g in GROUPS], dict(meta, idx=args.idx_offset), loaded["check"])
     print(f"wrote {out / 'SUITE_DIM.md'}")
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_suite as S  # noqa: E402
 from bench_dims import CHECK_DIMS, CHECK_IDX, PROFILES  # noqa: E402
-from bench_scale import add_run_args, load, machine_line, median, run_jobs, run_meta, work_dir, written_by  # noqa: E402
+from bench_scale import add_run_args, machine_line, median, run_and_load, written_by  # noqa: E402
 from sde_diffusion import sampling  # noqa: E402
 
 NFES = (10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250)
@@ -108,15 +107,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_args(ap, "end time", "SUITE_EPS_DEFAULT.md")
     args = ap.parse_args(argv)
-    work = work_dir(ap, args, "bench_eps_")
-    t0 = time.perf_counter()
-    if not args.report_from:
-        run_jobs(list(RUNS), lambda r: run_one(r, work), args.jobs, lambda r: work / f"{r[0]}.log", t0)
-    runs = {tag: load(work / f"{tag}.pkl") for tag, _, _, _ in RUNS}
-    meta = run_meta(args, work, t0, sum(R.get("total_s", 0) for R, _ in runs.values()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_report(out, runs, meta)
+    runs, meta, out = run_and_load(ap, args, "bench_eps_", RUNS, run_one, lambda r: r[0])
+    write_report(out, {r[0]: v for r, v in runs.items()}, meta)
     print(f"wrote {out / 'SUITE_EPS_DEFAULT.md'}")
 
 

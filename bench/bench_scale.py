@@ -239,6 +239,21 @@ def machine_line(meta: dict, runs: list) -> str:
             f"dumps in `{meta['work']}`.\n- Runs: {each}.\n")
 
 
+def run_and_load(ap, args, prefix: str, keys: list, start, name) -> tuple[dict, dict, Path]:
+    """The body of a script that runs bench_suite.py several times: run `start(key, work)` (a Popen) for every key
+    unless `--report-from`, then load each key's dump, work / `name(key)`.pkl. Returns ({key: (R, cells)}, `run_meta`,
+    the report's folder, created)."""
+    work = work_dir(ap, args, prefix)
+    t0 = time.perf_counter()
+    if not args.report_from:
+        run_jobs(list(keys), lambda k: start(k, work), args.jobs, lambda k: work / f"{name(k)}.log", t0)
+    runs = {k: load(work / f"{name(k)}.pkl") for k in keys}
+    meta = run_meta(args, work, t0, sum(R.get("total_s", 0) for R, _ in runs.values()))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return runs, meta, out
+
+
 def written_by(script: str, meta: dict) -> str:
     how = (f"{meta['minutes']:.0f} min wall" if not meta["from_dumps"] else
            f"rewritten from the dumps of runs of {meta['minutes']:.0f} min in all")
@@ -253,14 +268,8 @@ def main(argv=None):
     scales = [float(v) for v in args.scales.split(",")]
     if any(not (math.isfinite(s) and s > 0) for s in scales):
         ap.error(f"--scales must be positive numbers, got {args.scales}")
-    work = work_dir(ap, args, "bench_scale_")
-    t0 = time.perf_counter()
-    if not args.report_from:
-        run_jobs(scales, lambda s: run_scale(s, work, []), args.jobs, lambda s: work / f"scale_{s:g}.log", t0)
-    runs = {s: load(work / f"scale_{s:g}.pkl") for s in scales}
-    meta = run_meta(args, work, t0, sum(runs[s][0].get("total_s", 0) for s in scales))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    runs, meta, out = run_and_load(ap, args, "bench_scale_", scales, lambda s, work: run_scale(s, work, []),
+                                   lambda s: f"scale_{s:g}")
     write_report(out, runs, meta)
     print(f"wrote {out / 'SUITE_SCALE.md'}")
 
