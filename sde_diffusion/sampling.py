@@ -20,10 +20,10 @@ from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
 __all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD',
-           'AUTO_CUBIC_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr',
-           'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun',
-           'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput',
-           'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'sample', 'ode_sample']
+           'AUTO_CUBIC_MAX_DIM', 'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'ODE_METHODS', 'ScoreCounter',
+           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
+           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
+           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -695,6 +695,9 @@ AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never u
                               # (bench/SUITE_SCALE.md)
 AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
                               # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
+AUTO_IPNDM_MAX_DIM = 16       # above this many numbers per sample `predictor="auto"` runs UniPC-3 on the log-SNR
+                              # grid from N1 steps instead of iPNDM-4: a scale error counts D times in the log-density
+                              # (bench/SUITE_DIM.md section E, chapter 9)
 SAMPLE_EPS = 1e-3             # `sample`'s end time for an explicit predictor, and for "auto" below 49 steps
 AUTO_EPS = ((49, 1e-4), (99, 1e-5))   # (from this many steps, end time): on the VP SDE `predictor="auto"` stops
                               # nearer 0 when the budget is large (bench/SUITE_EPS_DEFAULT.md, chapter 9); 1e-5 is
@@ -712,7 +715,9 @@ def recommended_sampler(
     (bh2) below $N_1$ steps, on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
     there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
     grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
-    from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid. For
+    from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
+    numbers UniPC-3 on the log-SNR grid from $N_1$ (iPNDM's relative scale error, about $10^{-3}$ there, costs $D$ times
+    that in log-density: chapter 9, bench/SUITE_DIM.md section E). For
     data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
     late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For the
     other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
@@ -727,12 +732,13 @@ def recommended_sampler(
     vp_like = sde is None or isinstance(sde, (VPSDE, SubVPSDE))
     small = data_std is not None and data_std < AUTO_QUAD_MIN_DATA_STD
     low_dim = dim is None or dim <= AUTO_CUBIC_MAX_DIM
+    ipndm_dim = dim is None or dim <= AUTO_IPNDM_MAX_DIM
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
         cubic = small or (steps >= AUTO_CUBIC_MIN_STEPS and low_dim)
         grid = "logsnr" if not vp_like else "cubic" if cubic else "quadratic"
         return "unipc", grid, {}
-    if steps < n2 and vp_like and not small:
+    if steps < n2 and vp_like and not small and ipndm_dim:
         return "ipndm", "quadratic", {}
     return "unipc", "logsnr", {"order": 3}
 

@@ -8,7 +8,7 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
+from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_IPNDM_MAX_DIM, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
                                     PREDICTORS, SAMPLE_EPS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
                                     Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_eps, recommended_sampler, sample,
@@ -506,32 +506,42 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
 
 
 @pytest.mark.parametrize("steps", [AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 12, AUTO_SWITCH_STEPS[0] - 1,
-                                   AUTO_SWITCH_STEPS[0], AUTO_SWITCH_STEPS[1]])
-def test_auto_keeps_the_quadratic_grid_above_AUTO_CUBIC_MAX_DIM(steps):
+                                   AUTO_SWITCH_STEPS[0], 24, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1]])
+def test_auto_in_many_dimensions(steps):
     """bench/SUITE_DIM.md: with more than AUTO_CUBIC_MAX_DIM numbers per sample the time-cubic grid's long steps at high
     noise shrink broad components, so on VP and sub-VP UniPC-2 stays on the time-quadratic grid from AUTO_CUBIC_MIN_STEPS
-    to N1 - 1 steps; elsewhere (fewer steps, N1 and more, VE, small data_std) dim changes nothing. D is the product of
-    the trailing dimensions of the samples: `sample` passes it, bit for bit."""
-    n1 = AUTO_SWITCH_STEPS[0]
-    cubic_range = AUTO_CUBIC_MIN_STEPS <= steps < n1
-    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+    to N1 - 1 steps; with more than AUTO_IPNDM_MAX_DIM iPNDM's scale error costs D times in log-density (section E,
+    chapter 9), so UniPC-3 on the log-SNR grid replaces iPNDM-4 from N1 to N2 - 1; elsewhere (fewer steps, N2 and more,
+    VE, small data_std) dim changes nothing. D is the product of the trailing dimensions of the samples: `sample` passes
+    it, bit for bit."""
+    n1, n2 = AUTO_SWITCH_STEPS
+    cubic_range, ipndm_range = AUTO_CUBIC_MIN_STEPS <= steps < n1, n1 <= steps < n2
+    assert AUTO_CUBIC_MAX_DIM < AUTO_IPNDM_MAX_DIM
+
+    def expected(sde, d):
         low = recommended_sampler(steps, sde)
-        for d in (1, 2, AUTO_CUBIC_MAX_DIM):
-            assert recommended_sampler(steps, sde, dim=d) == low
-        for d in (AUTO_CUBIC_MAX_DIM + 1, 64, 3 * 32 * 32):
-            high = recommended_sampler(steps, sde, dim=d)
-            if cubic_range and not isinstance(sde, VESDE):
-                assert low == ("unipc", "cubic", {}) and high == ("unipc", "quadratic", {})
-            else:
-                assert high == low
-            # small data keep their own rule (the cubic grid below N1) in any dimension
+        if isinstance(sde, VESDE):
+            return low
+        if cubic_range and d > AUTO_CUBIC_MAX_DIM:
+            assert low == ("unipc", "cubic", {})
+            return ("unipc", "quadratic", {})
+        if ipndm_range and d > AUTO_IPNDM_MAX_DIM:
+            assert low == ("ipndm", "quadratic", {})
+            return ("unipc", "logsnr", {"order": 3})
+        return low
+
+    for sde in (VPSDE(), SubVPSDE(), VESDE()):
+        for d in (1, 2, AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MAX_DIM + 1, AUTO_IPNDM_MAX_DIM, AUTO_IPNDM_MAX_DIM + 1, 64,
+                  3 * 32 * 32):
+            assert recommended_sampler(steps, sde, dim=d) == expected(sde, d)
+            # small data keep their own rule (the cubic grid below N1, UniPC-3 from there) in any dimension
             assert recommended_sampler(steps, sde, data_std=0.25, dim=d) == recommended_sampler(steps, sde, data_std=0.25)
     sde = VPSDE()
     score = lambda x, t: -x   # data N(0, I): any shape
     for shape in ((16, 2, 4), (16, 9), (16, 3, 3), (16, 64)):
         D = math.prod(shape[1:])
         name, grid, options = recommended_sampler(steps, sde, dim=D)
-        assert grid == ("quadratic" if cubic_range and D > AUTO_CUBIC_MAX_DIM else recommended_sampler(steps, sde)[1])
+        assert (name, grid, options) == expected(sde, D)
         x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(8))
         auto = sample(sde, score, x_T=x_T, steps=steps).samples
         assert torch.equal(auto, sample(sde, score, x_T=x_T, steps=steps, predictor=PREDICTORS[name](**options),

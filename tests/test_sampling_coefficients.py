@@ -1225,8 +1225,13 @@ def test_auto_switches_at_9_19_and_49_steps():
     # more than 8 numbers per sample (bench/SUITE_DIM.md): the time-quadratic grid from 9 to 18 steps as well
     from sde_diffusion.sampling import AUTO_CUBIC_MAX_DIM
     assert AUTO_CUBIC_MAX_DIM == 8
-    assert [recommended_sampler(n, dim=d) for n, d in ((9, 8), (9, 9), (18, 8), (18, 64), (19, 64))] == (
+    assert [recommended_sampler(n, dim=d) for n, d in ((9, 8), (9, 9), (18, 8), (18, 64), (19, 16))] == (
         [("unipc", "cubic", {}), ("unipc", "quadratic", {})] * 2 + [("ipndm", "quadratic", {})])
+    # more than 16 numbers per sample (bench/SUITE_DIM.md section E): UniPC-3 on the log-SNR grid from 19 steps on
+    from sde_diffusion.sampling import AUTO_IPNDM_MAX_DIM
+    assert AUTO_IPNDM_MAX_DIM == 16
+    assert [recommended_sampler(n, dim=d) for n, d in ((19, 17), (24, 64), (48, 3072), (48, 16))] == (
+        [("unipc", "logsnr", {"order": 3})] * 3 + [("ipndm", "quadratic", {})])
 
 
 def test_ode_sample_reports_overflow_of_the_samples_dtype():
