@@ -10,10 +10,13 @@ A. each sampler's own error: the RMS (over samples and pixels) of its output min
    how converged it is.
 B. the samples' Fréchet distance to the held-out digits (chapter 12's judge) at 19 steps, for the chapters' sampler
    (DPM-Solver++(2M)) and UniPC-2 and UniPC-3, on the same prior draws: paired differences with standard errors.
-C. the end time eps: the near-converged map (UniPC-3, 99 log-SNR steps) to eps = 1e-3, 1e-4, 1e-5, judged by the same
+C. the end time eps: `sample`'s default (no predictor) at 49, 99 and 249 steps, the budgets where
+   `recommended_eps` changes, to eps = 1e-3 and to its own end time (at 99 steps also 1e-4), judged by the same
    Fréchet distance, paired over the same prior draws.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick] [--report-from FILE]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick] [--only-eps] [--report-from FILE]
+
+--only-eps reruns part C alone and keeps parts A and B of the learned.json already in the output folder.
 
 Writes bench/LEARNED.md and bench/learned.json (with --quick: /tmp/bench_learned/). CPU, float32, one thread.
 """
@@ -59,7 +62,7 @@ STEPS = (9, 14, 19, 24, 49)
 FD_STEPS = 19
 FD_SAMPLERS = ("DPM-Solver++(2M) [logsnr]", "UniPC-2 [logsnr]", "UniPC-3 [logsnr]", "UniPC-2 [quad]", "UniPC-3 [quad]",
                "iPNDM [quad]", "iPNDM [cubic]")
-EPSS = (1e-3, 1e-4, 1e-5)
+EPS_STEPS = {49: (1e-3, 1e-4), 99: (1e-3, 1e-4, 1e-5), 249: (1e-3, 1e-5)}   # part C: steps -> end times
 DIM = 64   # numbers per 8x8 digit: what `sample` passes `recommended_sampler` for these images
 
 
@@ -91,6 +94,8 @@ def main(argv=None):
     ap.add_argument("--map-sets", type=int, default=2, help="prior draws of n = 250 for part A")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 sets, fewer budgets, out to /tmp/bench_learned")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only-eps", action="store_true", help="rerun part C only; parts A and B come from the "
+                    "learned.json in the output folder")
     ap.add_argument("--report-from", default=None, help="rewrite LEARNED.md from this learned.json (no runs); the "
                     "'(default)' marks follow the current `recommended_sampler`")
     a = ap.parse_args(argv)
@@ -108,19 +113,26 @@ def main(argv=None):
     steps_list = (9, 19) if a.quick else STEPS
     sets = 2 if a.quick else a.sets
     map_sets, n_map, n_fd = (1, 64, 200) if a.quick else (a.map_sets, 250, 500)
+    eps_steps = {49: EPS_STEPS[49]} if a.quick else EPS_STEPS
     t0 = time.perf_counter()
     model = load_pretrained_design().model
     sde, score = model.sde, model_score(model)
     clf, (x_train, y_train, x_test, sigma_data), floor, _ = ds.setup()
-    res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {}, "eps": {},
-           "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
-           "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s, dim=DIM)) for s in steps_list},
-           "default_row": {s: default_label(s) for s in steps_list}}
     log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
+    if a.only_eps:
+        res = json.loads((out / "learned.json").read_text())
+        sets = res["sets"]
+    else:
+        res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {},
+               "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
+               "map_sets": map_sets, "recommended": {s: list(recommended_sampler(s, dim=DIM)) for s in steps_list},
+               "default_row": {s: default_label(s) for s in steps_list}}
+    res["eps"] = {}
+    res["eps_default"] = {str(s): [list(recommended_sampler(s, dim=DIM)), recommended_eps(s)] for s in eps_steps}
 
-    # A. paired error to the converged map
     with torch.no_grad():
-        for k in range(map_sets):
+        # A. paired error to the converged map
+        for k in range(0 if a.only_eps else map_sets):
             x_T = sde.prior_sampling((n_map, 1, 8, 8), generator=torch.Generator().manual_seed(1000 + k))
             ref = ode_sample(sde, score, x_T=x_T.clone(), method="dopri5", rtol=1e-5, atol=1e-5)
             ref2 = run(score, sde, "UniPC-3 [logsnr]", 499, x_T)
@@ -133,21 +145,27 @@ def main(argv=None):
                     res["map"].setdefault(label, {}).setdefault(str(steps), []).append(rms)
                 log(f"  {label}: " + " ".join(f"{s}:{res['map'][label][str(s)][-1]:.2e}" for s in steps_list))
 
-        # B. Fréchet distance at FD_STEPS, and C. the end time, on the same prior draws
+        # B. Fréchet distance at FD_STEPS, and C. the default's end time, on the same prior draws
         for k in range(sets):
             x_T = sde.prior_sampling((n_fd, 1, 8, 8), generator=torch.Generator().manual_seed(2000 + k))
-            for label in FD_SAMPLERS:
+            for label in () if a.only_eps else FD_SAMPLERS:
                 x = run(score, sde, label, FD_STEPS, x_T)
                 res["fd"].setdefault(label, []).append(sample_quality(clf, x.clamp(-1, 1), x_test)["fd"])
-            for eps in EPSS:
-                x = run(score, sde, "UniPC-3 [logsnr]", 99, x_T, eps=eps)
-                res["eps"].setdefault(f"{eps:g}", []).append(sample_quality(clf, x.clamp(-1, 1), x_test)["fd"])
-            log(f"FD set {k}: " + " ".join(f"{lb}: {res['fd'][lb][-1]:.3f}" for lb in FD_SAMPLERS) + "; eps "
-                + " ".join(f"{e:g}: {res['eps'][f'{e:g}'][-1]:.3f}" for e in EPSS))
-    res["seconds"] = time.perf_counter() - t0
-    res["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=HERE).stdout.strip()}
+            for steps, epss in eps_steps.items():
+                for eps in epss:
+                    x = sample(sde, score, x_T=x_T.clone(), steps=steps, eps=eps).samples
+                    fd = sample_quality(clf, x.clamp(-1, 1), x_test)["fd"]
+                    res["eps"].setdefault(str(steps), {}).setdefault(f"{eps:g}", []).append(fd)
+            log(f"FD set {k}: " + " ".join(f"{lb}: {res['fd'][lb][k]:.3f}" for lb in FD_SAMPLERS if lb in res["fd"])
+                + "; eps " + " ".join(f"{s}/{e}: {v[k]:.3f}" for s, d in res["eps"].items() for e, v in d.items()))
+    key = "eps_seconds" if a.only_eps else "seconds"
+    res[key] = time.perf_counter() - t0
+    machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+               "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=HERE).stdout.strip()}
+    res["eps_machine" if a.only_eps else "machine"] = machine
+    if not a.only_eps:
+        res["eps_machine"] = machine
     (out / "learned.json").write_text(json.dumps(res, indent=1) + "\n")
     write_report(out, res)
     log(f"wrote {out / 'LEARNED.md'}")
@@ -199,16 +217,26 @@ def write_report(out: Path, r: dict) -> None:
         m, se = mean_se(v)
         dm, dse = mean_se([x - y for x, y in zip(v, base)]) if label != FD_SAMPLERS[0] else (0.0, 0.0)
         w(f"| {label} | {m:.3f} ± {se:.3f} | " + ("–" if label == FD_SAMPLERS[0] else f"{dm:+.4f} ± {dse:.4f}") + " |")
-    w("\n## C. The end time ε\n")
-    w("UniPC-3 with 99 log-SNR steps to ε, then Tweedie's step, on the same prior draws as B. The exact-score suite "
-      "(bench/SUITE_EPS.md) prefers a smaller ε at 100 steps and more; here the score is learned.\n")
-    w("| ε | FD: mean ± se | minus ε = 10⁻³: mean ± se |")
-    w("|---|---|---|")
-    e0 = r["eps"][f"{EPSS[0]:g}"]
-    for e, v in r["eps"].items():
-        m, se = mean_se(v)
-        dm, dse = mean_se([x - y for x, y in zip(v, e0)])
-        w(f"| {e} | {m:.3f} ± {se:.3f} | " + ("–" if v is e0 else f"{dm:+.4f} ± {dse:.4f}") + " |")
+    w("\n## C. The default's end time ε\n")
+    em = r.get("eps_machine", r["machine"])
+    w(f"`sample`'s default (no predictor) at the budgets where `recommended_eps` changes, run to ε = 10⁻³ and to its "
+      "own end time, then Tweedie's step, on the same prior draws as B; the Fréchet distance to the held-out digits, "
+      "paired per draw. The default there: " + "; ".join(
+          f"{s} steps: {v[0][0]} [{v[0][1]}]{'' if not v[0][2] else ' ' + str(v[0][2])}, own ε {v[1]:g}"
+          for s, v in r["eps_default"].items())
+      + ". The exact-score check mixtures (bench/SUITE_EPS_DEFAULT.md) gain from the smaller ε; here the score is "
+      f"learned. {r.get('eps_seconds', r['seconds']) / 60:.1f} min; git {em['git']}.\n")
+    w("| steps (NFE) | ε | FD: mean ± se | minus ε = 10⁻³: mean ± se |")
+    w("|---|---|---|---|")
+    for s, d in r["eps"].items():
+        e0 = d[f"{1e-3:g}"]
+        own = r["eps_default"][s][1]
+        for e, v in d.items():
+            m, se = mean_se(v)
+            dm, dse = mean_se([x - y for x, y in zip(v, e0)])
+            mark = " (the default's)" if float(e) == own else ""
+            w(f"| {s} ({int(s) + 1}) | {e}{mark} | {m:.3f} ± {se:.3f} | "
+              + ("–" if v is e0 else f"{dm:+.4f} ± {dse:.4f}") + " |")
     (out / "LEARNED.md").write_text("\n".join(L) + "\n")
 
 
