@@ -1511,6 +1511,10 @@ def plot(out: Path, R: dict):
         ax_t1.plot(nfes, [100 * y for y in ys], **style[sn])
     reach = 100 * sum(abs(preps[d.name].limit) <= 0.03 for d in suite) / len(suite)
     ax_t1.axhline(reach, color="0.4", ls="-.", lw=1.3, label=f"reachable at ε = {eps_plain()} ({reach:.0f} %)")
+    own = getattr(sampling, "AUTO_EPS", ()) if OWN_EPS else ()   # the default ends nearer 0 from these step counts
+    if own and own[0][0] + 1 <= max(nfes):
+        ax_t1.text(1.1 * (own[0][0] + 1), reach + 1.5, f"the default ends nearer 0\nfrom NFE {own[0][0] + 1} on",
+                   fontsize=7, color="0.3", va="bottom")
     ax_t1.axhline(80, color="crimson", ls=":", lw=1.5, label="target: 80 % at NFE 10")
     _nfe_axis(ax_t1, nfes)
     ax_t1.set_ylim(-3, 103)
