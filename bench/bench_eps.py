@@ -75,6 +75,7 @@ def write_report(out: Path, runs: dict, meta: dict) -> None:
       "for that budget.\n")
     w("| NFE | " + " | ".join(f"ε = {S.eps_tex(e)}" for e in EPSS) + " |")
     w("|---|" + "---|" * len(EPSS))
+    stats = {}   # (T, eps) -> (count, median |dlogp|)
     for T in NFES:
         row = []
         pick = sampling.recommended_eps(T - 1)
@@ -86,13 +87,18 @@ def write_report(out: Path, runs: dict, meta: dict) -> None:
                 row.append("–")
                 continue
             k = sum(all(ok(c, S.best_peer(cp, peers, d, T, m), m) for m in S.METRICS) for d, c in cs)
-            txt = f"{k} of {len(cs)}; {median([c.err for _, c in cs]):.4f}"
+            stats[T, eps] = (k, median([c.err for _, c in cs]))
+            txt = f"{k} of {len(cs)}; {stats[T, eps][1]:.4f}"
             row.append(f"**{txt}**" if eps == pick else txt)
         w(f"| {T} | " + " | ".join(row) + " |")
+    below = [T for T in NFES if T < 50 and (T, 1e-4) in stats]
+    worse = [T for T in below if stats[T, 1e-4][1] > stats[T, 1e-3][1]]
+    no_more = [T for T in below if T not in worse and stats[T, 1e-4][0] <= stats[T, 1e-3][0]]
     w("\nFrom 49 steps the default's median |dlogp| falls about tenfold with ε = 10⁻⁴ and it is at least as accurate "
-      "as the best peer on every mixture; below, a smaller ε makes the median worse (10-25 evaluations) or leaves the "
-      "count no better (30, 40). The rest of the gap is the ε limit, the over-concentration of reaching ε exactly and "
-      "then taking Tweedie's step (chapter 9, eq. `eq-eps-limit`), by mixture, nats:\n")
+      "as the best peer on every mixture; below, a smaller ε makes the median worse (NFE "
+      + (", ".join(map(str, worse)) or "none") + ") or leaves the count no better (NFE "
+      + (", ".join(map(str, no_more)) or "none") + "). The rest of the gap is the ε limit, the over-concentration of "
+      "reaching ε exactly and then taking Tweedie's step (chapter 9, eq. `eq-eps-limit`), by mixture, nats:\n")
     w("| mixture | limit at " + " | limit at ".join(S.eps_tex(e) for e in EPSS) + " |")
     w("|---|" + "---|" * len(EPSS))
     preps = {e: runs[tag][0]["preps"] for tag, e, _, _ in RUNS}
