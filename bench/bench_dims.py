@@ -16,11 +16,12 @@ D. a check on 18 further mixtures (2, 8 and 64 dimensions, indices 50-55, not us
    alone against the peers at every budget of bench_suite.py, raw and net of the eps limit;
 E. from 19 steps, where the default leaves UniPC-2: iPNDM-4 on the time-quadratic grid against UniPC-3 on the log-SNR
    grid on 36 more mixtures (2, 8, 12, 16, 32 and 64 dimensions, indices 60-65) at NFE 20 to 40, the evidence for
-   `AUTO_IPNDM_MAX_DIM`.
+   `AUTO_IPNDM_MAX_DIM`;
+F. a second check like D on 18 mixtures at indices 70-75, drawn after every rule was set and used for none.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_dims.py [--jobs 2] [--report-from DIR]
 
-About 35 min of CPU (15 of them the check, 10 section E); `--jobs 2` runs two at once. The dumps go to `--work` (default a temporary
+About 45 min of CPU (10 each check, 10 section E); `--jobs 2` runs two at once. The dumps go to `--work` (default a temporary
 folder), the report to bench/SUITE_DIM.md (`--out`).
 """
 from __future__ import annotations
@@ -50,6 +51,8 @@ ONLY = ",".join(n.removeprefix("ours ") for n in OURS) + ",default,diffusers,tor
 # a check on further mixtures, in the issue's dimensions, at indices the rule was not chosen on: the default alone
 # against the peers at every budget of bench_suite.py
 CHECK_DIMS, CHECK_IDX = (2, 8, 64), 50
+# section F: a second check at indices drawn after every rule of `recommended_sampler` was set and never used for one
+LATE_CHECK_IDX = 70
 # from 19 steps (section E): the two samplers the default chooses between, by dimension, on mixtures at further indices
 MULTI_GROUPS = ((2, 12, 16, 32), (8, 64))
 MULTI_IDX, MULTI_NFES = 60, (20, 25, 30, 40)
@@ -58,15 +61,16 @@ MULTI = (("iPNDM-4 [quad]", "ours iPNDM [quad]", ("ipndm", "quadratic", {})),
 
 
 def tag(g) -> str:
-    if g == "check":
-        return "check"
+    if g in ("check", "late_check"):
+        return g
     return ("multi_" + "_".join(map(str, g[1:]))) if g[0] == "multi" else "dims_" + "_".join(map(str, g))
 
 
 def run_group(g, work: Path, idx_offset: int) -> subprocess.Popen:
     "One bench_suite run: a group of dimensions (the grids at NFES), or \"check\" (the default at every budget)."
-    if g == "check":
-        args = ["--dims", ",".join(map(str, CHECK_DIMS)), "--idx-offset", str(CHECK_IDX),
+    if g in ("check", "late_check"):
+        args = ["--dims", ",".join(map(str, CHECK_DIMS)),
+                "--idx-offset", str(CHECK_IDX if g == "check" else LATE_CHECK_IDX),
                 "--only", "default,diffusers,torchdiffeq"]
     elif g[0] == "multi":
         ours = [n for _, n, _ in MULTI] + [S.DEFAULT_NAME]
@@ -98,16 +102,24 @@ def head(w, first: list) -> None:
     w("|" + "---|" * (len(first) + len(NFES)))
 
 
-def check_section(w, check) -> None:
-    "D. The default alone against the peers at every budget, on the further mixtures of the check run."
+def check_section(w, check, late: bool = False) -> None:
+    """D (F with `late`). The default alone against the peers at every budget, on the further mixtures of a check
+    run."""
     R = check[0]
     cells, dists, peers = merge([check])
     dims = sorted({d.D for d in dists.values()})
-    w(f"## D. A check on {len(dists)} further mixtures: the default at every budget\n")
-    w(f"The rule above was chosen on the mixtures of tables A-C. This run draws {len(dists)} more from the same generator "
-      f"at indices {CHECK_IDX} to {CHECK_IDX + len(PROFILES.split(',')) - 1}, in the issue's dimensions "
-      f"({', '.join(map(str, dims))}), and runs only `sample`'s default and the peers at every budget of "
-      "`bench_suite.py`. Each cell: on how many mixtures the default is at least as accurate as the best peer on "
+    idx = LATE_CHECK_IDX if late else CHECK_IDX
+    span = f"at indices {idx} to {idx + len(PROFILES.split(',')) - 1}, in the issue's dimensions ({', '.join(map(str, dims))})"
+    if not late:
+        w(f"## D. A check on {len(dists)} further mixtures: the default at every budget\n")
+        intro = (f"The rule above was chosen on the mixtures of tables A-C. This run draws {len(dists)} more from the same "
+          f"generator {span}, and runs only `sample`'s default and the peers at every budget of `bench_suite.py`. "
+          f"(These mixtures showed the NFE 25 losses in 64 dimensions that section E then studied on other mixtures.) ")
+    else:
+        w(f"## F. A second check on {len(dists)} mixtures drawn after every rule was set\n")
+        intro = (f"The same as D on {len(dists)} more mixtures {span}, drawn after `AUTO_CUBIC_MAX_DIM`, "
+                 "`AUTO_IPNDM_MAX_DIM` and `AUTO_EPS` were set and used for none of them. ")
+    w(intro + "Each cell: on how many mixtures the default is at least as accurate as the best peer on "
       "both metrics, on the raw |dlogp| / on |dlogp| net of the ε limit (the sampler's own error; see bench/SUITE.md), "
       "each with SW2.\n")
     nfes = R["nfes"]
@@ -181,7 +193,7 @@ def multi_section(w, multi) -> None:
       "distance (section B).\n")
 
 
-def write_report(out: Path, runs: list, meta: dict, check=None, multi=None):
+def write_report(out: Path, runs: list, meta: dict, check=None, multi=None, late=None):
     cells, dists, peers = merge(runs)
     dims = sorted({d.D for d in dists.values()})
     by_D = {D: [n for n, d in dists.items() if d.D == D] for D in dims}
@@ -307,10 +319,13 @@ def write_report(out: Path, runs: list, meta: dict, check=None, multi=None):
         check_section(w, check)
     if multi:
         multi_section(w, multi)
+    if late is not None:
+        check_section(w, late, late=True)
     w("## Machine\n")
     label = lambda R: f"D = {', '.join(str(d.D) for d in R['suite'][::len(PROFILES.split(','))])}"  # noqa: E731
     w(machine_line(meta, [(label(R), R) for R, _ in runs] + ([("check", check[0])] if check else [])
-                   + [(f"section E, {label(R)}", R) for R, _ in (multi or [])]))
+                   + [(f"section E, {label(R)}", R) for R, _ in (multi or [])]
+                   + ([("second check", late[0])] if late else [])))
     (out / "SUITE_DIM.md").write_text("\n".join(L))
 
 
@@ -320,10 +335,10 @@ def main(argv=None):
     add_run_args(ap, "group of dimensions", "SUITE_DIM.md")
     args = ap.parse_args(argv)
     multi = [("multi",) + g for g in MULTI_GROUPS]
-    loaded, meta, out = run_and_load(ap, args, "bench_dims_", ["check"] + multi + list(GROUPS),
+    loaded, meta, out = run_and_load(ap, args, "bench_dims_", ["check", "late_check"] + multi + list(GROUPS),
                                      lambda g, work: run_group(g, work, args.idx_offset), tag)
     write_report(out, [loaded[g] for g in GROUPS], dict(meta, idx=args.idx_offset), loaded["check"],
-                 [loaded[g] for g in multi])
+                 [loaded[g] for g in multi], loaded["late_check"])
     print(f"wrote {out / 'SUITE_DIM.md'}")
 
 if __name__ == "__main__":
