@@ -121,7 +121,7 @@ def main(argv=None):
     log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
     if a.only_eps:
         res = json.loads((out / "learned.json").read_text())
-        sets = res["sets"]
+        sets, n_fd = res["sets"], res["n_fd"]   # part C on the prior draws of part B
     else:
         res = {"steps": list(steps_list), "samplers": list(SAMPLERS), "map": {}, "map_check": [], "fd": {},
                "floor": {"mean": floor.mean, "std": floor.std}, "n_map": n_map, "n_fd": n_fd, "sets": sets,
@@ -163,9 +163,9 @@ def main(argv=None):
     machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=HERE).stdout.strip()}
-    res["eps_machine" if a.only_eps else "machine"] = machine
+    res["eps_machine"] = machine   # part C ran here; with --only-eps parts A and B keep their "machine"
     if not a.only_eps:
-        res["eps_machine"] = machine
+        res["machine"] = machine
     (out / "learned.json").write_text(json.dumps(res, indent=1) + "\n")
     write_report(out, res)
     log(f"wrote {out / 'LEARNED.md'}")

@@ -716,7 +716,7 @@ def recommended_sampler(
     there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
     grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
     from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
-    numbers UniPC-3 on the log-SNR grid from $N_1$ (iPNDM's relative scale error, about $10^{-3}$ there, costs $D$ times
+    numbers UniPC-3 on the log-SNR grid from $N_1$ (iPNDM's relative scale error, a few $10^{-3}$ there, costs $D$ times
     that in log-density: chapter 9, bench/SUITE_DIM.md section E). For
     data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
     late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For the
