@@ -208,12 +208,17 @@ def write_report(out: Path, runs: list, meta: dict, check=None, multi=None, late
       f"profile ({PROFILES.replace(',', ', ')}) and dimension D = {', '.join(map(str, dims))}: {len(dists)} mixtures, "
       f"exact scores, VP SDE, ε = 10⁻³, {S.SEEDS} seeds per cell, n = "
       + ", ".join(f"{'/'.join(map(str, ns[D]))} ({D}-D)" for D in dims)
-      + f" samples, NFE {', '.join(map(str, NFES))} (steps = NFE − 1, the last evaluation being Tweedie's step). "
+      + f" samples, NFE {', '.join(map(str, NFES))} (steps = NFE − 1, the last evaluation being Tweedie's step; "
+      "the default below `AUTO_DENOISE_MIN_STEPS` = "
+      f"{getattr(sampling, 'AUTO_DENOISE_MIN_STEPS', 1)} steps: steps = NFE, no Tweedie step, `recommended_denoise`). "
       "Samplers: UniPC-2 on the time-cubic, time-quadratic and log-SNR grids, `sample`'s default (`predictor=\"auto\"`, "
       "told D by the shape of its samples) and the peers: " + ", ".join(peers) + ".\n")
     w("Rerun: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_dims.py --jobs 2`.\n")
-    rule = "; ".join(f"D = {D}: " + ", ".join(f"{T - 1} steps {sampling.recommended_sampler(T - 1, dim=D)[1]}"
-                                             for T in NFES) for D in (dims[0], dims[-1]))
+    nfe_of = S.default_nfe()
+    dsteps = lambda T: next(n for n in range(T, 0, -1) if nfe_of(n) <= T)   # noqa: E731 -- the default's steps at NFE T
+    rule = "; ".join(f"D = {D}: " + ", ".join(
+        f"{dsteps(T)} steps {sampling.recommended_sampler(dsteps(T), dim=D)[1]}"
+        + ("" if nfe_of(dsteps(T)) > dsteps(T) else " without Tweedie's step") for T in NFES) for D in (dims[0], dims[-1]))
     w(f"The default at these budgets (`recommended_sampler(steps, dim=D)`, `AUTO_CUBIC_MAX_DIM` = "
       f"{sampling.AUTO_CUBIC_MAX_DIM}): UniPC-2, on the time-quadratic grid below {sampling.AUTO_CUBIC_MIN_STEPS} steps, "
       f"from there on the time-cubic grid for D ≤ {sampling.AUTO_CUBIC_MAX_DIM} and on the time-quadratic one above "

@@ -117,10 +117,17 @@ class Sampler:
     min_steps: int = 1
     max_steps: int | None = None
     paired: bool = False   # deterministic VP map of the shared prior draw: compared sample by sample with the exact map
+    nfe_of: Callable | None = None   # NFE of a run of n steps where it is not per_step * n + extra (`sample`'s default:
+                                     # Tweedie's step only from `sampling.AUTO_DENOISE_MIN_STEPS` steps on the VP SDE)
 
     def steps_for(self, target: int) -> int:
         "Most steps whose nominal NFE does not exceed `target`."
-        steps = max(self.min_steps, (target - self.extra) // self.per_step)
+        if self.nfe_of is not None:
+            steps = max(self.min_steps, target)
+            while steps > self.min_steps and self.nfe_of(steps) > target:
+                steps -= 1
+        else:
+            steps = max(self.min_steps, (target - self.extra) // self.per_step)
         return steps if self.max_steps is None else min(steps, self.max_steps)
 
 

@@ -303,6 +303,13 @@ def build_suite(quick: bool, scale: float = 1.0, dims=None, profiles=None, idx_o
 # ----------------------------------------------------------------------------------------------------------------------
 # Samplers: ours discovered from sampling.PREDICTORS x sampling.SPACINGS; the peers from bench_samplers
 # ----------------------------------------------------------------------------------------------------------------------
+def default_nfe(data_std=None):
+    "NFE of `sample`'s default at n steps on the VP SDE: n, plus Tweedie's step where `recommended_denoise` takes it."
+    rule = getattr(sampling, "recommended_denoise", None)
+    vp = bs.VPSDE()
+    return lambda n: n + (1 if rule is None else int(rule(n, vp, data_std)))
+
+
 def discover_ours(notes: list) -> list[bs.Sampler]:
     "One sampler per (predictor in sampling.PREDICTORS, spacing in sampling.SPACINGS), each with its defaults."
     preds = dict(getattr(sampling, "PREDICTORS", {}))
@@ -346,13 +353,13 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
         # the default's own end time (`sample(..., eps=None)`), unless `--eps` sets one for every sampler of ours
         own = hasattr(sampling, "recommended_eps") and OWN_EPS
         s = bs.Sampler(DEFAULT_NAME, "ours", "VP", bs.ours("auto", spacing=None, own_eps=own, **hint), extra=1,
-                       paired=True)
+                       paired=True, nfe_of=default_nfe(hint.get("data_std")))
         s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default"
         s.own_eps = own
         out.append(s)
         if hint:
             s = bs.Sampler(UNHINTED_NAME, "ours", "VP", bs.ours("auto", spacing=None, own_eps=own), extra=1,
-                           paired=True)
+                           paired=True, nfe_of=default_nfe(None))
             s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default, no data_std"
             s.own_eps = own
             out.append(s)
@@ -388,6 +395,8 @@ def probe_costs(samplers, log):
     "Score calls per step and outside the steps, measured: NFE of 2- and 3-step runs on a tiny problem."
     P = bs.Problem.make(16, gm=ring_dist().gm)
     for s in samplers:
+        if s.nfe_of is not None:   # `sample`'s default: its NFE per step count is known (Tweedie's step or not)
+            continue
         n2, n3 = s.run(P, 2, 0)[1], s.run(P, 3, 0)[1]
         s.per_step, s.extra = n3 - n2, n2 - 2 * (n3 - n2)
         if s.per_step < 1 or s.extra < 0:
@@ -899,7 +908,9 @@ def write_report(out: Path, R: dict):
     w(f"- Seeds per cell: {len(R['seeds'])} (each seed: its own prior draw x_T and noise; every sampler gets the same x_T "
       f"for a given seed). Samples per run n: " + ", ".join(f"{D}-D {n}" for D, n in R["n_by_D"].items()) + ".")
     w(f"- NFE budgets: {', '.join(map(str, nfes))}. Each sampler takes the most steps whose NFE fits the budget "
-      "(ours: steps + 1 for the final Tweedie step; Heun 2 per step; rk4 4 per step + 1). Actual NFEs are in the "
+      "(ours: steps + 1 for the final Tweedie step, except the default below "
+      f"{getattr(sampling, 'AUTO_DENOISE_MIN_STEPS', 1)} steps, which takes no Tweedie step (`recommended_denoise`); "
+      "Heun 2 per step; rk4 4 per step + 1). Actual NFEs are in the "
       "per-distribution tables' source (`--dump`); a budget a sampler cannot use fully (e.g. rk4 at 8 = rk4 at 5) "
       "repeats its smaller run.")
     w(f"- VP SDE (β_min 0.1, β_max 20, T = 1). Ours and rk4 run from T to ε = {eps_tex()}, then Tweedie's step; "
@@ -1143,7 +1154,8 @@ def default_section(R, w, bold):
     w(f"`sample(sde, score_fn, shape, steps=n)` without a predictor runs `sampling.{call}`: "
       f"{rule}; one robust choice per range "
       "of budgets, not the winner of each. Its standing in this run, at each budget (steps = NFE − 1, the last "
-      "evaluation being Tweedie's step): its median (mean) rank among all samplers and its place among ours by median "
+      "evaluation being Tweedie's step; steps = NFE below "
+      f"{getattr(sampling, 'AUTO_DENOISE_MIN_STEPS', 1)} steps, where `recommended_denoise` takes no Tweedie step): its median (mean) rank among all samplers and its place among ours by median "
       "rank, the same ranked on its own error (net of the ε limit), on how many mixtures it is at least as accurate as "
       "the best peer on both metrics (|dlogp|, then |dlogp| net of the ε limit, each with SW2; issue 10's target (2) "
       "for the default itself), and its collapses (runs with |dlogp| > 1 nat or NaN), next to the best of ours and the "

@@ -19,11 +19,12 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD',
-           'AUTO_CUBIC_MAX_DIM', 'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'ODE_METHODS', 'ScoreCounter',
-           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
-           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
-           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'FINAL_ORDER_MAX_STEPS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS',
+           'AUTO_QUAD_MIN_DATA_STD', 'AUTO_CUBIC_MAX_DIM', 'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS',
+           'AUTO_DENOISE_MIN_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
+           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
+           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise',
+           'recommended_sampler', 'recommended_eps', 'recommended_denoise', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -281,6 +282,23 @@ class Heun(Predictor):
 
 from .core import nonneg_float
 
+FINAL_ORDER_MAX_STEPS = 14    # `lower_order_final=True` lowers the last steps' orders in runs of at most this many steps
+                              # (diffusers' rule: fewer than 15); "always" in runs of any length
+
+
+def _check_final(lower_order_final):
+    "`lower_order_final` validated: True, False or \"always\"."
+    if isinstance(lower_order_final, str):
+        if lower_order_final != "always":
+            raise ValueError(f'`lower_order_final` must be True, False or "always", got {lower_order_final!r}')
+        return lower_order_final
+    return bool(lower_order_final)
+
+
+def _final_applies(lower_order_final, steps: int) -> bool:
+    "Whether a run of `steps` steps lowers its last orders: \"always\", or True in runs of at most `FINAL_ORDER_MAX_STEPS`."
+    return steps > 0 and (lower_order_final == "always" or (lower_order_final is True and steps <= FINAL_ORDER_MAX_STEPS))
+
 
 def _ratio_order(q: int, nodes: list, step, min_step_ratio: float):
     """The order a multistep step may use (eq. `eq-step-ratio`): 1 + the number of leading step ratios
@@ -311,9 +329,9 @@ class DPMSolver2M(Predictor):
     "DPM-Solver++(2M) (eq. `eq-dpmpp2m`): a second-order multistep exponential integrator, 1 NFE per step."
     stochastic = False
 
-    def __init__(self, lower_order_final: bool = True,   # first-order last step in runs of fewer than 15 steps
+    def __init__(self, lower_order_final=True,          # first-order last step: True in runs of < 15 steps (diffusers), "always", False
                  min_step_ratio: float = 0.5):           # first order when $h_{k-1}/h_k$ is below this (eq. `eq-step-ratio`; 0: never)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = _check_final(lower_order_final)
         self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
@@ -331,8 +349,8 @@ class DPMSolver2M(Predictor):
         self._k += 1
         x0 = c["inv_alpha"] * (x + c["sigma2"] * score(x, t))
         D = x0
-        last = self._k == self._steps and self._steps < 15
-        if self._prev is not None and not (last and self.lower_order_final):
+        last = self._k == self._steps and _final_applies(self.lower_order_final, self._steps)
+        if self._prev is not None and not last:
             x0_prev, ell_prev = self._prev
             r = (c["ell"] - ell_prev) / c["h"]
             D = _by_order(2, _ratio_order(2, [c["ell"], ell_prev], c["h"], self.min_step_ratio),
@@ -351,10 +369,11 @@ def _exp_coeffs(sde: SDE, t: Tensor, t_next: Tensor) -> dict:
             "h": (alpha_n / sigma_n).log() - ell}
 
 
-def _lower_order(k: int, steps: int, order: int, lower_order_final: bool) -> int:
-    "Order of step `k` (1-based) of `steps`: $\\min(p, k)$ (warm-up) and, in runs of fewer than 15 steps, at most the steps left."
+def _lower_order(k: int, steps: int, order: int, lower_order_final) -> int:
+    """Order of step `k` (1-based) of `steps`: $\\min(p, k)$ (warm-up) and, where `lower_order_final` applies (True: runs
+    of fewer than 15 steps; "always": every run), at most the steps left."""
     q = min(order, k)
-    if lower_order_final and 0 < steps < 15:
+    if _final_applies(lower_order_final, steps):
         q = min(q, steps - k + 1)
     return max(q, 1)
 
@@ -379,9 +398,9 @@ class DPMSolver3M(Predictor):
     eq. `eq-dpmpp3m-defect`): 1 NFE per step; warm-up with DDIM and a 2M step."""
     stochastic = False
 
-    def __init__(self, lower_order_final: bool = True,   # orders 1 and 2 in the last two steps of runs of < 15 steps
+    def __init__(self, lower_order_final=True,          # orders 1 and 2 in the last two steps: True in runs of < 15 steps, "always", False
                  min_step_ratio: float = 0.5):           # a past point only if its step ratio is at least this (eq. `eq-step-ratio`; 0: always)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = _check_final(lower_order_final)
         self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
@@ -433,14 +452,14 @@ class UniPC(Predictor):
     def __init__(self, order: int = 2,             # $p$ of UniP-p and UniC-p, 1, 2 or 3
                  variant: str = "bh2",             # $B(h)$: "bh1" ($h$) or "bh2" ($1 - e^{-h}$)
                  corrector: bool = True,           # UniC after every step but the last (False: UniP only)
-                 lower_order_final: bool = True,   # lower orders in the last steps of runs of < 15 steps
+                 lower_order_final=True,           # lower orders in the last steps: True in runs of < 15 steps (diffusers), "always", False
                  min_step_ratio: float = 0.5):     # a past point only if its step ratio is at least this (eq. `eq-step-ratio`; 0: always)
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 1 <= order <= 3:
             raise ValueError(f"`order` must be 1, 2 or 3, got {order!r}")
         if variant not in self.variants:
             raise ValueError(f"`variant` must be one of {self.variants}, got {variant!r}")
         self.order, self.variant = int(order), variant
-        self.corrector, self.lower_order_final = bool(corrector), bool(lower_order_final)
+        self.corrector, self.lower_order_final = bool(corrector), _check_final(lower_order_final)
         self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
@@ -498,11 +517,11 @@ class IPNDM(Predictor):
 
     def __init__(self, order: int = 4,               # the largest order $p$, 1 to 4; warm-up with 1, 2, ..., p
                  variable_step: bool = False,        # True: the Adams–Bashforth weights of the grid's unequal steps
-                 lower_order_final: bool = False,    # lower orders in the last steps of runs of < 15 steps
+                 lower_order_final=False,            # lower orders in the last steps: True in runs of < 15 steps, "always", False
                  min_step_ratio: float = 0.5):       # a past slope only if its $\Delta\tau$ ratio is at least this (eq. `eq-step-ratio`; 0: always)
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or not 1 <= order <= 4:
             raise ValueError(f"`order` must be 1, 2, 3 or 4, got {order!r}")
-        self.order, self.variable_step, self.lower_order_final = int(order), bool(variable_step), bool(lower_order_final)
+        self.order, self.variable_step, self.lower_order_final = int(order), bool(variable_step), _check_final(lower_order_final)
         self.min_step_ratio = nonneg_float("min_step_ratio", min_step_ratio)
         self.reset(0)
 
@@ -702,6 +721,8 @@ SAMPLE_EPS = 1e-3             # `sample`'s end time for an explicit predictor, a
 AUTO_EPS = ((49, 1e-4), (99, 1e-5))   # (from this many steps, end time): on the VP SDE `predictor="auto"` stops
                               # nearer 0 when the budget is large (bench/SUITE_EPS_DEFAULT.md, chapter 9); 1e-5 is
                               # the smallest training time of `dsm_loss`
+AUTO_DENOISE_MIN_STEPS = 13   # below this many steps `predictor="auto"` on the VP SDE spends no evaluation on Tweedie's
+                              # step: a solver step buys more there (NFE = steps; chapter 9, bench/SUITE.md)
 
 
 def recommended_sampler(
@@ -712,7 +733,8 @@ def recommended_sampler(
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
-    (bh2) below $N_1$ steps, on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
+    (bh2) below $N_1$ steps, with `lower_order_final="always"` (the last step first order at 15 to $N_1 - 1$ steps too:
+    chapter 9, "The last steps"), on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
     there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
     grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
     from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
@@ -736,8 +758,10 @@ def recommended_sampler(
     n1, n2 = AUTO_SWITCH_STEPS
     if steps < n1:
         cubic = small or (steps >= AUTO_CUBIC_MIN_STEPS and low_dim)
-        grid = "logsnr" if not vp_like else "cubic" if cubic else "quadratic"
-        return "unipc", grid, {}
+        if not vp_like:
+            return "unipc", "logsnr", {}
+        # the grid's last step is long in log-SNR: first order there in runs of every length, not only below 15 steps
+        return "unipc", "cubic" if cubic else "quadratic", {"lower_order_final": "always"}
     if steps < n2 and vp_like and not small and ipndm_dim:
         return "ipndm", "quadratic", {}
     return "unipc", "logsnr", {"order": 3}
@@ -763,6 +787,26 @@ def recommended_eps(
     return eps
 
 
+def recommended_denoise(
+    steps: int,               # predictor steps $N$
+    sde: SDE | None = None,   # the SDE to sample (None: VP, the suite's)
+    data_std: float | None = None,   # the data's scale if known (None: about 1, the suite's)
+) -> bool:                    # whether `sample(..., predictor="auto", denoise=None)` ends with Tweedie's step
+    """Whether `sample`'s default ends with Tweedie's step at $\\epsilon$ (one score evaluation): yes, except on the VP SDE
+    below `AUTO_DENOISE_MIN_STEPS` steps for data of scale `AUTO_QUAD_MIN_DATA_STD` or more. There the evaluation buys
+    more as one more solver step (NFE = $N$): at equal NFE the samples are nearer the flow map and in SW2, and the noise
+    left at $\\epsilon$ = $10^{-3}$ ($\\sigma \\approx 0.01$) costs less than the coarser grid (chapter 9, bench/SUITE.md).
+    For data of std 0.1 that noise costs more in log-density (chapter 9): pass `data_std`."""
+    steps = positive_int("steps", steps)
+    if sde is not None and not isinstance(sde, SDE):
+        raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
+    if data_std is not None:
+        data_std = positive_float("data_std", data_std)
+    small = data_std is not None and data_std < AUTO_QUAD_MIN_DATA_STD
+    vp = sde is None or isinstance(sde, VPSDE)
+    return not (vp and steps < AUTO_DENOISE_MIN_STEPS and not small)
+
+
 def sample(
     sde: SDE,                 # the forward SDE
     score_fn: Callable,       # $s(x, t)$: x (B, *D), t (B,) -> (B, *D), x's dtype and device
@@ -775,7 +819,7 @@ def sample(
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
     eps: float | None = None,   # the last time $t_N = \epsilon$; None: `recommended_eps(steps, sde)` with predictor "auto", else `SAMPLE_EPS` (10⁻³)
     spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
-    denoise: bool = True,     # finish with Tweedie's formula at $\epsilon$ (one more score evaluation)
+    denoise: bool | None = None,   # finish with Tweedie's formula at $\epsilon$ (one more score evaluation); None: `recommended_denoise(steps, sde, data_std)` with predictor "auto", else True
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
     dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
     device=None,              # device of the samples (default: `x_T`'s, else the generator's, else the CPU)
@@ -787,8 +831,10 @@ def sample(
     data_std: float | None = None,   # the data's scale, if known: `predictor="auto"` picks its grid by it (`recommended_sampler`)
 ) -> SamplerOutput:           # (samples of shape (B, *D), NFE)
     """Predictor–corrector sampling (eq. `eq-pc`) from the prior at $T$ to $\\epsilon$; returns the samples and the NFE.
-    By default (`predictor="auto"`, `spacing=None`, `eps=None`) the sampler the suites rank best for `steps` and the
-    samples' $D$, `recommended_sampler(steps, sde, data_std, D)`, run to `recommended_eps(steps, sde)`."""
+    By default (`predictor="auto"`, `spacing=None`, `eps=None`, `denoise=None`) the sampler the suites rank best for
+    `steps` and the samples' $D$, `recommended_sampler(steps, sde, data_std, D)`, run to `recommended_eps(steps, sde)`,
+    with Tweedie's step if `recommended_denoise(steps, sde, data_std)`: the NFE is `steps` + 1, or `steps` on the VP SDE
+    below `AUTO_DENOISE_MIN_STEPS` steps."""
     if not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE, got {type(sde).__name__}")
     steps = positive_int("steps", steps)
@@ -796,18 +842,23 @@ def sample(
         raise ValueError(f"`spacing` must be None or one of {SPACINGS}, got {spacing!r}")
     if data_std is not None:
         data_std = positive_float("data_std", data_std)
+    if denoise is not None and not isinstance(denoise, bool):
+        raise TypeError(f"`denoise` must be True, False or None, got {denoise!r}")
     # the prior draw first: its D = prod(shape[1:]) picks "auto"'s grid; float32 for float16/bfloat16 samples
     x, out_dtype = initial_state(sde, shape, generator, dtype, device, x_T)
     default_grid = "uniform"   # an explicit predictor keeps the uniform grid unless `spacing` says otherwise
     default_eps = SAMPLE_EPS   # and the end time 1e-3 unless `eps` says otherwise
+    default_denoise = True     # and Tweedie's step unless `denoise` says otherwise
     if isinstance(predictor, str) and predictor == "auto":   # a corrector or `project` moves the state between steps,
         if corrector is not None or project is not None:      # which the multistep samplers' history ignores
             predictor, default_grid = "reverse_diffusion", "uniform"
         else:
             name, default_grid, options = recommended_sampler(steps, sde, data_std, math.prod(x.shape[1:]))
             predictor, default_eps = PREDICTORS[name](**options), recommended_eps(steps, sde)
+            default_denoise = recommended_denoise(steps, sde, data_std)
     spacing = default_grid if spacing is None else spacing
     eps = default_eps if eps is None else eps
+    denoise = default_denoise if denoise is None else denoise
     pred = _make(predictor, PREDICTORS, "predictor", Predictor, extra=("auto",))
     corr = None if corrector is None else _make(corrector, CORRECTORS, "corrector", Corrector, **(
         {"snr": snr, "n_steps": corrector_steps} if isinstance(corrector, (str, type)) else {}))
