@@ -14,10 +14,12 @@ from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AU
                                     Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_eps, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
 from sde_diffusion.sde import SubVPSDE, VESDE, VPSDE
-from sde_diffusion.toy import ring_of_gaussians
+from sde_diffusion.sampling import AUTO_DENOISE_MIN_STEPS, recommended_denoise
+from sde_diffusion.toy import GaussianMixture, ring_of_gaussians
 
 
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE()}
+LOF = {"lower_order_final": "always"}   # `recommended_sampler`'s UniPC-2 options on VP and sub-VP (the 15-step cliff)
 RING = ring_of_gaussians()
 RING64 = ring_of_gaussians(dtype=torch.float64)
 
@@ -392,7 +394,7 @@ def test_half_precision_samples_are_float32_samples_rounded(low):
     assert out.samples.dtype == low and torch.equal(out.samples, ref.samples.to(low))
     # a given low-precision x_T is upcast once; the path comes back in the samples' dtype
     x_T = sde.prior_sampling((50, 2), generator=torch.Generator().manual_seed(3)).to(low)
-    path = sample(sde, score, x_T=x_T, steps=5, return_path=True).samples
+    path = sample(sde, score, x_T=x_T, steps=5, return_path=True, denoise=True).samples
     assert path.dtype == low and path.shape == (7, 50, 2) and torch.equal(path[0], x_T)
 
 
@@ -448,21 +450,25 @@ def test_auto_is_the_recommended_sampler_bit_for_bit(sde_name, steps):
     if isinstance(sde, VESDE):   # the quadratic grid is measured on VP and sub-VP only
         want = ("unipc", "logsnr", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
     else:
-        want = (("unipc", "quadratic", {}) if steps < AUTO_CUBIC_MIN_STEPS else ("unipc", "cubic", {}) if steps < n1
+        want = (("unipc", "quadratic", LOF) if steps < AUTO_CUBIC_MIN_STEPS else ("unipc", "cubic", LOF) if steps < n1
                 else ("ipndm", "quadratic", {}) if steps < n2 else ("unipc", "logsnr", {"order": 3}))
     assert (name, grid, options) == want
     assert recommended_sampler(steps) == recommended_sampler(steps, VPSDE())   # no SDE: the suite's VP
     pred = lambda: PREDICTORS[name](**options)
     run = lambda **kw: sample(sde, RING.score_fn(sde), (64, 2), steps=steps, generator=torch.Generator().manual_seed(4),
                               **kw)
-    for extra in ({}, {"denoise": False}, {"return_path": True}):
-        auto, explicit = run(**extra), run(predictor=pred(), spacing=grid, eps=eps, **extra)
-        assert torch.equal(auto.samples, explicit.samples) and auto.nfe == explicit.nfe == steps + ("denoise" not in extra)
+    dn = recommended_denoise(steps, sde)   # Tweedie's step: not on VP below AUTO_DENOISE_MIN_STEPS steps
+    assert dn == (not isinstance(sde, VPSDE) or steps >= AUTO_DENOISE_MIN_STEPS)
+    for extra in ({}, {"denoise": False}, {"denoise": True}, {"return_path": True}):
+        auto, explicit = run(**extra), run(predictor=pred(), spacing=grid, eps=eps, **{"denoise": dn, **extra})
+        assert torch.equal(auto.samples, explicit.samples)
+        assert auto.nfe == explicit.nfe == steps + extra.get("denoise", dn)
     assert torch.equal(run(predictor="auto").samples, run().samples)   # "auto" by name is the default
     # "auto" with a grid given: the recommended predictor on that grid
-    assert torch.equal(run(spacing="edm").samples, run(predictor=pred(), spacing="edm", eps=eps).samples)
-    if options:   # the options matter: the same predictor with its own defaults gives other samples
-        assert not torch.equal(run().samples, run(predictor=name, spacing=grid, eps=eps).samples)
+    assert torch.equal(run(spacing="edm").samples, run(predictor=pred(), spacing="edm", eps=eps, denoise=dn).samples)
+    if options and not (options == LOF and steps < 15):   # the options matter: the same predictor with its own
+        # defaults gives other samples ("always" = True, diffusers' rule, in runs of fewer than 15 steps)
+        assert not torch.equal(run().samples, run(predictor=name, spacing=grid, eps=eps, denoise=dn).samples)
     # the choice is not the old default: reverse diffusion on the uniform grid gives other samples
     assert not torch.equal(run().samples, run(predictor="reverse_diffusion", spacing="uniform").samples)
 
@@ -477,7 +483,7 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
     `sample(..., data_std=...)` runs that choice bit for bit; a data_std that is not a positive finite number is refused by name."""
     from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
     n1 = AUTO_SWITCH_STEPS[0]
-    small = ("unipc", "cubic", {}) if steps < n1 else ("unipc", "logsnr", {"order": 3})
+    small = ("unipc", "cubic", LOF) if steps < n1 else ("unipc", "logsnr", {"order": 3})
     for sde in (VPSDE(), SubVPSDE()):
         for std in (0.1, 0.25, math.nextafter(S0, 0)):
             assert recommended_sampler(steps, sde, data_std=std) == small
@@ -494,8 +500,9 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
     assert torch.equal(run(data_std=1.0), run())
     if steps < AUTO_CUBIC_MIN_STEPS or AUTO_SWITCH_STEPS[0] <= steps < AUTO_SWITCH_STEPS[1]:   # the rules differ here,
         assert not torch.equal(run(data_std=0.25), run())                                         # so data_std counts
-    else:
-        assert torch.equal(run(data_std=0.25), run())
+    else:   # the same sampler; small data keep Tweedie's step (recommended_denoise), which the default drops below 13
+        assert recommended_denoise(steps, sde, 0.25)
+        assert torch.equal(run(data_std=0.25), run(denoise=True))
     # with an explicit predictor (or a corrector) data_std does not change anything
     assert torch.equal(run(predictor="ddim", data_std=0.25), run(predictor="ddim"))
     for bad in (0, -1.0, math.nan, math.inf, "0.5", True):
@@ -523,8 +530,8 @@ def test_auto_in_many_dimensions(steps):
         if isinstance(sde, VESDE):
             return low
         if cubic_range and d > AUTO_CUBIC_MAX_DIM:
-            assert low == ("unipc", "cubic", {})
-            return ("unipc", "quadratic", {})
+            assert low == ("unipc", "cubic", LOF)
+            return ("unipc", "quadratic", LOF)
         if ipndm_range and d > AUTO_IPNDM_MAX_DIM:
             assert low == ("ipndm", "quadratic", {})
             return ("unipc", "logsnr", {"order": 3})
@@ -545,11 +552,96 @@ def test_auto_in_many_dimensions(steps):
         x_T = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(8))
         auto = sample(sde, score, x_T=x_T, steps=steps).samples
         assert torch.equal(auto, sample(sde, score, x_T=x_T, steps=steps, predictor=PREDICTORS[name](**options),
-                                        spacing=grid, eps=recommended_eps(steps, sde)).samples)
+                                        spacing=grid, eps=recommended_eps(steps, sde),
+                                        denoise=recommended_denoise(steps, sde)).samples)
         assert torch.equal(auto, sample(sde, score, shape, steps=steps, generator=torch.Generator().manual_seed(8)).samples)
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises((ValueError, TypeError), match="`dim`"):
             recommended_sampler(steps, dim=bad)
+
+
+def _sharp_mixture():
+    "2-D, three components, two of them with an axis std of 0.02: the scale the cubic grid's last steps cross."
+    f = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    covs = torch.stack([torch.diag(f(*v)) for v in ((0.3**2, 0.02**2), (0.02**2, 0.02**2), (0.5**2, 0.4**2))])
+    return GaussianMixture(f(0.5, 0.3, 0.2), f([-1.0, 0.0], [1.0, 0.5], [0.3, -1.2]), covs)
+
+
+def _flow_map(sde, score, x_T):
+    "The converged flow map of x_T (UniPC-3, 400 log-SNR steps, then Tweedie's step at 1e-3), float64."
+    return sample(sde, score, x_T=x_T, steps=400, predictor=UniPC(order=3), spacing="logsnr", eps=SAMPLE_EPS,
+                  denoise=True).samples
+
+
+@pytest.mark.parametrize("steps", [1, 9, AUTO_DENOISE_MIN_STEPS - 1, AUTO_DENOISE_MIN_STEPS, 14, 100])
+def test_recommended_denoise(steps):
+    """Tweedie's step of `sample`'s default (chapter 9, bench/SUITE.md): not on the VP SDE below
+    AUTO_DENOISE_MIN_STEPS steps (NFE = steps), unless data_std is below AUTO_QUAD_MIN_DATA_STD; always on sub-VP and
+    VE and from AUTO_DENOISE_MIN_STEPS. An explicit predictor, a corrector or `project` keep it; an explicit `denoise`
+    wins; a `denoise` that is not True, False or None is refused by name, as are bad arguments of the rule."""
+    from sde_diffusion.sampling import AUTO_QUAD_MIN_DATA_STD as S0
+    below = steps < AUTO_DENOISE_MIN_STEPS
+    assert recommended_denoise(steps) == recommended_denoise(steps, VPSDE()) == (not below)
+    assert recommended_denoise(steps, VPSDE(), data_std=S0) == recommended_denoise(steps, VPSDE(), data_std=3.0) == (not below)
+    assert recommended_denoise(steps, VPSDE(), data_std=math.nextafter(S0, 0))
+    assert recommended_denoise(steps, SubVPSDE()) and recommended_denoise(steps, VESDE())
+    sde, score = VPSDE(), RING.score_fn(VPSDE())
+    run = lambda **kw: sample(sde, score, (64, 2), steps=steps, generator=torch.Generator().manual_seed(3), **kw)  # noqa: E731
+    out = run()
+    assert out.nfe == steps + (not below)
+    assert torch.equal(out.samples, run(denoise=not below).samples)
+    assert run(denoise=True).nfe == steps + 1 and run(denoise=False).nfe == steps
+    assert run(predictor="ddim").nfe == steps + 1                   # an explicit predictor keeps Tweedie's step
+    assert run(corrector="langevin").nfe == 2 * steps + 1           # so does "auto" with a corrector (reverse diffusion)
+    assert run(data_std=0.25).nfe == steps + 1                      # and small data
+    for bad in (1, 0, "yes", 1.0):
+        with pytest.raises(TypeError, match="`denoise`"):
+            run(denoise=bad)
+    for kw, name in (({"steps": 0}, "steps"), ({"steps": steps, "sde": "vp"}, "sde"),
+                     ({"steps": steps, "data_std": -1.0}, "data_std")):
+        with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
+            recommended_denoise(**kw)
+
+
+@pytest.mark.parametrize("nfe", [8, 10, 12])
+def test_default_spends_its_last_evaluation_on_a_step(nfe):
+    """At NFE < AUTO_DENOISE_MIN_STEPS + 1 the default runs `nfe` steps without Tweedie's step, and its samples are
+    nearer the converged flow map of the same x_T than those of `nfe` - 1 steps and Tweedie's step: the mean squared
+    distance is smaller by more than 3 standard errors of the paired difference (4000 samples of a 2-D mixture with
+    components of std 0.02; measured 4 to 8 standard errors)."""
+    sde, gm = VPSDE(), _sharp_mixture()
+    score = gm.score_fn(sde)
+    x_T = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = _flow_map(sde, score, x_T)
+    default = sample(sde, score, x_T=x_T, steps=nfe)
+    tweedie = sample(sde, score, x_T=x_T, steps=nfe - 1, denoise=True)
+    assert default.nfe == tweedie.nfe == nfe
+    d = (tweedie.samples - ref).square().sum(1) - (default.samples - ref).square().sum(1)
+    assert d.mean() > 3 * d.std() / math.sqrt(d.numel())
+
+
+@pytest.mark.parametrize("steps", [15, 16, 18])
+def test_default_has_no_15_step_cliff(steps):
+    """UniPC-2 on the time-cubic grid with a full-order last step (`lower_order_final=True` does nothing from 15
+    steps, diffusers' rule) over-disperses components of std 0.02: the mean log-density gap to the converged flow map
+    of the same x_T drops by about 0.05 nats from 14 to 15 steps. The default's `lower_order_final="always"` keeps the
+    last step first order: its gap is smaller in size than the full-order one's by more than 3 standard errors of
+    their paired difference, and the two agree bit for bit at 14 steps."""
+    sde, gm = VPSDE(), _sharp_mixture()
+    score = gm.score_fn(sde)
+    x_T = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lp_ref = gm.log_prob(_flow_map(sde, score, x_T))
+    run = lambda n, lof: sample(sde, score, x_T=x_T, steps=n, predictor=UniPC(2, lower_order_final=lof),  # noqa: E731
+                                spacing="cubic", eps=SAMPLE_EPS, denoise=True).samples
+    assert recommended_sampler(steps, sde, dim=2) == ("unipc", "cubic", LOF)
+    default = sample(sde, score, x_T=x_T, steps=steps).samples
+    assert torch.equal(default, run(steps, "always"))
+    gap_default, gap_full = gm.log_prob(default) - lp_ref, gm.log_prob(run(steps, True)) - lp_ref
+    diff = gap_full - gap_default   # paired: the same x_T
+    se = diff.std() / math.sqrt(diff.numel())
+    assert gap_full.mean() < gap_default.mean() - 3 * se              # the full-order step over-disperses
+    assert abs(gap_default.mean()) < abs(gap_full.mean()) - 3 * se     # and the default's gap is the smaller one
+    assert torch.equal(run(14, "always"), run(14, True))
 
 
 @pytest.mark.parametrize("steps", [1, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1], 98, 99, 1000])
@@ -567,7 +659,8 @@ def test_recommended_eps(steps):
     x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(9)).double()
     run = lambda **kw: sample(sde, score, x_T=x_T, steps=steps, generator=torch.Generator().manual_seed(10), **kw).samples
     name, grid, options = recommended_sampler(steps, sde)
-    explicit = lambda eps: run(predictor=PREDICTORS[name](**options), spacing=grid, eps=eps)
+    explicit = lambda eps: run(predictor=PREDICTORS[name](**options), spacing=grid, eps=eps,
+                               denoise=recommended_denoise(steps, sde))
     auto = run()
     assert torch.equal(auto, explicit(want)) and torch.equal(auto, run(eps=None))
     assert torch.equal(run(eps=1e-3), explicit(1e-3))   # an explicit eps wins

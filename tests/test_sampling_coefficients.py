@@ -551,7 +551,7 @@ def test_nonfinite_reports_name_where_it_happened():
     # NaN only at t = eps: only the final Tweedie step evaluates the score there
     at_eps = lambda x, t: torch.where((t < 2e-3)[:, None], torch.nan, -x)
     with pytest.raises(NonFiniteError, match="at the final denoising step"):
-        sample(sde, at_eps, (4, 2), steps=10)
+        sample(sde, at_eps, (4, 2), steps=10, denoise=True)
     assert torch.isfinite(sample(sde, at_eps, (4, 2), steps=10, denoise=False).samples).all()
     with pytest.raises(NonFiniteError, match="overflow `dtype` torch.float16"):
         sample(sde, _minus_x, (4, 2), steps=3, dtype=torch.float16, project=lambda x, t: x * 0 + 1e6)
@@ -723,7 +723,7 @@ def unipc_by_hand(name, ts, x, order, variant, corrector, lower_order_final):
             x = update(i - 1, x_prev, hist[-q_prev:], m_new=m)
         hist = (hist + [(m, lam(name, ts[i]))])[-order:]
         q = min(order, i + 1)
-        if lower_order_final and n < 15:
+        if lower_order_final == "always" or (lower_order_final is True and n < 15):
             q = min(q, n - i)
         last = (x, q)
         x = update(i, x, hist[-q:])
@@ -756,6 +756,35 @@ def test_unipc_parameters_change_the_result():
     assert torch.equal(run(15, lower_order_final=True), run(15, lower_order_final=False))
 
 
+@pytest.mark.parametrize("steps", [14, 16])
+def test_lower_order_final_always(steps):
+    """`lower_order_final="always"` (`sample`'s default below N1 steps: chapter 9's 15-step cliff) lowers the last
+    steps' orders in runs of every length: by hand for DPM-Solver++(2M), (3M), UniPC-2 and iPNDM-4 at 14 and 16 steps;
+    at 14 steps bit for bit the same as True (diffusers' rule, runs of < 15), at 16 steps unlike True. Any other string
+    is refused by name."""
+    sde, x = SDES["vp"], x_start(16)
+    ts_u = sampling_times(sde, steps, dtype=F64).tolist()
+    ts_e = sampling_times(sde, steps, spacing="edm", dtype=F64).tolist()
+    run = lambda pred, spacing="uniform": sample(sde, score, x_T=x, predictor=pred, steps=steps, spacing=spacing,  # noqa: E731
+                                                 denoise=False).samples
+    # min_step_ratio=0: the rule under test alone (the guard lowers the uniform grid's last step by itself)
+    pairs = [(lambda lof: DPMSolver2M(lof, min_step_ratio=0), "uniform",
+              dpm2m_by_hand("vp", ts_u, x, True, first_order_last=True)),
+             (lambda lof: DPMSolver3M(lof, min_step_ratio=0), "uniform",
+              dpm3m_by_hand("vp", ts_u, x, True, threshold=10**9)),
+             (lambda lof: UniPC(2, lower_order_final=lof), "edm", unipc_by_hand("vp", ts_e, x, 2, "bh2", True, "always")),
+             (lambda lof: IPNDM(4, lower_order_final=lof), "edm", ipndm_by_transcription("vp", ts_e, x, 4, "always"))]
+    for make, spacing, want in pairs:
+        always, true = run(make("always"), spacing), run(make(True), spacing)
+        close(always, want, 1e-10)
+        if steps < 15:
+            assert torch.equal(always, true)
+        else:
+            assert not torch.allclose(always, true, rtol=1e-6)
+        with pytest.raises(ValueError, match="lower_order_final"):
+            make("sometimes")
+
+
 def ipndm_by_transcription(name, ts, x, max_order, lower_order_final=False):
     """zju-pi/diff-sampler's ipndm_sampler, transcribed: y = x/alpha, t = sigma/alpha, d = (y - D(y))/t, Adams-Bashforth
     with the equal-step constants on the buffer of past d's (warm-up min(max_order, i + 1)); optionally lower orders
@@ -771,7 +800,7 @@ def ipndm_by_transcription(name, ts, x, max_order, lower_order_final=False):
         d = (y - x0_hat(name, al * y, ts[i])) / t_cur
         buf = [d] + buf[:3]
         order = min(max_order, i + 1)
-        if lower_order_final and n < 15:
+        if lower_order_final == "always" or (lower_order_final is True and n < 15):
             order = min(order, n - i)
         y = y + (t_next - t_cur) * sum(w * dj for w, dj in zip(ab[order], buf))
     return kernel(name, ts[-1])[0] * y
@@ -1219,19 +1248,24 @@ def test_auto_switches_at_9_19_and_49_steps():
     19 to 48, UniPC-3 on the log-SNR grid from 49 (NFE 50)."""
     from sde_diffusion.sampling import AUTO_CUBIC_MIN_STEPS, AUTO_SWITCH_STEPS, recommended_sampler
     assert AUTO_SWITCH_STEPS == (19, 49) and AUTO_CUBIC_MIN_STEPS == 9
+    lof = {"lower_order_final": "always"}   # UniPC-2's last step first order in runs of every length (the 15-step cliff)
     assert [recommended_sampler(n) for n in (1, 8, 9, 18, 19, 48, 49, 1000)] == (
-        [("unipc", "quadratic", {})] * 2 + [("unipc", "cubic", {})] * 2 + [("ipndm", "quadratic", {})] * 2
+        [("unipc", "quadratic", lof)] * 2 + [("unipc", "cubic", lof)] * 2 + [("ipndm", "quadratic", {})] * 2
         + [("unipc", "logsnr", {"order": 3})] * 2)
     # more than 8 numbers per sample (bench/SUITE_DIM.md): the time-quadratic grid from 9 to 18 steps as well
     from sde_diffusion.sampling import AUTO_CUBIC_MAX_DIM
     assert AUTO_CUBIC_MAX_DIM == 8
     assert [recommended_sampler(n, dim=d) for n, d in ((9, 8), (9, 9), (18, 8), (18, 64), (19, 16))] == (
-        [("unipc", "cubic", {}), ("unipc", "quadratic", {})] * 2 + [("ipndm", "quadratic", {})])
+        [("unipc", "cubic", lof), ("unipc", "quadratic", lof)] * 2 + [("ipndm", "quadratic", {})])
     # more than 16 numbers per sample (bench/SUITE_DIM.md section E): UniPC-3 on the log-SNR grid from 19 steps on
     from sde_diffusion.sampling import AUTO_IPNDM_MAX_DIM
     assert AUTO_IPNDM_MAX_DIM == 16
     assert [recommended_sampler(n, dim=d) for n, d in ((19, 17), (24, 64), (48, 3072), (48, 16))] == (
         [("unipc", "logsnr", {"order": 3})] * 3 + [("ipndm", "quadratic", {})])
+    # Tweedie's step from 13 steps on the VP SDE (below: NFE = steps; chapter 9, bench/SUITE.md)
+    from sde_diffusion.sampling import AUTO_DENOISE_MIN_STEPS, recommended_denoise
+    assert AUTO_DENOISE_MIN_STEPS == 13
+    assert [recommended_denoise(n) for n in (1, 9, 12, 13, 14, 1000)] == [False] * 3 + [True] * 3
 
 
 def test_ode_sample_reports_overflow_of_the_samples_dtype():
