@@ -14,9 +14,15 @@ C. the end time eps: `sample`'s default (no predictor) at 49, 99 and 249 steps, 
    `recommended_eps` changes, to eps = 1e-3 and to its own end time (at 99 steps also 1e-4), judged by the same
    Fréchet distance, paired over the same prior draws.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick] [--only-eps] [--report-from FILE]
+D. the last evaluation and the last step's order (chapter 9, 'The last evaluation'): at 8, 10 and 12 evaluations,
+   n - 1 steps and Tweedie's step against n steps without it (the default below `AUTO_DENOISE_MIN_STEPS`), and at 16
+   and 18 steps the default's UniPC-2 with `lower_order_final="always"` against `True`, by the same Fréchet distance,
+   paired over the prior draws of B.
 
---only-eps reruns part C alone and keeps parts A and B of the learned.json already in the output folder.
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_learned.py [--sets 8] [--quick] [--only-eps] [--only-last] [--report-from FILE]
+
+--only-eps reruns part C alone and keeps parts A, B and D of the learned.json already in the output folder;
+--only-last reruns part D alone and keeps A, B and C.
 
 Writes bench/LEARNED.md and bench/learned.json (with --quick: /tmp/bench_learned/). CPU, float32, one thread.
 """
@@ -42,8 +48,8 @@ from design_conditional import mean_se as design_mean_se  # noqa: E402
 from sde_diffusion.design import load_pretrained_design  # noqa: E402
 from sde_diffusion.image_quality import sample_quality  # noqa: E402
 from sde_diffusion.models import model_score  # noqa: E402
-from sde_diffusion.sampling import (PREDICTORS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC, ode_sample,  # noqa: E402
-                                    recommended_eps, recommended_sampler, sample)
+from sde_diffusion.sampling import (FINAL_ORDER_MAX_STEPS, PREDICTORS, DPMSolver2M, DPMSolver3M, IPNDM, UniPC,  # noqa: E402
+                                    ode_sample, recommended_denoise, recommended_eps, recommended_sampler, sample)
 
 SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "DPM-Solver++(2M) [logsnr]": (DPMSolver2M, "logsnr"),
@@ -78,8 +84,12 @@ def run(score, sde, label, steps, x_T, eps=1e-3):
 
 
 def default_label(steps: int) -> str | None:
-    "The row of SAMPLERS that `sample(..., steps=steps)` with no predictor runs (None if it is not one of them)."
+    """The row of SAMPLERS that `sample(..., steps=steps)` with no predictor runs (None if it is not one of them), up
+    to Tweedie's step, which the default leaves out below `AUTO_DENOISE_MIN_STEPS` steps (`recommended_denoise`).
+    `lower_order_final="always"` is True, bit for bit, in runs of at most `FINAL_ORDER_MAX_STEPS` steps."""
     name, spacing, options = recommended_sampler(steps, dim=DIM)
+    if options.get("lower_order_final") == "always" and steps <= FINAL_ORDER_MAX_STEPS:
+        options = {k: v for k, v in options.items() if k != "lower_order_final"}   # the classes' default, True
     probe = PREDICTORS[name](**options)
     for label, (make, sp) in SAMPLERS.items():
         p = make()
@@ -94,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--map-sets", type=int, default=2, help="prior draws of n = 250 for part A")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 sets, fewer budgets, out to /tmp/bench_learned")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only-last", action="store_true", help="rerun part D only; parts A, B and C come from the "
+                    "learned.json in the output folder")
     ap.add_argument("--only-eps", action="store_true", help="rerun part C only; parts A and B come from the "
                     "learned.json in the output folder")
     ap.add_argument("--report-from", default=None, help="rewrite LEARNED.md from this learned.json (no runs); the "
@@ -119,6 +131,17 @@ def main(argv=None):
     sde, score = model.sde, model_score(model)
     clf, (x_train, y_train, x_test, sigma_data), floor, _ = ds.setup()
     log = lambda *m: print(f"[{(time.perf_counter() - t0) / 60:5.1f} min]", *m, flush=True)  # noqa: E731
+    if a.only_last:
+        res = json.loads((out / "learned.json").read_text())
+        res["last"] = last_part(res["sets"], res["n_fd"], sde, score, clf, x_test, a.quick)
+        res["last"]["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                                  "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                        text=True, cwd=HERE).stdout.strip()}
+        res["last"]["seconds"] = time.perf_counter() - t0
+        (out / "learned.json").write_text(json.dumps(res, indent=1) + "\n")
+        write_report(out, res)
+        log(f"wrote {out / 'LEARNED.md'} (part D)")
+        return
     if a.only_eps:
         res = json.loads((out / "learned.json").read_text())
         sets, n_fd = res["sets"], res["n_fd"]   # part C on the prior draws of part B
@@ -171,6 +194,32 @@ def main(argv=None):
     log(f"wrote {out / 'LEARNED.md'}")
 
 
+LAST_NFES, LAST_ORDER_STEPS = (8, 10, 12), (16, 18)
+
+
+def last_part(sets: int, n_fd: int, sde, score, clf, x_test, quick: bool) -> dict:
+    """Part D on the prior draws of part B: the default's rule at n - 1 steps with Tweedie's step against n steps without
+    it (both n evaluations), and UniPC-2 of the default's grid with lower_order_final "always" against True."""
+    out = {"nfe": {}, "order": {}}
+    with torch.no_grad():
+        for k in range(2 if quick else sets):
+            x_T = sde.prior_sampling((n_fd, 1, 8, 8), generator=torch.Generator().manual_seed(2000 + k))
+            fd = lambda x: sample_quality(clf, x.clamp(-1, 1), x_test)["fd"]  # noqa: E731
+            for n in LAST_NFES:
+                for key, steps, dn in (("tweedie", n - 1, True), ("step", n, False)):
+                    name, spacing, options = recommended_sampler(steps, dim=DIM)
+                    x = sample(sde, score, x_T=x_T.clone(), predictor=PREDICTORS[name](**options), spacing=spacing,
+                               steps=steps, eps=recommended_eps(steps), denoise=dn).samples
+                    out["nfe"].setdefault(str(n), {}).setdefault(key, []).append(fd(x))
+            for steps in LAST_ORDER_STEPS:
+                name, spacing, options = recommended_sampler(steps, dim=DIM)
+                for key, lof in (("always", "always"), ("true", True)):
+                    x = sample(sde, score, x_T=x_T.clone(), spacing=spacing, steps=steps,
+                               predictor=PREDICTORS[name](**dict(options, lower_order_final=lof))).samples
+                    out["order"].setdefault(str(steps), {}).setdefault(key, []).append(fd(x))
+    return out
+
+
 def write_report(out: Path, r: dict) -> None:
     L = []
     w = L.append
@@ -196,10 +245,13 @@ def write_report(out: Path, r: dict) -> None:
         for s in steps:
             m = sum(v[str(s)]) / len(v[str(s)])
             c = f"**{m:.2e}**" if m == best[s] else f"{m:.2e}"
-            cells.append(c + (" (default)" if dflt.get(s) == label else ""))
+            mark = " (default)" if recommended_denoise(s) else " (default, before its Tweedie step)"
+            cells.append(c + (mark if dflt.get(s) == label else ""))
         w(f"| {label} | " + " | ".join(cells) + " |")
     rec = r["recommended"]
-    w("\nBold: the smallest at that budget. '(default)': what `sample` runs with no predictor, "
+    w("\nBold: the smallest at that budget. '(default)': what `sample` runs with no predictor ('before its Tweedie "
+      "step': below `AUTO_DENOISE_MIN_STEPS` steps the default takes none, and its samples are that row's before the "
+      "step), "
       f"`recommended_sampler(steps, dim={DIM})` of the code that wrote this report (`sample` passes the 8x8 "
       "digits' 64 numbers per sample): "
       + "; ".join(f"{s} steps: {v[0]} [{v[1]}]{'' if not v[2] else ' ' + str(v[2])}" for s, v in rec.items()) + ". "
@@ -237,6 +289,28 @@ def write_report(out: Path, r: dict) -> None:
             mark = " (the default's)" if float(e) == own else ""
             w(f"| {s} ({int(s) + 1}) | {e}{mark} | {m:.3f} ± {se:.3f} | "
               + ("–" if v is e0 else f"{dm:+.4f} ± {dse:.4f}") + " |")
+    if "last" in r:
+        d = r["last"]
+        w("\n## D. The last evaluation and the last step's order\n")
+        w("`sample`'s default below `AUTO_DENOISE_MIN_STEPS` steps spends its last evaluation on a solver step instead of "
+          "Tweedie's step (chapter 9, 'The last evaluation'): at n evaluations, n - 1 steps and Tweedie's step against n "
+          "steps without it, the default's sampler and grid at each step count; and its UniPC-2 takes the last step at "
+          "first order in runs of every length (`lower_order_final=\"always\"`) where diffusers' rule (True) stops at 15 "
+          "steps. Fréchet distance to the held-out digits on the prior draws of B, paired per draw; "
+          f"{d['seconds'] / 60:.1f} min; git {d['machine']['git']}.\n")
+        w("| NFE | n - 1 steps + Tweedie: FD | n steps, no Tweedie: FD | difference: mean ± se |")
+        w("|---|---|---|---|")
+        for n, v in d["nfe"].items():
+            (ma, sa), (mb, sb) = mean_se(v["tweedie"]), mean_se(v["step"])
+            dm, dse = mean_se([b - a for a, b in zip(v["tweedie"], v["step"])])
+            w(f"| {n} | {ma:.3f} ± {sa:.3f} | {mb:.3f} ± {sb:.3f} | {dm:+.4f} ± {dse:.4f} |")
+        w("\n| steps | last step first order (\"always\"): FD | full order from 15 steps (True): FD | "
+          "\"always\" minus True: mean ± se |")
+        w("|---|---|---|---|")
+        for n, v in d["order"].items():
+            (ma, sa), (mb, sb) = mean_se(v["always"]), mean_se(v["true"])
+            dm, dse = mean_se([a - b for a, b in zip(v["always"], v["true"])])
+            w(f"| {n} | {ma:.3f} ± {sa:.3f} | {mb:.3f} ± {sb:.3f} | {dm:+.4f} ± {dse:.4f} |")
     (out / "LEARNED.md").write_text("\n".join(L) + "\n")
 
 
