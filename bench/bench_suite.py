@@ -1180,7 +1180,10 @@ def default_section(R, w, bold):
         d = next((x for x in ours if x.name == DEFAULT_NAME), None)   # the default, run as a sampler of its own
         if d is None:                                                 # (a dump from before: the sampler it names)
             d = by_key.get(tuple(rec_fn(max(1, T - 1))[:2]))
-        steps = max(1, T - 1)   # 1 NFE per step + Tweedie's
+        # the steps it ran (1 NFE per step + Tweedie's, or no Tweedie step below sampling.AUTO_DENOISE_MIN_STEPS)
+        steps = next((r.steps for r in R["recs"] if r.sampler == DEFAULT_NAME and r.T == T and r.steps > 0),
+                     max(1, T - 1))
+        no_tweedie = "" if getattr(sampling, "recommended_denoise", lambda n: True)(steps) else ", no Tweedie step"
         choices = rec_dims(steps)
 
         def fmt(rec):
@@ -1196,7 +1199,7 @@ def default_section(R, w, bold):
         best = s["rec"]
         o_rank = rank(s, old.name) if old else "–"
         o_c = "{} of {}".format(*collapses(old.name, T)) if old else "–"
-        w(f"| {T} | {bold(d.name)}: {what} ({steps} steps) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
+        w(f"| {T} | {bold(d.name)}: {what} ({steps} steps{no_tweedie}) | {rank(s, d.name)} | {place} of {len(s['ours_order'])} | "
           f"{rank(sn_, d.name)} | {place_net} | {vs_peer(d.name, T, 'err')} | {vs_peer(d.name, T, 'net')} | {c} of {n} | "
           f"{bold(best)} ({rank(s, best)}) | {o_rank} | {o_c} |")
     w("")
