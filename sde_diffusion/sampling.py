@@ -734,7 +734,7 @@ def recommended_sampler(
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
     (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
     (bh2) below $N_1$ steps, with `lower_order_final="always"` (the last step first order at 15 to $N_1 - 1$ steps too:
-    chapter 9, "The last steps"), on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
+    chapter 9, "The last evaluation, and the order of the last step"), on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
     there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
     grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
     from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
