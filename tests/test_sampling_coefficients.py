@@ -785,6 +785,25 @@ def test_lower_order_final_always(steps):
             make("sometimes")
 
 
+def test_lower_order_final_always_needs_a_known_run_length():
+    """`Predictor.step` without `reset(steps)` does not know which step is the last (run length 0): "always" must then
+    lower no order, as True and False do not; the multistep predictors keep their full order, bit for bit."""
+    sde, x = SDES["vp"], x_start(17)
+    ts = sampling_times(sde, 5, spacing="edm", dtype=F64).tolist()
+
+    def bare(pred):   # `step` on a fresh instance: no reset, so no run length
+        y = x
+        with sde.unchecked():
+            for k in range(5):
+                y = pred.step(sde, score, y, tb(ts[k]), tb(ts[k + 1]))[0]
+        return y
+    for make in (lambda lof: DPMSolver2M(lof, min_step_ratio=0), lambda lof: DPMSolver3M(lof, min_step_ratio=0),
+                 lambda lof: UniPC(2, lower_order_final=lof), lambda lof: IPNDM(4, lower_order_final=lof)):
+        assert torch.equal(bare(make("always")), bare(make(False)))
+        # and a run of known length lowers its last orders: the same predictor after reset(5) differs
+        assert not torch.allclose(run_pred(sde, make("always"), x, ts), bare(make(False)), rtol=1e-6)
+
+
 def ipndm_by_transcription(name, ts, x, max_order, lower_order_final=False):
     """zju-pi/diff-sampler's ipndm_sampler, transcribed: y = x/alpha, t = sigma/alpha, d = (y - D(y))/t, Adams-Bashforth
     with the equal-step constants on the buffer of past d's (warm-up min(max_order, i + 1)); optionally lower orders
