@@ -276,19 +276,111 @@ def describe(d: Dist) -> dict:
                 mean_var=tot.trace().item() / gm.D, mean_norm=gm.mean().norm().item())
 
 
-def build_suite(quick: bool, scale: float = 1.0, dims=None, profiles=None, idx_offset: int = 0) -> list[Dist]:
+# ----------------------------------------------------------------------------------------------------------------------
+# Families outside the generator (bench/bench_families.py): other shapes than `suite_mixture` draws, each an exact mixture
+# ----------------------------------------------------------------------------------------------------------------------
+def _fam_moons() -> GaussianMixture:
+    "scikit-learn's two moons (`make_moons(noise=0.1)`) as 2 x 24 isotropic Gaussians of std 0.1 along the two arcs."
+    th = torch.linspace(0, math.pi, 24, dtype=torch.float64)
+    upper = torch.stack([th.cos(), th.sin()], 1)
+    lower = torch.stack([1 - th.cos(), 0.5 - th.sin()], 1)
+    means = torch.cat([upper, lower])
+    return GaussianMixture(torch.ones(48, dtype=torch.float64), means, torch.full((48,), 0.01, dtype=torch.float64))
+
+
+def _fam_spiral() -> GaussianMixture:
+    """A 2-D Swiss roll: 60 isotropic Gaussians of std 0.5 at (θ cos θ, θ sin θ), θ evenly spaced in [1.5π, 4.5π],
+    weights proportional to the arc length each stands for (the outer turns carry more mass)."""
+    th = torch.linspace(1.5 * math.pi, 4.5 * math.pi, 60, dtype=torch.float64)
+    means = torch.stack([th * th.cos(), th * th.sin()], 1)
+    return GaussianMixture(th.clone(), means, torch.full((60,), 0.25, dtype=torch.float64))
+
+
+def _fam_grid25() -> GaussianMixture:
+    "The '25 Gaussians' of the GAN literature: a 5 x 5 lattice of spacing 2 with std 0.05 (0.018 data std)."
+    ax = torch.arange(-4.0, 4.1, 2.0, dtype=torch.float64)
+    means = torch.cartesian_prod(ax, ax)
+    return GaussianMixture(torch.ones(25, dtype=torch.float64), means, torch.full((25,), 0.0025, dtype=torch.float64))
+
+
+def _fam_needle8() -> GaussianMixture:
+    """8-D: a needle in a haystack. 99 % in N(0, I), 1 % in an isotropic Gaussian of std 0.05 at distance 1.5 from the
+    origin, inside the bulk (the score must resolve a sharp mode that sits where the bulk has density)."""
+    g = torch.Generator().manual_seed(SUITE_SEED + 8)
+    d = torch.randn(8, generator=g, dtype=torch.float64)
+    means = torch.stack([torch.zeros(8, dtype=torch.float64), 1.5 * d / d.norm()])
+    return GaussianMixture(torch.tensor([0.99, 0.01], dtype=torch.float64), means,
+                           torch.tensor([1.0, 0.0025], dtype=torch.float64))
+
+
+def _fam_lowrank16() -> GaussianMixture:
+    """16-D, data near a union of planes: 6 components, each of rank-2 spread (axis stds 0.3 and 0.6 in a random plane)
+    plus isotropic std 0.02 off it, means at random directions and distances 1 to 2, Dirichlet(1) weights."""
+    g = torch.Generator().manual_seed(SUITE_SEED + 16)
+    K, D = 6, 16
+    w = -torch.rand(K, generator=g, dtype=torch.float64).log()
+    dirs = torch.randn(K, D, generator=g, dtype=torch.float64)
+    means = dirs / dirs.norm(dim=1, keepdim=True) * (1 + torch.rand(K, 1, generator=g, dtype=torch.float64))
+    covs = torch.empty(K, D, D, dtype=torch.float64)
+    for k in range(K):
+        U = _rotation(D, g)[:, :2]
+        covs[k] = U @ torch.diag(torch.tensor([0.09, 0.36], dtype=torch.float64)) @ U.T + 0.0004 * torch.eye(D, dtype=torch.float64)
+    return GaussianMixture(w, means, covs)
+
+
+def _fam_powerlaw64() -> GaussianMixture:
+    """64-D, one Gaussian with a natural-image-like spectrum: axis variances proportional to k^-2 (k = 1..64, condition
+    number 4096) in a random rotation."""
+    g = torch.Generator().manual_seed(SUITE_SEED + 64)
+    k = torch.arange(1, 65, dtype=torch.float64)
+    Q = _rotation(64, g)
+    cov = Q @ torch.diag(k**-2.0) @ Q.T
+    return GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 64, dtype=torch.float64), cov[None])
+
+
+def _fam_digits64() -> GaussianMixture:
+    """64-D, scikit-learn's 8x8 digits (shipped with the package): one Gaussian per class with that class's mean and
+    covariance (+ 0.5² I in pixel units, so that the always-blank pixels have a spread too), weighted by class size."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X, y = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y)
+    ws, means, covs = [], [], []
+    for c in range(10):
+        Xc = X[y == c]
+        ws.append(float(len(Xc)))
+        means.append(Xc.mean(0))
+        covs.append(torch.cov(Xc.T) + 0.25 * torch.eye(64, dtype=torch.float64))
+    return GaussianMixture(torch.tensor(ws, dtype=torch.float64), torch.stack(means), torch.stack(covs))
+
+
+FAMILIES = {"moons": _fam_moons, "spiral": _fam_spiral, "grid25": _fam_grid25, "needle8d": _fam_needle8,
+            "lowrank16d": _fam_lowrank16, "powerlaw64d": _fam_powerlaw64, "digits64d": _fam_digits64}
+
+
+def family_dist(name: str) -> Dist:
+    "One family of `FAMILIES`, normalized (centred, mean coordinate variance 1)."
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    gm, c = normalize(FAMILIES[name]())
+    return Dist(name, "family", gm, (), dict(note=f"{FAMILIES[name].__doc__.split(chr(10))[0]} / {c:.4f}"))
+
+
+def build_suite(quick: bool, scale: float = 1.0, dims=None, profiles=None, idx_offset: int = 0,
+                families=None) -> list[Dist]:
     """The suite; `scale` multiplies every distribution (data std `scale` instead of 1: `--scale`, bench/SUITE_SCALE.md).
     With `dims`: instead, one generated mixture per dimension in `dims` and tag tuple in `profiles`, at indices
     `idx_offset`, `idx_offset + 1`, ... (`--dims`; new indices give mixtures the shipped suite never saw:
-    bench/bench_dims.py)."""
-    if dims:
+    bench/bench_dims.py). With `families`: instead, those of `FAMILIES` (`--families`, bench/bench_families.py)."""
+    if families:
+        suite = [family_dist(f) for f in families]
+    elif dims:
         suite = [suite_mixture(D, idx_offset + i, tags) for D in dims for i, tags in enumerate(profiles)]
     else:
         suite = [ring_dist(), checkerboard_dist()]
         for D, profs in PROFILES.items():
             for i, tags in enumerate(profs):
                 suite.append(suite_mixture(D, i, tags))
-    if quick and not dims:
+    if quick and not dims and not families:
         suite = [d for d in suite if d.name in QUICK_SUITE]
     if scale != 1.0:
         for d in suite:
@@ -1633,6 +1725,9 @@ def main(argv=None):
                     "the shipped suite, one per --profiles entry and dimension (bench/bench_dims.py)")
     ap.add_argument("--profiles", default="sharp,far,broad,aniso,broad+sharp,aniso+far",
                     help="with --dims: comma-separated tag sets of the generated mixtures, tags joined by '+'")
+    ap.add_argument("--families", default=None, help="comma-separated names of `FAMILIES` (shapes outside the "
+                    "generator: " + ", ".join(FAMILIES) + "): run those instead of the shipped suite "
+                    "(bench/bench_families.py)")
     ap.add_argument("--idx-offset", type=int, default=30, help="with --dims: index of the first mixture per dimension "
                     "(the shipped suite uses 0-5)")
     ap.add_argument("--map-rtol", type=float, default=1e-8, help="tolerance of the exact flow map (float64 dopri5)")
@@ -1681,7 +1776,10 @@ def main(argv=None):
     known = {"sharp", "far", "broad", "aniso"}
     if dims and (min(dims) < 2 or any(not set(p) <= known for p in profiles)):
         ap.error(f"--dims must be >= 2 and --profiles tags among {sorted(known)}, got {args.dims!r}, {args.profiles!r}")
-    suite = build_suite(args.quick, args.scale, dims, profiles, args.idx_offset)
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    if families and (dims or any(f not in FAMILIES for f in families)):
+        ap.error(f"--families takes names among {', '.join(FAMILIES)} and excludes --dims, got {args.families!r}")
+    suite = build_suite(args.quick, args.scale, dims, profiles, args.idx_offset, families)
     if args.dists:
         keep = [k.strip() for k in args.dists.split(",")]
         suite = [d for d in suite if d.name in keep]
