@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import re
 import os
 import pickle
 import sys
@@ -357,10 +358,44 @@ FAMILIES = {"moons": _fam_moons, "spiral": _fam_spiral, "grid25": _fam_grid25, "
             "lowrank16d": _fam_lowrank16, "powerlaw64d": _fam_powerlaw64, "digits64d": _fam_digits64}
 
 
+SPEC_SEED = 20261205        # the spec mixtures depend on this and on (dimension, index) only
+
+
+def spec_mixture(D: int, idx: int, seed: int = SPEC_SEED) -> Dist:
+    """A mixture drawn straight from issue 10's wording, by a second generator that shares nothing with
+    `suite_mixture` (no profiles, no bulk): K in 2..12 (2..6 in 64-D), Dirichlet(1) weights floored at 1 %, each
+    component with its own scale log-uniform in [0.02, 5] and condition number log-uniform in [1, 100] (axis stds
+    scale x cond^(±1/4), random rotation), its mean in a random direction at a distance uniform in [0, 8]. Normalized
+    (centred, mean coordinate variance 1); drawn again (the next draw of the same generator) until every axis std lies in
+    [0.02, 5] and every mean within 8 of the origin, in those units."""
+    g = torch.Generator().manual_seed(seed + 1000 * D + idx)
+    for _ in range(10_000):
+        K = int(torch.randint(2, 7 if D >= 64 else 13, (), generator=g))
+        w = -torch.rand(K, generator=g, dtype=torch.float64).log()
+        w = w / w.sum()
+        for _ in range(20):
+            w = w.clamp_min(0.01)
+            w = w / w.sum()
+        covs = torch.empty(K, D, D, dtype=torch.float64)
+        for k in range(K):
+            sc, cond = _logu(0.02, 5.0, g), _logu(1.0, 100.0, g)
+            covs[k] = _cov(D, sc / cond**0.25, sc * cond**0.25, g)
+        dirs = torch.randn(K, D, generator=g, dtype=torch.float64)
+        means = dirs / dirs.norm(dim=1, keepdim=True) * 8.0 * torch.rand(K, 1, generator=g, dtype=torch.float64)
+        gm, _ = normalize(GaussianMixture(w, means, covs))
+        stds = torch.linalg.eigvalsh(gm.covs).clamp_min(0).sqrt()
+        if stds.min() >= 0.02 and stds.max() <= 5.0 and gm.means.norm(dim=1).max() <= 8.0:
+            return Dist(f"spec{D}d-{idx}", "spec", gm, ())
+    raise RuntimeError(f"spec_mixture(D={D}, idx={idx}): no draw within the bounds")
+
+
 def family_dist(name: str) -> Dist:
-    "One family of `FAMILIES`, normalized (centred, mean coordinate variance 1)."
+    "One family of `FAMILIES`, normalized (centred, mean coordinate variance 1), or a `spec_mixture` named specDd-i."
+    m = re.fullmatch(r"spec(\d+)d-(\d+)", name)
+    if m:
+        return spec_mixture(int(m.group(1)), int(m.group(2)))
     if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}, specDd-i")
     gm, c = normalize(FAMILIES[name]())
     return Dist(name, "family", gm, (), dict(note=f"{FAMILIES[name].__doc__.split(chr(10))[0]} / {c:.4f}"))
 
@@ -1777,7 +1812,7 @@ def main(argv=None):
     if dims and (min(dims) < 2 or any(not set(p) <= known for p in profiles)):
         ap.error(f"--dims must be >= 2 and --profiles tags among {sorted(known)}, got {args.dims!r}, {args.profiles!r}")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    if families and (dims or any(f not in FAMILIES for f in families)):
+    if families and (dims or any(f not in FAMILIES and not re.fullmatch(r"spec\d+d-\d+", f) for f in families)):
         ap.error(f"--families takes names among {', '.join(FAMILIES)} and excludes --dims, got {args.families!r}")
     suite = build_suite(args.quick, args.scale, dims, profiles, args.idx_offset, families)
     if args.dists:
