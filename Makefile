@@ -19,7 +19,7 @@ export OMP_NUM_THREADS ?= 1
 # the export above to $(shell)): count the cores without it.
 JOBS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 
-.PHONY: help install prepare book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite
+.PHONY: help install prepare book test test-fast test-nb test-py check-sync check-book browser-deps clean api bench-suite bench-families
 
 help:
 	@echo "make book    execute every notebook (JOBS at once, asserts included) and build the HTML book into book/_build/html"
@@ -117,6 +117,10 @@ bench: $(STAMP)
 # Every sampler over a suite of 14 Gaussian mixtures (2-D to 64-D), against diffusers and torchdiffeq: bench/SUITE.md.
 bench-suite: $(STAMP)
 	$(BIN)/python bench/bench_suite.py
+
+# `sample`'s default against the peers on 25 distributions outside the suite's generator: bench/SUITE_FAMILIES.md.
+bench-families: $(STAMP)
+	$(BIN)/python bench/bench_families.py --jobs 2
 
 ## Mutation testing ----------------------------------------------------------
 # Single-point mutants of sde_diffusion/<module>.py, each run against the module's tests in a temp copy of the package;
