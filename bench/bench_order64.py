@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Order and grid at 6 to 15 evaluations in 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
+
+Below 19 steps `sample`'s default runs UniPC-2 (on the time-quadratic grid for samples of more than
+`AUTO_CUBIC_MAX_DIM` numbers). bench/SUITE_FAMILIES.md found its losses at NFE 10 in 64 dimensions on mixtures whose
+mass sits mostly in components much smaller than the data's scale. This script asks which order and grid serve
+64-dimensional data best at 6, 8, 10, 12 and 15 evaluations, on 30 mixtures: 18 from the suite's generator
+(`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D mixtures) and 12 from the
+second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to spec64d-11). It runs UniPC-2 and
+UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M) on the log-SNR grid, the default
+and the peers, and writes bench/ORDER64.md: per budget and set, on how many mixtures each is at least as accurate as
+the best peer on both metrics, the geometric means of its own log-density error (net of the ε limit), of its RMS
+distance to the exact flow map and of SW2, and head to head against the default (clearly better / worse, 2 SE).
+A study, not a rule: no default reads it.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order64.py [--jobs 2] [--report-from DIR]
+
+About 15 min of CPU. The dumps go to `--work` (default a temporary folder), the report to bench/ORDER64.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_suite as S  # noqa: E402
+from bench_scale import add_run_args, machine_line, run_and_load, written_by  # noqa: E402
+
+NFES = (6, 8, 10, 12, 15)
+OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours UniPC-3 [quad]",
+        "ours UniPC-3 [logsnr]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
+RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64", "--idx-offset", "50"],
+        "gen70": ["--dims", "64", "--idx-offset", "70"],
+        "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))]}
+SETS = (("the suite's generator (18)", ("gen30", "gen50", "gen70")), ("the second generator (12)", ("spec",)))
+
+
+def start(key, work: Path) -> subprocess.Popen:
+    only = ",".join(OURS) + ",diffusers,torchdiffeq"
+    cmd = ([sys.executable, str(HERE / "bench_suite.py")] + RUNS[key]
+           + ["--nfes", ",".join(map(str, NFES)), "--only", only, "--ours64", ",".join(OURS),
+              "--dump", str(work / f"{key}.pkl"), "--out", str(work / key)])
+    log = open(work / f"{key}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def gmean(v):
+    v = [max(x, 1e-9) for x in v]
+    return math.exp(sum(map(math.log, v)) / len(v)) if v else math.nan
+
+
+def label(name: str) -> str:
+    return "default" if name == S.DEFAULT_NAME else name.removeprefix("ours ")
+
+
+def report(runs, meta) -> str:
+    lines = []
+    w = lines.append
+    w("# Order and grid at 6 to 15 evaluations in 64 dimensions\n")
+    w(written_by("bench_order64.py", meta) + " UniPC-2 and UniPC-3 (bh2) on three grids, DPM-Solver++(3M) on the log-SNR "
+      "grid and `sample`'s default against the peers on 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
+      "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
+      "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
+      "step below 13 steps, the last step at first order). A study: no rule of `recommended_sampler` reads it.\n")
+    w("Each row: on how many mixtures the sampler is at least as accurate as the best peer on |dlogp| and SW2; the "
+      "geometric means over the mixtures of its own log-density error (|dlogp| net of the ε limit, nats), of its RMS "
+      "distance to the exact flow map of the same x_T, and of SW2; on how many it is clearly better / clearly worse "
+      "than the default on the own error (2 standard errors).\n")
+    for title, keys in SETS:
+        cells, dists, peers = {}, [], set()
+        for k in keys:
+            R, c = runs[k]
+            cells.update(c)
+            dists += [d.name for d in R["suite"]]
+            peers |= {s.name for s in R["samplers"] if s.family == "peer"}
+        peers = sorted(peers)
+        w(f"## {title[0].upper() + title[1:]}\n")
+        w("| NFE | sampler | vs best peer | own error | RMS | SW2 | vs default |")
+        w("|---|---|---|---|---|---|---|")
+        for T in NFES:
+            for o in OURS:
+                dd = [d for d in dists if (d, o, T) in cells]
+                if not dd:
+                    continue
+                k, n = S.wins_vs_best_peer(cells, peers, o, dd, T)
+                cs = [cells[(d, o, T)] for d in dd]
+                better = sum(S.clearly_better(cells[(d, o, T)], cells[(d, S.DEFAULT_NAME, T)], "net") for d in dd)
+                worse = sum(S.clearly_better(cells[(d, S.DEFAULT_NAME, T)], cells[(d, o, T)], "net") for d in dd)
+                vs = "" if o == S.DEFAULT_NAME else f"{better} / {worse}"
+                w(f"| {T} | {label(o)} | {k} of {n} | {gmean([c.net for c in cs]):.3f} | "
+                  f"{gmean([c.rms for c in cs]):.3f} | {gmean([c.sw2 for c in cs]):.4f} | {vs} |")
+        w("")
+    w("## Machine\n")
+    w(machine_line(meta, [(k, R) for k, (R, _) in runs.items()]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(ap, "run", "ORDER64.md")
+    args = ap.parse_args(argv)
+    runs, meta, out = run_and_load(ap, args, "bench_order64_", list(RUNS), start, lambda k: k)
+    path = out / "ORDER64.md"
+    path.write_text(report(runs, meta))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
