@@ -5,9 +5,10 @@ At a budget of n evaluations `sample`'s default can run n - 1 steps and Tweedie'
 what it does below `AUTO_DENOISE_MIN_STEPS` steps on the VP SDE). This script measures both at n = 8 to 19, each with
 the sampler and grid `recommended_sampler` gives its own step count, on the mixtures of bench_suite dumps (`--dump` of
 bench/bench_suite.py, the groups of bench/bench_dims.py or of bench/bench_families.py): the same seeds, sample sizes,
-floors and ε limits, the exact flow maps recomputed (float64 dopri5, as bench_suite). Per budget: the geometric mean over the mixtures of |dlogp|
-(the ε limit plus the paired gap to the exact map), the median SW2, the geometric mean RMS distance to the exact map,
-and on how many mixtures each choice is better than the other by more than 2 standard errors (bench_suite's rule).
+floors and ε limits, the exact flow maps recomputed (float64 dopri5, as bench_suite). Per budget: the geometric mean
+over the mixtures of |dlogp| (the ε limit plus the paired gap to the exact map), the median SW2, the geometric mean
+RMS distance to the exact map, and on how many mixtures each choice is better than the other by more than 2 standard
+errors (bench_suite's rule).
 A second table: the default's own log-density error (net of the ε limit) with its UniPC-2's last step at first order
 in runs of every length (`lower_order_final="always"`, A) and with diffusers' rule, full order from 15 steps (True, C).
 
