@@ -1,21 +1,22 @@
 #!/usr/bin/env python
-"""Order and grid at 6 to 15 evaluations in 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
+"""Order and grid at 6 to 19 evaluations in 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
 
 Below 19 steps `sample`'s default runs UniPC-2 (on the time-quadratic grid for samples of more than
 `AUTO_CUBIC_MAX_DIM` numbers). bench/SUITE_FAMILIES.md found its losses at NFE 10 in 64 dimensions on mixtures whose
 mass sits mostly in components much smaller than the data's scale. This script asks which order and grid serve
-64-dimensional data best at 6, 8, 10, 12 and 15 evaluations, on 30 mixtures: 18 from the suite's generator
-(`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D mixtures) and 12 from the
-second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to spec64d-11). It runs UniPC-2 and
-UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M) on the log-SNR grid, the default
-and the peers, and writes bench/ORDER64.md: per budget and set, on how many mixtures each is at least as accurate as
-the best peer on both metrics, the geometric means of its own log-density error (net of the ε limit), of its RMS
-distance to the exact flow map and of SW2, and head to head against the default (clearly better / worse, 2 SE).
-A study, not a rule: no default reads it.
+64-dimensional data best at 6 to 19 evaluations (where the default runs UniPC-2), on 30 mixtures: 18 from the suite's
+generator (`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D mixtures) and 12
+from the second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to spec64d-11). It runs
+UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M) on the log-SNR grid,
+the default and the peers, and writes bench/ORDER64.md: per budget and set, on how many mixtures each is at least as
+accurate as the best peer on both metrics, the geometric means of its own log-density error (net of the ε limit), of
+its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly better / worse,
+2 SE). A study, not a rule: no default reads it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order64.py [--jobs 2] [--report-from DIR]
 
-About 15 min of CPU. The dumps go to `--work` (default a temporary folder), the report to bench/ORDER64.md.
+About 30 min of CPU (15 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
+bench/ORDER64.md.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import bench_suite as S  # noqa: E402
 from bench_scale import add_run_args, machine_line, run_and_load, written_by  # noqa: E402
 
-NFES = (6, 8, 10, 12, 15)
+NFES = (6, 8, 10, 12, 13, 15, 17, 19)
 OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours UniPC-3 [quad]",
         "ours UniPC-3 [logsnr]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
 RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64", "--idx-offset", "50"],
@@ -63,7 +64,7 @@ def label(name: str) -> str:
 def report(runs, meta) -> str:
     lines = []
     w = lines.append
-    w("# Order and grid at 6 to 15 evaluations in 64 dimensions\n")
+    w("# Order and grid at 6 to 19 evaluations in 64 dimensions\n")
     w(written_by("bench_order64.py", meta) + " UniPC-2 and UniPC-3 (bh2) on three grids, DPM-Solver++(3M) on the log-SNR "
       "grid and `sample`'s default against the peers on 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
