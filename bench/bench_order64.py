@@ -69,7 +69,8 @@ def report(runs, meta) -> str:
       "grid and `sample`'s default against the peers on 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
       "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
-      "step below 13 steps, the last step at first order). A study: no rule of `recommended_sampler` reads it.\n")
+      "step below 13 steps, the last step at first order; so at a budget of 13 it runs 12 steps, NFE 12, since 13 steps "
+      "would take Tweedie's step, NFE 14). A study: no rule of `recommended_sampler` reads it.\n")
     w("Each row: on how many mixtures the sampler is at least as accurate as the best peer on |dlogp| and SW2; the "
       "geometric means over the mixtures of its own log-density error (|dlogp| net of the ε limit, nats), of its RMS "
       "distance to the exact flow map of the same x_T, and of SW2; on how many it is clearly better / clearly worse "
