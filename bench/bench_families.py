@@ -177,7 +177,7 @@ def report(runs, meta) -> str:
         w(f"- {INTRO[key][0][3:]}: at NFE 10 on {k.get(10, '?')} of {len(names)}; from NFE 15 on {min(late)} to "
           f"{max(late)} of {len(names)}.")
     w("\nChapter 9, 'Beyond the suite's generator', takes the needle's losses at NFE 15 to 25 apart (the scale error "
-      "of iPNDM on the needle's N(0, I) bulk), and bench/ORDER64.md studies the 64-D losses at NFE 10.\n")
+      "of iPNDM on the needle's N(0, I) bulk), and bench/ORDER_HD.md studies the 64-D losses at NFE 10.\n")
     for key, (R, cells) in runs.items():
         section(w, key, R, cells)
     w("## Machine\n")

@@ -1,22 +1,22 @@
-#!/usr/bin/env python
-"""Order and grid at 6 to 19 evaluations in 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
+"""Order and grid at 6 to 19 evaluations in 32 and 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
 
 Below 19 steps `sample`'s default runs UniPC-2 (on the time-quadratic grid for samples of more than
 `AUTO_CUBIC_MAX_DIM` numbers). bench/SUITE_FAMILIES.md found its losses at NFE 10 in 64 dimensions on mixtures whose
 mass sits mostly in components much smaller than the data's scale. This script asks which order and grid serve
-64-dimensional data best at 6 to 19 evaluations (where the default runs UniPC-2), on 30 mixtures: 18 from the suite's
-generator (`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D mixtures) and 12
-from the second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to spec64d-11). It runs
-UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M) on the log-SNR grid,
-the default and the peers, and writes bench/ORDER64.md: per budget and set, on how many mixtures each is at least as
-accurate as the best peer on both metrics, the geometric means of its own log-density error (net of the ε limit), of
-its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly better / worse,
-2 SE). A study, not a rule: no default reads it.
+32- and 64-dimensional data best at 6 to 19 evaluations (where the default runs UniPC-2), on 48 mixtures: in 64-D 18
+from the suite's generator (`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D
+mixtures) and 12 from the second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to
+spec64d-11); in 32-D 12 from the suite's generator (indices 30-35 and 60-65) and 6 from the second (spec32d-0 to
+spec32d-5). It runs UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M)
+on the log-SNR grid, the default and the peers, and writes bench/ORDER_HD.md: per budget and set, on how many mixtures
+each is at least as accurate as the best peer on both metrics, the geometric means of its own log-density error (net
+of the ε limit), of its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly
+better / worse, 2 SE). A study, not a rule: no default reads it.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order64.py [--jobs 2] [--report-from DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order_hd.py [--jobs 2] [--report-from DIR]
 
-About 30 min of CPU (15 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
-bench/ORDER64.md.
+About 50 min of CPU (25 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
+bench/ORDER_HD.md.
 """
 from __future__ import annotations
 
@@ -39,8 +39,12 @@ OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours 
         "ours UniPC-3 [logsnr]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
 RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64", "--idx-offset", "50"],
         "gen70": ["--dims", "64", "--idx-offset", "70"],
-        "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))]}
-SETS = (("the suite's generator (18)", ("gen30", "gen50", "gen70")), ("the second generator (12)", ("spec",)))
+        "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))],
+        # 32 dimensions, between AUTO_IPNDM_MAX_DIM = 16 and 64: bench/SUITE_DIM.md's 32-D mixtures and 6 spec ones
+        "gen32": ["--dims", "32", "--idx-offset", "30"], "gen32e": ["--dims", "32", "--idx-offset", "60"],
+        "spec32": ["--families", ",".join(f"spec32d-{i}" for i in range(6))]}
+SETS = (("64-D, the suite's generator (18)", ("gen30", "gen50", "gen70")), ("64-D, the second generator (12)", ("spec",)),
+        ("32-D, the suite's generator (12)", ("gen32", "gen32e")), ("32-D, the second generator (6)", ("spec32",)))
 
 
 def start(key, work: Path) -> subprocess.Popen:
@@ -64,9 +68,9 @@ def label(name: str) -> str:
 def report(runs, meta) -> str:
     lines = []
     w = lines.append
-    w("# Order and grid at 6 to 19 evaluations in 64 dimensions\n")
-    w(written_by("bench_order64.py", meta) + " UniPC-2 and UniPC-3 (bh2) on three grids, DPM-Solver++(3M) on the log-SNR "
-      "grid and `sample`'s default against the peers on 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
+    w("# Order and grid at 6 to 19 evaluations in 32 and 64 dimensions\n")
+    w(written_by("bench_order_hd.py", meta) + " UniPC-2 and UniPC-3 (bh2) on three grids, DPM-Solver++(3M) on the log-SNR "
+      "grid and `sample`'s default against the peers on 32- and 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
       "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
       "step below 13 steps, the last step at first order; so at a budget of 13 it runs 12 steps, NFE 12, since 13 steps "
@@ -106,10 +110,10 @@ def report(runs, meta) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(ap, "run", "ORDER64.md")
+    add_run_args(ap, "run", "ORDER_HD.md")
     args = ap.parse_args(argv)
-    runs, meta, out = run_and_load(ap, args, "bench_order64_", list(RUNS), start, lambda k: k)
-    path = out / "ORDER64.md"
+    runs, meta, out = run_and_load(ap, args, "bench_order_hd_", list(RUNS), start, lambda k: k)
+    path = out / "ORDER_HD.md"
     path.write_text(report(runs, meta))
     print(f"wrote {path}")
 
