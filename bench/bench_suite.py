@@ -291,7 +291,7 @@ def _fam_moons() -> GaussianMixture:
 
 def _fam_spiral() -> GaussianMixture:
     """A 2-D Swiss roll: 60 isotropic Gaussians of std 0.5 at (θ cos θ, θ sin θ), θ evenly spaced in [1.5π, 4.5π],
-    weights proportional to the arc length each stands for (the outer turns carry more mass)."""
+    weights proportional to θ, about the arc length each stands for (the outer turns carry more mass)."""
     th = torch.linspace(1.5 * math.pi, 4.5 * math.pi, 60, dtype=torch.float64)
     means = torch.stack([th * th.cos(), th * th.sin()], 1)
     return GaussianMixture(th.clone(), means, torch.full((60,), 0.25, dtype=torch.float64))
