@@ -21,7 +21,6 @@ bench/ORDER_HD.md.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_suite as S  # noqa: E402
+from bench_last import gmean  # noqa: E402
 from bench_scale import add_run_args, machine_line, run_and_load, written_by  # noqa: E402
 
 NFES = (6, 8, 10, 12, 13, 15, 17, 19)
@@ -54,11 +54,6 @@ def start(key, work: Path) -> subprocess.Popen:
               "--dump", str(work / f"{key}.pkl"), "--out", str(work / key)])
     log = open(work / f"{key}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
-def gmean(v):
-    v = [max(x, 1e-9) for x in v]
-    return math.exp(sum(map(math.log, v)) / len(v)) if v else math.nan
 
 
 def label(name: str) -> str:
