@@ -35,8 +35,8 @@ from bench_last import gmean  # noqa: E402
 from bench_scale import add_run_args, machine_line, run_and_load, written_by  # noqa: E402
 
 NFES = (6, 8, 10, 12, 13, 15, 17, 19)
-OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours UniPC-3 [quad]",
-        "ours UniPC-3 [logsnr]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
+OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours UniPC [3/2]", "ours UniPC-3 [quad]",
+        "ours UniPC-3 [logsnr]", "ours UniPC-3 [3/2]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
 RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64", "--idx-offset", "50"],
         "gen70": ["--dims", "64", "--idx-offset", "70"],
         "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))],

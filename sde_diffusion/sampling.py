@@ -19,12 +19,13 @@ from .reverse import checked_score, grad_mode, initial_state, probability_flow
 from .sde import SDE, SubVPSDE, VPSDE
 
 # %% auto #0
-__all__ = ['SPACINGS', 'FINAL_ORDER_MAX_STEPS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS', 'AUTO_CUBIC_MIN_STEPS',
-           'AUTO_QUAD_MIN_DATA_STD', 'AUTO_CUBIC_MAX_DIM', 'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS',
-           'AUTO_DENOISE_MIN_STEPS', 'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor',
-           'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M',
-           'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise',
-           'recommended_sampler', 'recommended_eps', 'recommended_denoise', 'sample', 'ode_sample']
+__all__ = ['SPACINGS', 'TIME_POWER', 'FINAL_ORDER_MAX_STEPS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS',
+           'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD', 'AUTO_CUBIC_MAX_DIM', 'AUTO_THREEHALVES_MIN_DIM',
+           'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'AUTO_DENOISE_MIN_STEPS', 'ODE_METHODS', 'ScoreCounter',
+           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
+           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
+           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'recommended_denoise',
+           'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,7 +57,8 @@ class ScoreCounter:
         return s
 
 # %% ../nbs/09_sampling.ipynb #93cfce80
-SPACINGS = ("uniform", "logsnr", "edm", "quadratic", "cubic")
+SPACINGS = ("uniform", "logsnr", "edm", "quadratic", "cubic", "threehalves")
+TIME_POWER = {"threehalves": 1.5, "quadratic": 2, "cubic": 3}   # the exponent $\kappa$ of eq. `eq-spacings`
 
 
 def _log_snr(sde: SDE, t: Tensor) -> Tensor:
@@ -84,7 +86,7 @@ def sampling_times(
     sde: SDE,                 # the forward SDE
     steps: int,               # number of steps $N$
     eps: float = 1e-3,        # last time $t_N = \epsilon > 0$
-    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$, "quadratic" / "cubic" uniform in $t^{1/2}$ / $t^{1/3}$ (eq. `eq-spacings`)
+    spacing: str = "uniform", # "uniform" in $t$, "logsnr" uniform in $\ell$, "edm" polynomial in $\tau$, "quadratic" / "cubic" / "threehalves" uniform in $t^{1/2}$ / $t^{1/3}$ / $t^{2/3}$ (eq. `eq-spacings`)
     rho: float = 7.0,         # the exponent $\rho$ of the "edm" spacing
     dtype=None,               # dtype of the returned grid (default: torch's default)
     device=None,              # device of the returned grid
@@ -100,8 +102,8 @@ def sampling_times(
     u, T = torch.linspace(0, 1, steps + 1, dtype=torch.float64), sde.T
     if spacing == "uniform":
         ts = T + (eps - T) * u
-    elif spacing in ("quadratic", "cubic"):
-        k = 2 if spacing == "quadratic" else 3
+    elif spacing in TIME_POWER:
+        k = TIME_POWER[spacing]
         ts = (T ** (1 / k) + (eps ** (1 / k) - T ** (1 / k)) * u) ** k
     else:
         with sde.unchecked():
@@ -714,6 +716,9 @@ AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never u
                               # (bench/SUITE_SCALE.md)
 AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
                               # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
+AUTO_THREEHALVES_MIN_DIM = 64   # from this many numbers per sample `predictor="auto"` runs UniPC-3 on the time-3/2
+                              # grid below N1 steps: the time-quadratic grid's long first steps misplace components
+                              # broader than the data's scale (bench/ORDER_HD.md, chapter 9)
 AUTO_IPNDM_MAX_DIM = 16       # above this many numbers per sample `predictor="auto"` runs UniPC-3 on the log-SNR
                               # grid from N1 steps instead of iPNDM-4: a scale error counts D times in the log-density
                               # (bench/SUITE_DIM.md section E, chapter 9)
@@ -736,8 +741,9 @@ def recommended_sampler(
     (bh2) below $N_1$ steps, with `lower_order_final="always"` (the last step first order at 15 to $N_1 - 1$ steps too:
     chapter 9, "The last evaluation, and the order of the last step"), on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
     there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
-    grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md), iPNDM-4 on the time-quadratic grid
-    from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
+    grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md; for samples of
+    `AUTO_THREEHALVES_MIN_DIM` numbers or more UniPC-3 on the time-3/2 grid, bench/ORDER_HD.md), iPNDM-4 on the
+    time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
     numbers UniPC-3 on the log-SNR grid from $N_1$ (iPNDM's relative scale error, a few $10^{-3}$ there, costs $D$ times
     that in log-density: chapter 9, bench/SUITE_DIM.md section E). For
     data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
@@ -760,6 +766,8 @@ def recommended_sampler(
         cubic = small or (steps >= AUTO_CUBIC_MIN_STEPS and low_dim)
         if not vp_like:
             return "unipc", "logsnr", {}
+        if not small and dim is not None and dim >= AUTO_THREEHALVES_MIN_DIM:
+            return "unipc", "threehalves", {"order": 3, "lower_order_final": "always"}
         # the grid's last step is long in log-SNR: first order there in runs of every length, not only below 15 steps
         return "unipc", "cubic" if cubic else "quadratic", {"lower_order_final": "always"}
     if steps < n2 and vp_like and not small and ipndm_dim:
