@@ -63,6 +63,8 @@ SAMPLERS = {   # label -> (predictor factory or "auto", spacing)
     "iPNDM [quad]": (IPNDM, "quadratic"),
     "UniPC-2 [cubic]": (lambda: UniPC(order=2), "cubic"),
     "iPNDM [cubic]": (IPNDM, "cubic"),
+    "UniPC-2 [3/2]": (lambda: UniPC(order=2), "threehalves"),
+    "UniPC-3 [3/2]": (lambda: UniPC(order=3), "threehalves"),
 }
 STEPS = (9, 14, 19, 24, 49)
 FD_STEPS = 19
