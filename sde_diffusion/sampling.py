@@ -737,19 +737,20 @@ def recommended_sampler(
     dim: int | None = None,   # numbers per sample, $D$ = prod(shape[1:]) (None: at most `AUTO_CUBIC_MAX_DIM`); `sample` passes it
 ) -> tuple[str, str, dict]:   # (a name in `PREDICTORS`, a name in `SPACINGS`, the predictor's keyword arguments)
     """The predictor, grid and predictor options of `sample(..., predictor="auto")`, the suites' best for `steps`
-    (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs: UniPC-2
-    (bh2) below $N_1$ steps, with `lower_order_final="always"` (the last step first order at 15 to $N_1 - 1$ steps too:
-    chapter 9, "The last evaluation, and the order of the last step"), on the time-quadratic grid below `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from
-    there (for samples of more than `AUTO_CUBIC_MAX_DIM` numbers on the time-quadratic grid throughout: the cubic
-    grid's long steps at high noise shrink broad components, bench/SUITE_DIM.md; for samples of
-    `AUTO_THREEHALVES_MIN_DIM` numbers or more UniPC-3 on the time-3/2 grid, bench/ORDER_HD.md), iPNDM-4 on the
-    time-quadratic grid from $N_1$ to $N_2 - 1$, then UniPC-3 (bh2) on the log-SNR grid; for samples of more than `AUTO_IPNDM_MAX_DIM`
-    numbers UniPC-3 on the log-SNR grid from $N_1$ (iPNDM's relative scale error, a few $10^{-3}$ there, costs $D$ times
-    that in log-density: chapter 9, bench/SUITE_DIM.md section E). For
-    data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
-    late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For the
-    other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
-    `PREDICTORS[name](**options)` is the predictor."""
+    (bench/SUITE.md, bench/LEARNED.md), with $(N_1, N_2)$ = `AUTO_SWITCH_STEPS`. For the VP and sub-VP SDEs, below
+    $N_1$ steps: UniPC-2 (bh2) with `lower_order_final="always"` (the last step first order at 15 to $N_1 - 1$ steps
+    too: chapter 9, "The last evaluation, and the order of the last step"), on the time-quadratic grid below
+    `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from there; for samples of more than `AUTO_CUBIC_MAX_DIM` numbers
+    on the time-quadratic grid throughout (the cubic grid's long steps at high noise shrink broad components:
+    bench/SUITE_DIM.md), and for samples of `AUTO_THREEHALVES_MIN_DIM` numbers or more UniPC-3, its last step first
+    order too, on the time-3/2 grid (the quadratic grid's long first steps still shrink broad components there:
+    bench/ORDER_HD.md, chapter 9). From $N_1$ to $N_2 - 1$ steps iPNDM-4 on the time-quadratic grid, and for samples
+    of more than `AUTO_IPNDM_MAX_DIM` numbers UniPC-3 on the log-SNR grid (iPNDM's relative scale error, a few
+    $10^{-3}$ there, costs $D$ times that in log-density: chapter 9, bench/SUITE_DIM.md section E); from $N_2$ steps
+    UniPC-3 (bh2) on the log-SNR grid. For data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the
+    time-quadratic grid then starts its fine steps too late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid
+    below $N_1$, then UniPC-3 on the log-SNR grid. For the other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$,
+    then UniPC-3, on the log-SNR grid. `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")

@@ -8,8 +8,8 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_IPNDM_MAX_DIM, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
-                                    PREDICTORS, SAMPLE_EPS,
+from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_THREEHALVES_MIN_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_IPNDM_MAX_DIM, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
+                                    PREDICTORS, SAMPLE_EPS, SPACINGS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
                                     Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_eps, recommended_sampler, sample,
                                     sampling_times, tweedie_denoise)
@@ -211,14 +211,14 @@ def test_nan_is_reported_with_its_step():
 
 def test_sampling_times():
     for sde in SDES.values():
-        for spacing in ("uniform", "logsnr", "edm", "quadratic", "cubic"):
+        for spacing in SPACINGS:
             ts = sampling_times(sde, 30, eps=1e-3, spacing=spacing, dtype=torch.float64)
             assert ts.shape == (31,) and ts[0] == sde.T and ts[-1] == 1e-3 and (ts.diff() < 0).all()
     ts = sampling_times(VPSDE(), 10, spacing="logsnr", dtype=torch.float64)
     a, s = VPSDE().marginal_coeffs(ts)
     lam = (a / s).log()
     assert (lam.diff() - lam.diff().mean()).abs().max() < 1e-9
-    # time-quadratic / time-cubic (eq. eq-spacings): equal steps in t^(1/k), (eps^(1/k) - T^(1/k))/N, to float64
+    # time-3/2 / time-quadratic / time-cubic (eq. eq-spacings): equal steps in t^(1/k), (eps^(1/k) - T^(1/k))/N, to float64
     # rounding; also with T = 2^k, where T^(1/k) = 2 != T (at T = 1 a grid without the roots would pass); eps = 10^-k has
     # the exact root 0.1
     class LongVP(VPSDE):
@@ -226,7 +226,8 @@ def test_sampling_times():
             super().__init__()
             self._T = T
         T = property(lambda self: self._T)
-    for spacing, k in (("quadratic", 2), ("cubic", 3)):
+    assert set(SPACINGS) == {"uniform", "logsnr", "edm", "quadratic", "cubic", "threehalves"}
+    for spacing, k in (("threehalves", 1.5), ("quadratic", 2), ("cubic", 3)):
         for sde, root_T in ((VPSDE(), 1.0), (LongVP(2.0 ** k), 2.0)):
             ts = sampling_times(sde, 10, eps=10.0 ** -k, spacing=spacing, dtype=torch.float64)
             assert ts[0] == sde.T and ts[-1] == 10.0 ** -k
@@ -523,12 +524,14 @@ def test_auto_in_many_dimensions(steps):
     it, bit for bit."""
     n1, n2 = AUTO_SWITCH_STEPS
     cubic_range, ipndm_range = AUTO_CUBIC_MIN_STEPS <= steps < n1, n1 <= steps < n2
-    assert AUTO_CUBIC_MAX_DIM < AUTO_IPNDM_MAX_DIM
+    assert AUTO_CUBIC_MAX_DIM < AUTO_IPNDM_MAX_DIM < AUTO_THREEHALVES_MIN_DIM
 
     def expected(sde, d):
         low = recommended_sampler(steps, sde)
         if isinstance(sde, VESDE):
             return low
+        if steps < n1 and d >= AUTO_THREEHALVES_MIN_DIM:   # bench/ORDER_HD.md: UniPC-3 on the time-3/2 grid
+            return ("unipc", "threehalves", {"order": 3, **LOF})
         if cubic_range and d > AUTO_CUBIC_MAX_DIM:
             assert low == ("unipc", "cubic", LOF)
             return ("unipc", "quadratic", LOF)
@@ -538,14 +541,14 @@ def test_auto_in_many_dimensions(steps):
         return low
 
     for sde in (VPSDE(), SubVPSDE(), VESDE()):
-        for d in (1, 2, AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MAX_DIM + 1, AUTO_IPNDM_MAX_DIM, AUTO_IPNDM_MAX_DIM + 1, 64,
-                  3 * 32 * 32):
+        for d in (1, 2, AUTO_CUBIC_MAX_DIM, AUTO_CUBIC_MAX_DIM + 1, AUTO_IPNDM_MAX_DIM, AUTO_IPNDM_MAX_DIM + 1,
+                  AUTO_THREEHALVES_MIN_DIM - 1, AUTO_THREEHALVES_MIN_DIM, 3 * 32 * 32):
             assert recommended_sampler(steps, sde, dim=d) == expected(sde, d)
             # small data keep their own rule (the cubic grid below N1, UniPC-3 from there) in any dimension
             assert recommended_sampler(steps, sde, data_std=0.25, dim=d) == recommended_sampler(steps, sde, data_std=0.25)
     sde = VPSDE()
     score = lambda x, t: -x   # data N(0, I): any shape
-    for shape in ((16, 2, 4), (16, 9), (16, 3, 3), (16, 64)):
+    for shape in ((16, 2, 4), (16, 9), (16, 3, 3), (16, 63), (16, 64), (16, 4, 4, 4)):
         D = math.prod(shape[1:])
         name, grid, options = recommended_sampler(steps, sde, dim=D)
         assert (name, grid, options) == expected(sde, D)
