@@ -21,11 +21,11 @@ from .sde import SDE, SubVPSDE, VPSDE
 # %% auto #0
 __all__ = ['SPACINGS', 'TIME_POWER', 'FINAL_ORDER_MAX_STEPS', 'PREDICTORS', 'CORRECTORS', 'AUTO_SWITCH_STEPS',
            'AUTO_CUBIC_MIN_STEPS', 'AUTO_QUAD_MIN_DATA_STD', 'AUTO_CUBIC_MAX_DIM', 'AUTO_THREEHALVES_MIN_DIM',
-           'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'AUTO_DENOISE_MIN_STEPS', 'ODE_METHODS', 'ScoreCounter',
-           'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama', 'ReverseDiffusion', 'AncestralSampling',
-           'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM', 'Corrector', 'Langevin', 'AnnealedLangevin',
-           'SamplerOutput', 'tweedie_denoise', 'recommended_sampler', 'recommended_eps', 'recommended_denoise',
-           'sample', 'ode_sample']
+           'AUTO_THREEHALVES_MAX_STEPS', 'AUTO_IPNDM_MAX_DIM', 'SAMPLE_EPS', 'AUTO_EPS', 'AUTO_DENOISE_MIN_STEPS',
+           'ODE_METHODS', 'ScoreCounter', 'invert_log_snr', 'sampling_times', 'Predictor', 'EulerMaruyama',
+           'ReverseDiffusion', 'AncestralSampling', 'DDIM', 'Heun', 'DPMSolver2M', 'DPMSolver3M', 'UniPC', 'IPNDM',
+           'Corrector', 'Langevin', 'AnnealedLangevin', 'SamplerOutput', 'tweedie_denoise', 'recommended_sampler',
+           'recommended_eps', 'recommended_denoise', 'sample', 'ode_sample']
 
 # %% ../nbs/09_sampling.ipynb #29cc9c20
 def _kernel(sde: SDE, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -717,8 +717,9 @@ AUTO_QUAD_MIN_DATA_STD = 0.5  # below this data scale `predictor="auto"` never u
 AUTO_CUBIC_MAX_DIM = 8        # above this many numbers per sample (D = prod(shape[1:])) `predictor="auto"` keeps
                               # the time-quadratic grid from 9 to N1 - 1 steps too (bench/SUITE_DIM.md, chapter 9)
 AUTO_THREEHALVES_MIN_DIM = 64   # from this many numbers per sample `predictor="auto"` runs UniPC-3 on the time-3/2
-                              # grid below N1 steps: the time-quadratic grid's long first steps misplace components
-                              # broader than the data's scale (bench/ORDER_HD.md, chapter 9)
+AUTO_THREEHALVES_MAX_STEPS = 10  # grid up to this many steps: the time-quadratic grid's long first steps shrink
+                              # components broader than the data's scale; beyond, the time-3/2 grid's coarser end costs
+                              # more on fine ones (bench/ORDER_HD.md, bench/SUITE_FAMILIES.md, chapter 9)
 AUTO_IPNDM_MAX_DIM = 16       # above this many numbers per sample `predictor="auto"` runs UniPC-3 on the log-SNR
                               # grid from N1 steps instead of iPNDM-4: a scale error counts D times in the log-density
                               # (bench/SUITE_DIM.md section E, chapter 9)
@@ -742,9 +743,9 @@ def recommended_sampler(
     too: chapter 9, "The last evaluation, and the order of the last step"), on the time-quadratic grid below
     `AUTO_CUBIC_MIN_STEPS` and on the time-cubic grid from there; for samples of more than `AUTO_CUBIC_MAX_DIM` numbers
     on the time-quadratic grid throughout (the cubic grid's long steps at high noise shrink broad components:
-    bench/SUITE_DIM.md), and for samples of `AUTO_THREEHALVES_MIN_DIM` numbers or more UniPC-3, its last step first
-    order too, on the time-3/2 grid (the quadratic grid's long first steps still shrink broad components there:
-    bench/ORDER_HD.md, chapter 9). From $N_1$ to $N_2 - 1$ steps iPNDM-4 on the time-quadratic grid, and for samples
+    bench/SUITE_DIM.md), and for samples of `AUTO_THREEHALVES_MIN_DIM` numbers or more up to
+    `AUTO_THREEHALVES_MAX_STEPS` steps UniPC-3, its last step first order too, on the time-3/2 grid (the quadratic
+    grid's long first steps still shrink broad components there: bench/ORDER_HD.md, chapter 9). From $N_1$ to $N_2 - 1$ steps iPNDM-4 on the time-quadratic grid, and for samples
     of more than `AUTO_IPNDM_MAX_DIM` numbers UniPC-3 on the log-SNR grid (iPNDM's relative scale error, a few
     $10^{-3}$ there, costs $D$ times that in log-density: chapter 9, bench/SUITE_DIM.md section E); from $N_2$ steps
     UniPC-3 (bh2) on the log-SNR grid. For data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the
@@ -767,7 +768,7 @@ def recommended_sampler(
         cubic = small or (steps >= AUTO_CUBIC_MIN_STEPS and low_dim)
         if not vp_like:
             return "unipc", "logsnr", {}
-        if not small and dim is not None and dim >= AUTO_THREEHALVES_MIN_DIM:
+        if not small and dim is not None and dim >= AUTO_THREEHALVES_MIN_DIM and steps <= AUTO_THREEHALVES_MAX_STEPS:
             return "unipc", "threehalves", {"order": 3, "lower_order_final": "always"}
         # the grid's last step is long in log-SNR: first order there in runs of every length, not only below 15 steps
         return "unipc", "cubic" if cubic else "quadratic", {"lower_order_final": "always"}

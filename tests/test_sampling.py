@@ -8,7 +8,7 @@ from torchdiffeq import odeint
 
 from sde_diffusion.distances import expected_log_prob, mean_logp_gap
 from sde_diffusion.reverse import probability_flow
-from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_THREEHALVES_MIN_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_IPNDM_MAX_DIM, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
+from sde_diffusion.sampling import (AUTO_CUBIC_MAX_DIM, AUTO_THREEHALVES_MAX_STEPS, AUTO_THREEHALVES_MIN_DIM, AUTO_CUBIC_MIN_STEPS, AUTO_IPNDM_MAX_DIM, AUTO_EPS, AUTO_SWITCH_STEPS, CORRECTORS, DDIM, IPNDM,
                                     PREDICTORS, SAMPLE_EPS, SPACINGS,
                                     AncestralSampling, AnnealedLangevin, DPMSolver2M, DPMSolver3M, EulerMaruyama, Heun,
                                     Langevin, ReverseDiffusion, SamplerOutput, UniPC, ode_sample, recommended_eps, recommended_sampler, sample,
@@ -513,7 +513,7 @@ def test_auto_drops_the_quadratic_grid_for_small_data(steps):
             run(data_std=bad)
 
 
-@pytest.mark.parametrize("steps", [AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 12, AUTO_SWITCH_STEPS[0] - 1,
+@pytest.mark.parametrize("steps", [AUTO_CUBIC_MIN_STEPS - 1, AUTO_CUBIC_MIN_STEPS, 10, 11, 12, AUTO_SWITCH_STEPS[0] - 1,
                                    AUTO_SWITCH_STEPS[0], 24, AUTO_SWITCH_STEPS[1] - 1, AUTO_SWITCH_STEPS[1]])
 def test_auto_in_many_dimensions(steps):
     """bench/SUITE_DIM.md: with more than AUTO_CUBIC_MAX_DIM numbers per sample the time-cubic grid's long steps at high
@@ -525,12 +525,13 @@ def test_auto_in_many_dimensions(steps):
     n1, n2 = AUTO_SWITCH_STEPS
     cubic_range, ipndm_range = AUTO_CUBIC_MIN_STEPS <= steps < n1, n1 <= steps < n2
     assert AUTO_CUBIC_MAX_DIM < AUTO_IPNDM_MAX_DIM < AUTO_THREEHALVES_MIN_DIM
+    assert AUTO_CUBIC_MIN_STEPS <= AUTO_THREEHALVES_MAX_STEPS < AUTO_SWITCH_STEPS[0]
 
     def expected(sde, d):
         low = recommended_sampler(steps, sde)
         if isinstance(sde, VESDE):
             return low
-        if steps < n1 and d >= AUTO_THREEHALVES_MIN_DIM:   # bench/ORDER_HD.md: UniPC-3 on the time-3/2 grid
+        if steps <= AUTO_THREEHALVES_MAX_STEPS and d >= AUTO_THREEHALVES_MIN_DIM:   # bench/ORDER_HD.md: UniPC-3, time-3/2 grid
             return ("unipc", "threehalves", {"order": 3, **LOF})
         if cubic_range and d > AUTO_CUBIC_MAX_DIM:
             assert low == ("unipc", "cubic", LOF)

@@ -1276,11 +1276,12 @@ def test_auto_switches_at_9_19_and_49_steps():
     assert AUTO_CUBIC_MAX_DIM == 8
     assert [recommended_sampler(n, dim=d) for n, d in ((9, 8), (9, 9), (18, 8), (18, 63), (19, 16))] == (
         [("unipc", "cubic", lof), ("unipc", "quadratic", lof)] * 2 + [("ipndm", "quadratic", {})])
-    # from 64 numbers per sample (bench/ORDER_HD.md): UniPC-3 on the time-3/2 grid below 19 steps
-    from sde_diffusion.sampling import AUTO_THREEHALVES_MIN_DIM
-    assert AUTO_THREEHALVES_MIN_DIM == 64
-    assert [recommended_sampler(n, dim=d) for n, d in ((1, 64), (8, 64), (18, 3072), (19, 64))] == (
-        [("unipc", "threehalves", {"order": 3, **lof})] * 3 + [("unipc", "logsnr", {"order": 3})])
+    # from 64 numbers per sample up to 10 steps (bench/ORDER_HD.md): UniPC-3 on the time-3/2 grid
+    from sde_diffusion.sampling import AUTO_THREEHALVES_MAX_STEPS, AUTO_THREEHALVES_MIN_DIM
+    assert AUTO_THREEHALVES_MIN_DIM == 64 and AUTO_THREEHALVES_MAX_STEPS == 10
+    assert [recommended_sampler(n, dim=d) for n, d in ((1, 64), (10, 3072), (11, 64), (18, 64), (19, 64))] == (
+        [("unipc", "threehalves", {"order": 3, **lof})] * 2 + [("unipc", "quadratic", lof)] * 2
+        + [("unipc", "logsnr", {"order": 3})])
     # more than 16 numbers per sample (bench/SUITE_DIM.md section E): UniPC-3 on the log-SNR grid from 19 steps on
     from sde_diffusion.sampling import AUTO_IPNDM_MAX_DIM
     assert AUTO_IPNDM_MAX_DIM == 16
