@@ -1,4 +1,4 @@
-"""Order and grid at 6 to 19 evaluations in 32 and 64 dimensions: UniPC-2 and UniPC-3 on three grids against the default.
+"""Order and grid at 6 to 19 evaluations in 32 and 64 dimensions: UniPC-2 and UniPC-3 on four grids against the default.
 
 Below 19 steps `sample`'s default runs UniPC-2 (on the time-quadratic grid for samples of more than
 `AUTO_CUBIC_MAX_DIM` numbers). bench/SUITE_FAMILIES.md found its losses at NFE 10 in 64 dimensions on mixtures whose
@@ -7,11 +7,11 @@ mass sits mostly in components much smaller than the data's scale. This script a
 from the suite's generator (`bench_suite.suite_mixture`, indices 30-35, 50-55 and 70-75: bench/SUITE_DIM.md's 64-D
 mixtures) and 12 from the second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to
 spec64d-11); in 32-D 12 from the suite's generator (indices 30-35 and 60-65) and 6 from the second (spec32d-0 to
-spec32d-5). It runs UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic and log-SNR grids, DPM-Solver++(3M)
+spec32d-5). It runs UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic, log-SNR and time-3/2 grids, DPM-Solver++(3M)
 on the log-SNR grid, the default and the peers, and writes bench/ORDER_HD.md: per budget and set, on how many mixtures
 each is at least as accurate as the best peer on both metrics, the geometric means of its own log-density error (net
 of the ε limit), of its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly
-better / worse, 2 SE). A study, not a rule: no default reads it.
+better / worse, 2 SE). `sampling.AUTO_THREEHALVES_MIN_DIM` and `AUTO_THREEHALVES_MAX_STEPS` rest on it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order_hd.py [--jobs 2] [--report-from DIR]
 
@@ -36,7 +36,8 @@ from bench_scale import add_run_args, machine_line, run_and_load, written_by  # 
 
 NFES = (6, 8, 10, 12, 13, 15, 17, 19)
 OURS = ("ours UniPC [quad]", "ours UniPC [cubic]", "ours UniPC [logsnr]", "ours UniPC [3/2]", "ours UniPC-3 [quad]",
-        "ours UniPC-3 [logsnr]", "ours UniPC-3 [3/2]", "ours DPM-Solver++(3M) [logsnr]", S.DEFAULT_NAME)
+        "ours UniPC-3 [logsnr]", "ours UniPC-3 [3/2]", "ours DPM-Solver++(3M) [logsnr]", S.QUAD64_NAME,
+        S.DEFAULT_NAME)
 RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64", "--idx-offset", "50"],
         "gen70": ["--dims", "64", "--idx-offset", "70"],
         "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))],
@@ -51,12 +52,14 @@ def start(key, work: Path) -> subprocess.Popen:
     only = ",".join(OURS) + ",diffusers,torchdiffeq"
     cmd = ([sys.executable, str(HERE / "bench_suite.py")] + RUNS[key]
            + ["--nfes", ",".join(map(str, NFES)), "--only", only, "--ours64", ",".join(OURS),
-              "--dump", str(work / f"{key}.pkl"), "--out", str(work / key)])
+              "--quad64-default", "--dump", str(work / f"{key}.pkl"), "--out", str(work / key)])
     log = open(work / f"{key}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def label(name: str) -> str:
+    if name == S.QUAD64_NAME:
+        return "default with the time-quadratic grid at 64-D (before the time-3/2 rule)"
     return "default" if name == S.DEFAULT_NAME else name.removeprefix("ours ")
 
 
@@ -64,12 +67,19 @@ def report(runs, meta) -> str:
     lines = []
     w = lines.append
     w("# Order and grid at 6 to 19 evaluations in 32 and 64 dimensions\n")
-    w(written_by("bench_order_hd.py", meta) + " UniPC-2 and UniPC-3 (bh2) on three grids, DPM-Solver++(3M) on the log-SNR "
+    w(written_by("bench_order_hd.py", meta) + " UniPC-2 and UniPC-3 (bh2) on four grids (time-quadratic, time-cubic, "
+      "log-SNR and time-3/2), DPM-Solver++(3M) on the log-SNR "
       "grid and `sample`'s default against the peers on 32- and 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
       "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
       "step below 13 steps, the last step at first order; so at a budget of 13 it runs 12 steps, NFE 12, since 13 steps "
-      "would take Tweedie's step, NFE 14). A study: no rule of `recommended_sampler` reads it.\n")
+      "would take Tweedie's step, NFE 14). `recommended_sampler` reads it for `AUTO_THREEHALVES_MIN_DIM` = "
+      f"{S.sampling.AUTO_THREEHALVES_MIN_DIM} and `AUTO_THREEHALVES_MAX_STEPS` = "
+      f"{S.sampling.AUTO_THREEHALVES_MAX_STEPS}: from 64 numbers per sample the default runs UniPC-3 on the time-3/2 "
+      "grid up to 10 steps, where it is at least as accurate as the best peer on more of the 64-D mixtures than "
+      "UniPC-2 on the time-quadratic grid; in 32 dimensions the time-quadratic grid stays ahead (its own error is "
+      "smaller and it is at least as accurate as the best peer as often or more), and beyond 10 steps the time-3/2 "
+      "grid's coarser end costs log-density on fine components (chapter 9, 'From 64 numbers per sample').\n")
     w("Each row: on how many mixtures the sampler is at least as accurate as the best peer on |dlogp| and SW2; the "
       "geometric means over the mixtures of its own log-density error (|dlogp| net of the ε limit, nats), of its RMS "
       "distance to the exact flow map of the same x_T, and of SW2; on how many it is clearly better / clearly worse "

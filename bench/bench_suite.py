@@ -122,6 +122,8 @@ GRID_ONLY_FOR = {"threehalves": ("unipc",)}
 VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm", "quadratic", "threehalves")),)
 DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
 UNHINTED_NAME = "ours default, no data_std"   # at --scale != 1: the default as called without the data's scale
+QUAD64_NAME = "ours default, time-quadratic at 64-D"   # `--quad64-default`: the default with the time-3/2 rule off
+QUAD64_DEFAULT = False     # (`sampling.AUTO_THREEHALVES_MIN_DIM` out of reach): UniPC-2 on the time-quadratic grid
 DATA_SCALE = 1.0           # `--scale`: every distribution's data std (the default is told it: `sample(..., data_std=)`)
 
 
@@ -489,6 +491,12 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
         s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default"
         s.own_eps = own
         out.append(s)
+        if QUAD64_DEFAULT and hasattr(sampling, "AUTO_THREEHALVES_MIN_DIM"):
+            s = bs.Sampler(QUAD64_NAME, "ours", "VP", _without_threehalves(bs.ours("auto", spacing=None, own_eps=own)),
+                           extra=1, paired=True, nfe_of=default_nfe(None))
+            s.key, s.spacing, s.stochastic, s.label = "auto", "auto", False, "default, time-quadratic at 64-D"
+            s.own_eps = own
+            out.append(s)
         if hint:
             s = bs.Sampler(UNHINTED_NAME, "ours", "VP", bs.ours("auto", spacing=None, own_eps=own), extra=1,
                            paired=True, nfe_of=default_nfe(None))
@@ -496,6 +504,18 @@ def discover_ours(notes: list) -> list[bs.Sampler]:
             s.own_eps = own
             out.append(s)
     return out
+
+
+def _without_threehalves(run):
+    "`run` with `sampling.AUTO_THREEHALVES_MIN_DIM` out of reach: the default as it was before the time-3/2 rule."
+    def wrapped(P, steps, seed):
+        keep = sampling.AUTO_THREEHALVES_MIN_DIM
+        sampling.AUTO_THREEHALVES_MIN_DIM = 10**12
+        try:
+            return run(P, steps, seed)
+        finally:
+            sampling.AUTO_THREEHALVES_MIN_DIM = keep
+    return wrapped
 
 
 def peers() -> list[bs.Sampler]:
@@ -1751,6 +1771,9 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated substrings: run only the samplers they match")
     ap.add_argument("--top64", type=int, default=4, help="64-D: run only our samplers that ranked in our top k at some "
                     "NFE on the lower dimensions (0: all of ours)")
+    ap.add_argument("--quad64-default", action="store_true", help="also run the default with the time-3/2 rule "
+                    "off (`sampling.AUTO_THREEHALVES_MIN_DIM` out of reach): UniPC-2 on the time-quadratic grid in "
+                    "64-D below 19 steps, as before that rule (bench/bench_order_hd.py)")
     ap.add_argument("--ours64", default=None, help="64-D: run only these of our samplers (comma-separated full names, "
                     "e.g. 'ours UniPC [logsnr],ours Heun [edm]') instead of the --top64 selection, e.g. to repeat a "
                     "run's selection on a subset of its NFEs")
@@ -1809,8 +1832,9 @@ def main(argv=None):
 
     if not (math.isfinite(args.scale) and args.scale > 0):
         ap.error(f"--scale must be a positive number, got {args.scale}")
-    global DATA_SCALE
+    global DATA_SCALE, QUAD64_DEFAULT
     DATA_SCALE = args.scale
+    QUAD64_DEFAULT = args.quad64_default
     dims = [int(v) for v in args.dims.split(",")] if args.dims else None
     profiles = [tuple(t for t in p.split("+") if t) for p in args.profiles.split(",")]
     known = {"sharp", "far", "broad", "aniso"}
@@ -1827,7 +1851,7 @@ def main(argv=None):
     ours = discover_ours(notes)
     if args.quick:   # one grid each: logsnr for the deterministic predictors, uniform for the stochastic ones
         ours = [s for s in ours
-                if s.spacing == ("uniform" if s.stochastic else "logsnr") or s.name in (DEFAULT_NAME, UNHINTED_NAME)]
+                if s.spacing == ("uniform" if s.stochastic else "logsnr") or s.name in (DEFAULT_NAME, UNHINTED_NAME, QUAD64_NAME)]
     samplers = ours + peers()
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]
@@ -1877,7 +1901,8 @@ def main(argv=None):
                     log(f"    64-D: our samplers kept: {sel64}")
             if sel64 is not None:
                 run_here = [s for s in samplers
-                            if s.family == "peer" or s.name in sel64 or s.name in (DEFAULT_NAME, UNHINTED_NAME)]
+                            if s.family == "peer" or s.name in sel64
+                            or s.name in (DEFAULT_NAME, UNHINTED_NAME, QUAD64_NAME)]
         cache = {}
         for s in run_here:
             b = time.perf_counter()
