@@ -216,13 +216,17 @@ def write_report(out: Path, runs: list, meta: dict, check=None, multi=None, late
     w("Rerun: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_dims.py --jobs 2`.\n")
     nfe_of = S.default_nfe()
     dsteps = lambda T: next(n for n in range(T, 0, -1) if nfe_of(n) <= T)   # noqa: E731 -- the default's steps at NFE T
+    rec = lambda n, D: sampling.recommended_sampler(n, dim=D)   # noqa: E731
     rule = "; ".join(f"D = {D}: " + ", ".join(
-        f"{dsteps(T)} steps {sampling.recommended_sampler(dsteps(T), dim=D)[1]}"
+        f"{dsteps(T)} steps {rec(dsteps(T), D)[1]}" + (" UniPC-3" if rec(dsteps(T), D)[2].get("order") == 3 else "")
         + ("" if nfe_of(dsteps(T)) > dsteps(T) else " without Tweedie's step") for T in NFES) for D in (dims[0], dims[-1]))
     w(f"The default at these budgets (`recommended_sampler(steps, dim=D)`, `AUTO_CUBIC_MAX_DIM` = "
       f"{sampling.AUTO_CUBIC_MAX_DIM}): UniPC-2, on the time-quadratic grid below {sampling.AUTO_CUBIC_MIN_STEPS} steps, "
-      f"from there on the time-cubic grid for D ≤ {sampling.AUTO_CUBIC_MAX_DIM} and on the time-quadratic one above "
-      f"({rule}).\n")
+      f"from there on the time-cubic grid for D ≤ {sampling.AUTO_CUBIC_MAX_DIM} and on the time-quadratic one above; "
+      + (f"from `AUTO_THREEHALVES_MIN_DIM` = {sampling.AUTO_THREEHALVES_MIN_DIM} numbers per sample UniPC-3 on the "
+         f"time-3/2 grid up to `AUTO_THREEHALVES_MAX_STEPS` = {sampling.AUTO_THREEHALVES_MAX_STEPS} steps "
+         "(bench/ORDER_HD.md) "
+         if hasattr(sampling, "AUTO_THREEHALVES_MIN_DIM") else "") + f"({rule}).\n")
 
     w("## A. At least as accurate as the best peer on both metrics\n")
     w("Each cell: on how many of the mixtures of that dimension UniPC-2 on the time-cubic / time-quadratic / log-SNR "
