@@ -122,7 +122,7 @@ GRID_ONLY_FOR = {"threehalves": ("unipc",)}
 VARIANTS = (("UniPC-3", "unipc", {"order": 3}, ("logsnr", "edm", "quadratic", "threehalves")),)
 DEFAULT_NAME = "ours default"   # `sample` with no predictor and no spacing (`sampling.recommended_sampler`)
 UNHINTED_NAME = "ours default, no data_std"   # at --scale != 1: the default as called without the data's scale
-QUAD64_NAME = "ours default, time-quadratic at 64-D"   # `--quad64-default`: the default with the time-3/2 rule off
+QUAD64_NAME = "ours default (time-quadratic at 64-D)"   # `--quad64-default`: the default with the time-3/2 rule off
 QUAD64_DEFAULT = False     # (`sampling.AUTO_THREEHALVES_MIN_DIM` out of reach): UniPC-2 on the time-quadratic grid
 DATA_SCALE = 1.0           # `--scale`: every distribution's data std (the default is told it: `sample(..., data_std=)`)
 
