@@ -828,7 +828,7 @@ def sample(
     snr: float = 0.16,        # signal-to-noise ratio $r$ of a corrector given by name or class
     corrector_steps: int = 1, # corrector steps per predictor step, for a corrector given by name or class
     eps: float | None = None,   # the last time $t_N = \epsilon$; None: `recommended_eps(steps, sde)` with predictor "auto", else `SAMPLE_EPS` (10⁻³)
-    spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm", "quadratic" or "cubic" (see `sampling_times`); None: "auto"'s grid, else "uniform"
+    spacing: str | None = None,   # the time grid, "uniform", "logsnr", "edm", "quadratic", "cubic" or "threehalves" (see `sampling_times`); None: "auto"'s grid, else "uniform"
     denoise: bool | None = None,   # finish with Tweedie's formula at $\epsilon$ (one more score evaluation); None: `recommended_denoise(steps, sde, data_std)` with predictor "auto", else True
     generator: torch.Generator | None = None,   # drives the prior draw and all the noise: same seed, same samples
     dtype=None,               # dtype of the samples (default: `x_T`'s, else torch's default); float16/bfloat16 are computed in float32
