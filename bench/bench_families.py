@@ -177,7 +177,12 @@ def report(runs, meta) -> str:
         w(f"- {INTRO[key][0][3:]}: at NFE 10 on {k.get(10, '?')} of {len(names)}; from NFE 15 on {min(late)} to "
           f"{max(late)} of {len(names)}.")
     w("\nChapter 9, 'Beyond the suite's generator', takes the needle's losses at NFE 15 to 25 apart (the scale error "
-      "of iPNDM on the needle's N(0, I) bulk), and bench/ORDER_HD.md studies the 64-D losses at NFE 10.\n")
+      "of iPNDM on the needle's N(0, I) bulk). In 64 dimensions the default runs UniPC-3 on the time-3/2 grid up to "
+      "10 steps (`sampling.AUTO_THREEHALVES_MIN_DIM`, `AUTO_THREEHALVES_MAX_STEPS`; bench/ORDER_HD.md, chapter 9 'From "
+      "64 numbers per sample'): it removed the second generator's 64-D losses on SW2 at NFE 7 to 10 that UniPC-2 on "
+      "the time-quadratic grid had (at NFE 10 14 of 18 before, at git 63ba701), and costs log-density on the k^-2 "
+      "spectrum and the digits' class Gaussians at NFE 5 to 10 (at NFE 10 8.3 and 5.6 nats, 2.35 and 0.93 before; "
+      "the best peer's 20.6 and 17.3).\n")
     for key, (R, cells) in runs.items():
         section(w, key, R, cells)
     w("## Machine\n")
