@@ -748,10 +748,11 @@ def recommended_sampler(
     grid's long first steps still shrink broad components there: bench/ORDER_HD.md, chapter 9). From $N_1$ to
     $N_2 - 1$ steps iPNDM-4 on the time-quadratic grid, and for samples of more than `AUTO_IPNDM_MAX_DIM` numbers
     UniPC-3 on the log-SNR grid (iPNDM's relative scale error, a few $10^{-3}$ there, costs $D$ times that in
-    log-density: chapter 9, bench/SUITE_DIM.md section E); from $N_2$ steps UniPC-3 (bh2) on the log-SNR grid. For data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the
-    time-quadratic grid then starts its fine steps too late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid
-    below $N_1$, then UniPC-3 on the log-SNR grid. For the other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$,
-    then UniPC-3, on the log-SNR grid. `PREDICTORS[name](**options)` is the predictor."""
+    log-density: chapter 9, bench/SUITE_DIM.md section E); from $N_2$ steps UniPC-3 (bh2) on the log-SNR grid. For
+    data whose `data_std` is below `AUTO_QUAD_MIN_DATA_STD` (the time-quadratic grid then starts its fine steps too
+    late: bench/SUITE_SCALE.md): UniPC-2 on the time-cubic grid below $N_1$, then UniPC-3 on the log-SNR grid. For
+    the other SDEs (chapter 9 measures VE): UniPC-2 below $N_1$, then UniPC-3, on the log-SNR grid.
+    `PREDICTORS[name](**options)` is the predictor."""
     steps = positive_int("steps", steps)
     if sde is not None and not isinstance(sde, SDE):
         raise TypeError(f"`sde` must be an SDE or None, got {type(sde).__name__}")
