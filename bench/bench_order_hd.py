@@ -79,8 +79,9 @@ def report(runs, meta) -> str:
       "grid up to 10 steps, where it is at least as accurate as the best peer on more of the 64-D mixtures than "
       "UniPC-2 on the time-quadratic grid (the rows 'default with the time-quadratic grid at 64-D') and lands nearer "
       "the exact map, while its own log-density error is the larger on most of them at 6 and 8 evaluations (the "
-      "last column of those rows: the old default clearly better / clearly worse); in 32 dimensions the time-quadratic grid stays ahead (its own error is "
-      "smaller and it is at least as accurate as the best peer as often or more), and beyond 10 steps the time-3/2 "
+      "last column of those rows: the old default clearly better / clearly worse); in 32 dimensions, up to 10 "
+      "evaluations, the time-quadratic grid keeps the smaller own error and is at least as accurate as the best peer "
+      "as often or more, and beyond 10 steps the time-3/2 "
       "grid's coarser end costs log-density on fine components (chapter 9, 'From 64 numbers per sample').\n")
     w("Each row: on how many mixtures the sampler is at least as accurate as the best peer on |dlogp| and SW2; the "
       "geometric means over the mixtures of its own log-density error (|dlogp| net of the ε limit, nats), of its RMS "
