@@ -1,4 +1,4 @@
-"""Order and grid at 6 to 19 evaluations in 32 and 64 dimensions: UniPC-2 and UniPC-3 on four grids against the default.
+"""Order and grid at 6 to 19 evaluations in 32, 64 and 256 dimensions: UniPC-2 and UniPC-3 on four grids, the default.
 
 Below 19 steps `sample`'s default runs UniPC-2 (on the time-quadratic grid for samples of more than
 `AUTO_CUBIC_MAX_DIM` numbers). bench/SUITE_FAMILIES.md found its losses at NFE 10 in 64 dimensions on mixtures whose
@@ -8,14 +8,16 @@ from the suite's generator (`bench_suite.suite_mixture`, indices 30-35, 50-55 an
 mixtures) and 12 from the second generator of bench/SUITE_FAMILIES.md (`bench_suite.spec_mixture`, spec64d-0 to
 spec64d-11); in 32-D 12 from the suite's generator (indices 30-35 and 60-65) and 6 from the second (spec32d-0 to
 spec32d-5). It runs UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic, log-SNR and time-3/2 grids, DPM-Solver++(3M)
-on the log-SNR grid, the default and the peers, and writes bench/ORDER_HD.md: per budget and set, on how many mixtures
+on the log-SNR grid, the default and the peers; in 256-D, beyond the data the rule was set on, 12 more mixtures (6 from
+each generator: suite indices 30-35, spec256d-0 to spec256d-5; 2000 samples) with only the default with and without the
+time-3/2 rule and the peers, at 6 to 12 evaluations. It writes bench/ORDER_HD.md: per budget and set, on how many mixtures
 each is at least as accurate as the best peer on both metrics, the geometric means of its own log-density error (net
 of the ε limit), of its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly
 better / worse, 2 SE). `sampling.AUTO_THREEHALVES_MIN_DIM` and `AUTO_THREEHALVES_MAX_STEPS` rest on it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order_hd.py [--jobs 2] [--report-from DIR]
 
-About 50 min of CPU (25 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
+About 50 min of CPU for 32 and 64 dimensions, 45 more for 256 (50 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
 bench/ORDER_HD.md.
 """
 from __future__ import annotations
@@ -43,15 +45,22 @@ RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64
         "spec": ["--families", ",".join(f"spec64d-{i}" for i in range(12))],
         # 32 dimensions, between AUTO_IPNDM_MAX_DIM = 16 and 64: bench/SUITE_DIM.md's 32-D mixtures and 6 spec ones
         "gen32": ["--dims", "32", "--idx-offset", "30"], "gen32e": ["--dims", "32", "--idx-offset", "60"],
-        "spec32": ["--families", ",".join(f"spec32d-{i}" for i in range(6))]}
+        "spec32": ["--families", ",".join(f"spec32d-{i}" for i in range(6))],
+        # 256 dimensions, beyond the rule's evidence: the default with and without it, at the budgets it covers
+        "gen256": ["--dims", "256", "--idx-offset", "30", "--n", "256=2000"],
+        "spec256": ["--families", ",".join(f"spec256d-{i}" for i in range(6)), "--n", "256=2000"]}
+NFES_256 = (6, 8, 10, 12)
+OURS_256 = (S.QUAD64_NAME, S.DEFAULT_NAME)
 SETS = (("64-D, the suite's generator (18)", ("gen30", "gen50", "gen70")), ("64-D, the second generator (12)", ("spec",)),
-        ("32-D, the suite's generator (12)", ("gen32", "gen32e")), ("32-D, the second generator (6)", ("spec32",)))
+        ("32-D, the suite's generator (12)", ("gen32", "gen32e")), ("32-D, the second generator (6)", ("spec32",)),
+        ("256-D, the suite's generator (6)", ("gen256",)), ("256-D, the second generator (6)", ("spec256",)))
 
 
 def start(key, work: Path) -> subprocess.Popen:
-    only = ",".join(OURS) + ",diffusers,torchdiffeq"
+    ours, nfes = (OURS_256, NFES_256) if key.endswith("256") else (OURS, NFES)
+    only = ",".join(ours) + ",diffusers,torchdiffeq"
     cmd = ([sys.executable, str(HERE / "bench_suite.py")] + RUNS[key]
-           + ["--nfes", ",".join(map(str, NFES)), "--only", only, "--ours64", ",".join(OURS),
+           + ["--nfes", ",".join(map(str, nfes)), "--only", only, "--ours64", ",".join(ours),
               "--quad64-default", "--dump", str(work / f"{key}.pkl"), "--out", str(work / key)])
     log = open(work / f"{key}.log", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -66,10 +75,10 @@ def label(name: str) -> str:
 def report(runs, meta) -> str:
     lines = []
     w = lines.append
-    w("# Order and grid at 6 to 19 evaluations in 32 and 64 dimensions\n")
+    w("# Order and grid at 6 to 19 evaluations in 32, 64 and 256 dimensions\n")
     w(written_by("bench_order_hd.py", meta) + " UniPC-2 and UniPC-3 (bh2) on four grids (time-quadratic, time-cubic, "
       "log-SNR and time-3/2), DPM-Solver++(3M) on the log-SNR "
-      "grid and `sample`'s default against the peers on 32- and 64-D mixtures, the measures of bench/SUITE.md (3 seeds). "
+      "grid and `sample`'s default against the peers on 32- and 64-D mixtures (in 256-D the default with and without the time-3/2 rule), the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
       "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
       "step below 13 steps, the last step at first order; so at a budget of 13 it runs 12 steps, NFE 12, since 13 steps "
@@ -83,7 +92,13 @@ def report(runs, meta) -> str:
       "last column of those rows: the old default clearly better / clearly worse); in 32 dimensions, up to 10 "
       "evaluations, the time-quadratic grid keeps the smaller own error and is at least as accurate as the best peer "
       "as often or more, and beyond 10 steps the time-3/2 "
-      "grid's coarser end costs log-density on fine components (chapter 9, 'From 64 numbers per sample').\n")
+      "grid's coarser end costs log-density on fine components (chapter 9, 'From 64 numbers per sample'). The two "
+      "256-D sets, run after the rule was set and with only the default with and without it, check it beyond 64 "
+      "numbers per sample: at 6 to 10 evaluations the time-3/2 grid is at least as accurate as the best peer on more "
+      "of them on both generators, with smaller geometric means of RMS and SW2; its own log-density error is the "
+      "smaller on the second generator, but on the suite's generator the larger at 8 and 10 evaluations (there the "
+      "time-quadratic grid is clearly better on 3 and 2 of the 6 and clearly worse on 3 and 0); at 12 evaluations, "
+      "beyond the rule, the two rows are one sampler.\n")
     w("Each row: on how many mixtures the sampler is at least as accurate as the best peer on |dlogp| and SW2; the "
       "geometric means over the mixtures of its own log-density error (|dlogp| net of the ε limit, nats), of its RMS "
       "distance to the exact flow map of the same x_T, and of SW2; on how many it is clearly better / clearly worse "
