@@ -334,14 +334,19 @@ def _fam_lowrank16() -> GaussianMixture:
     return GaussianMixture(w, means, covs)
 
 
+def _powerlaw(D: int) -> GaussianMixture:
+    "D-D, one Gaussian with axis variances proportional to k^-2 (k = 1..D) in a random rotation (seeded by D)."
+    g = torch.Generator().manual_seed(SUITE_SEED + D)
+    k = torch.arange(1, D + 1, dtype=torch.float64)
+    Q = _rotation(D, g)
+    cov = Q @ torch.diag(k**-2.0) @ Q.T
+    return GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, D, dtype=torch.float64), cov[None])
+
+
 def _fam_powerlaw64() -> GaussianMixture:
     """64-D, one Gaussian with a natural-image-like spectrum: axis variances proportional to k^-2 (k = 1..64, condition
     number 4096) in a random rotation."""
-    g = torch.Generator().manual_seed(SUITE_SEED + 64)
-    k = torch.arange(1, 65, dtype=torch.float64)
-    Q = _rotation(64, g)
-    cov = Q @ torch.diag(k**-2.0) @ Q.T
-    return GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 64, dtype=torch.float64), cov[None])
+    return _powerlaw(64)
 
 
 def _fam_digits64() -> GaussianMixture:
@@ -395,12 +400,18 @@ def spec_mixture(D: int, idx: int, seed: int = SPEC_SEED) -> Dist:
 
 
 def family_dist(name: str) -> Dist:
-    "One family of `FAMILIES`, normalized (centred, mean coordinate variance 1), or a `spec_mixture` named specDd-i."
+    """One family of `FAMILIES`, normalized (centred, mean coordinate variance 1), a `spec_mixture` named specDd-i, or
+    the k^-2 spectrum of powerlaw64d in D dimensions, powerlawDd (bench/ORDER_HD.md runs it in 256)."""
     m = re.fullmatch(r"spec(\d+)d-(\d+)", name)
     if m:
         return spec_mixture(int(m.group(1)), int(m.group(2)))
+    m = re.fullmatch(r"powerlaw(\d+)d", name)
+    if m and name not in FAMILIES:
+        D = int(m.group(1))
+        gm, c = normalize(_powerlaw(D))
+        return Dist(name, "family", gm, (), dict(note=f"{D}-D, one Gaussian with a k^-2 spectrum (k = 1..{D}) / {c:.4f}"))
     if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}, specDd-i")
+        raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}, specDd-i, powerlawDd")
     gm, c = normalize(FAMILIES[name]())
     return Dist(name, "family", gm, (), dict(note=f"{FAMILIES[name].__doc__.split(chr(10))[0]} / {c:.4f}"))
 
@@ -1841,8 +1852,9 @@ def main(argv=None):
     if dims and (min(dims) < 2 or any(not set(p) <= known for p in profiles)):
         ap.error(f"--dims must be >= 2 and --profiles tags among {sorted(known)}, got {args.dims!r}, {args.profiles!r}")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    if families and (dims or any(f not in FAMILIES and not re.fullmatch(r"spec\d+d-\d+", f) for f in families)):
-        ap.error(f"--families takes names among {', '.join(FAMILIES)} and excludes --dims, got {args.families!r}")
+    if families and (dims or any(f not in FAMILIES and not re.fullmatch(r"spec\d+d-\d+|powerlaw\d+d", f) for f in families)):
+        ap.error(f"--families takes names among {', '.join(FAMILIES)}, specDd-i, powerlawDd and excludes --dims, got "
+                 f"{args.families!r}")
     suite = build_suite(args.quick, args.scale, dims, profiles, args.idx_offset, families)
     if args.dists:
         keep = [k.strip() for k in args.dists.split(",")]
