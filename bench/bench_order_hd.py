@@ -10,14 +10,15 @@ spec64d-11); in 32-D 12 from the suite's generator (indices 30-35 and 60-65) and
 spec32d-5). It runs UniPC-2 and UniPC-3 (bh2) on the time-quadratic, time-cubic, log-SNR and time-3/2 grids, DPM-Solver++(3M)
 on the log-SNR grid, the default and the peers; in 256-D, beyond the data the rule was set on, 12 more mixtures (6 from
 each generator: suite indices 30-35, spec256d-0 to spec256d-5; 2000 samples) with only the default with and without the
-time-3/2 rule and the peers, at 6 to 12 evaluations. It writes bench/ORDER_HD.md: per budget and set, on how many mixtures
+time-3/2 rule, UniPC-3 on the time-3/2 grid and the peers, and the k^-2 spectrum of `FAMILIES`' powerlaw64d in 256
+dimensions (powerlaw256d). It writes bench/ORDER_HD.md: per budget and set, on how many mixtures
 each is at least as accurate as the best peer on both metrics, the geometric means of its own log-density error (net
 of the ε limit), of its RMS distance to the exact flow map and of SW2, and head to head against the default (clearly
 better / worse, 2 SE). `sampling.AUTO_THREEHALVES_MIN_DIM` and `AUTO_THREEHALVES_MAX_STEPS` rest on it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_order_hd.py [--jobs 2] [--report-from DIR]
 
-About 50 min of CPU for 32 and 64 dimensions, 45 more for 256 (50 with `--jobs 2`). The dumps go to `--work` (default a temporary folder), the report to
+About 50 min of CPU for 32 and 64 dimensions (25 with `--jobs 2`), about 110 more for the three 256-D groups. The dumps go to `--work` (default a temporary folder), the report to
 bench/ORDER_HD.md.
 """
 from __future__ import annotations
