@@ -47,7 +47,7 @@ RUNS = {"gen30": ["--dims", "64", "--idx-offset", "30"], "gen50": ["--dims", "64
         # 32 dimensions, between AUTO_IPNDM_MAX_DIM = 16 and 64: bench/SUITE_DIM.md's 32-D mixtures and 6 spec ones
         "gen32": ["--dims", "32", "--idx-offset", "30"], "gen32e": ["--dims", "32", "--idx-offset", "60"],
         "spec32": ["--families", ",".join(f"spec32d-{i}" for i in range(6))],
-        # 256 dimensions, beyond the rule's evidence: the default with and without it, at the budgets it covers
+        # 256 dimensions, beyond the rule's evidence: the default with and without it, UniPC-3 on the time-3/2 grid
         "gen256": ["--dims", "256", "--idx-offset", "30", "--n", "256=2000"],
         "spec256": ["--families", ",".join(f"spec256d-{i}" for i in range(6)), "--n", "256=2000"],
         "fam256": ["--families", "powerlaw256d", "--n", "256=2000"]}
@@ -81,7 +81,7 @@ def report(runs, meta) -> str:
     w("# Order and grid at 6 to 19 evaluations in 32, 64 and 256 dimensions\n")
     w(written_by("bench_order_hd.py", meta) + " UniPC-2 and UniPC-3 (bh2) on four grids (time-quadratic, time-cubic, "
       "log-SNR and time-3/2), DPM-Solver++(3M) on the log-SNR "
-      "grid and `sample`'s default against the peers on 32- and 64-D mixtures (in 256-D the default with and without the time-3/2 rule), the measures of bench/SUITE.md (3 seeds). "
+      "grid and `sample`'s default against the peers on 32- and 64-D mixtures (in 256-D the default with and without the time-3/2 rule and UniPC-3 on the time-3/2 grid), the measures of bench/SUITE.md (3 seeds). "
       "'UniPC' is UniPC-2; both UniPC orders here take Tweedie's step (NFE = steps + 1) and lower the last step's "
       "order only in runs of fewer than 15 steps (diffusers' rule), the default as `sample` runs it (no Tweedie's "
       "step below 13 steps, the last step at first order; so at a budget of 13 it runs 12 steps, NFE 12, since 13 steps "
