@@ -406,14 +406,15 @@ def family_dist(name: str) -> Dist:
     if m:
         return spec_mixture(int(m.group(1)), int(m.group(2)))
     m = re.fullmatch(r"powerlaw(\d+)d", name)
-    if m and name not in FAMILIES:
+    if name in FAMILIES:
+        gm, note = FAMILIES[name](), FAMILIES[name].__doc__.split("\n")[0]
+    elif m:
         D = int(m.group(1))
-        gm, c = normalize(_powerlaw(D))
-        return Dist(name, "family", gm, (), dict(note=f"{D}-D, one Gaussian with a k^-2 spectrum (k = 1..{D}) / {c:.4f}"))
-    if name not in FAMILIES:
+        gm, note = _powerlaw(D), f"{D}-D, one Gaussian with a k^-2 spectrum (k = 1..{D})"
+    else:
         raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}, specDd-i, powerlawDd")
-    gm, c = normalize(FAMILIES[name]())
-    return Dist(name, "family", gm, (), dict(note=f"{FAMILIES[name].__doc__.split(chr(10))[0]} / {c:.4f}"))
+    gm, c = normalize(gm)
+    return Dist(name, "family", gm, (), dict(note=f"{note} / {c:.4f}"))
 
 
 def build_suite(quick: bool, scale: float = 1.0, dims=None, profiles=None, idx_offset: int = 0,

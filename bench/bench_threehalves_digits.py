@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from design_conditional import mean_se  # noqa: E402
+
 CANDS = {"old: UniPC-2 [quad]": (2, "quadratic"), "new: UniPC-3 [3/2]": (3, "threehalves"),
          "UniPC-2 [3/2]": (2, "threehalves")}
 MAP_STEPS, FD_STEPS, MAP_SETS, FD_SETS = (5, 8, 9, 12, 14, 18), (5, 9, 14), 2, 6
@@ -99,10 +101,9 @@ def report(r: dict) -> str:
     for c, d in r["FD"].items():
         cells = []
         for s in FD_STEPS:
-            v, b = torch.tensor(d[str(s)]), torch.tensor(r["FD"][old][str(s)])
-            diff = v - b
-            se = diff.std().item() / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
-            cells.append(f"{v.mean():.3f}" + ("" if c == old else f" ({diff.mean():+.4f} ± {se:.4f})"))
+            v, b = d[str(s)], r["FD"][old][str(s)]
+            diff = mean_se([x - y for x, y in zip(v, b)]) if len(v) > 1 else {"mean": math.nan, "se": math.nan}
+            cells.append(f"{sum(v) / len(v):.3f}" + ("" if c == old else f" ({diff['mean']:+.4f} ± {diff['se']:.4f})"))
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
